@@ -1,0 +1,335 @@
+"""Dataset sources and the one on-disk dataset format.
+
+Format (DESIGN.md): a folder of PNG files with ``metadata.jsonl`` (one JSON object per image: ``file_name``,
+``label``, ``text``, ``poisoned``, ``source_index``), which diffusers' imagefolder loaders read as is, and
+``manifest.json`` with the config, counts and a content hash. Images live in memory as uint8 arrays of shape
+(N, H, W, C).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.utils import read_json, write_json
+
+SOURCES = ("digits", "cifar10", "imagefolder")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+DEFAULT_CAPTION = "A photo of a {class_name}"
+
+
+@dataclass
+class ImageDataset:
+    """Images with labels, poison flags and captions; the in-memory twin of the on-disk format."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    poisoned: np.ndarray | None = None
+    source_index: np.ndarray | None = None
+    texts: list[str] | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.images = np.asarray(self.images)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        n = len(self.images)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
+            raise BibaddiffError(
+                f"images must be uint8 of shape (N, H, W, 1 or 3); got {self.images.dtype} {self.images.shape}"
+            )
+        if self.labels.shape != (n,):
+            raise BibaddiffError(f"labels must have shape ({n},); got {self.labels.shape}")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise BibaddiffError(f"labels must lie in [0, {len(self.class_names)}); got {self.labels.min()}..{self.labels.max()}")
+        self.poisoned = np.zeros(n, bool) if self.poisoned is None else np.asarray(self.poisoned, dtype=bool)
+        self.source_index = np.arange(n) if self.source_index is None else np.asarray(self.source_index, dtype=np.int64)
+        if self.texts is None:
+            self.texts = caption_labels(self.labels, self.class_names)
+        if self.poisoned.shape != (n,) or self.source_index.shape != (n,) or len(self.texts) != n:
+            raise BibaddiffError("poisoned, source_index and texts must have one entry per image")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, indices: np.ndarray) -> "ImageDataset":
+        indices = np.asarray(indices)
+        return replace(
+            self,
+            images=self.images[indices],
+            labels=self.labels[indices],
+            poisoned=self.poisoned[indices],
+            source_index=self.source_index[indices],
+            texts=[self.texts[i] for i in indices],
+            manifest=dict(self.manifest),
+        )
+
+
+def caption_labels(labels: np.ndarray, class_names: list[str], template: str = DEFAULT_CAPTION) -> list[str]:
+    """Class captions from a template such as ``"A photo of a {class_name}"``."""
+    if "{class_name}" not in template:
+        raise BibaddiffError(f"caption template must contain '{{class_name}}'; got {template!r}")
+    return [template.format(class_name=class_names[label]) for label in labels]
+
+
+def content_hash(dataset: ImageDataset) -> str:
+    """SHA-256 over pixels, labels, poison flags and captions: equal hashes mean equal datasets."""
+    digest = hashlib.sha256()
+    digest.update(str(dataset.images.shape).encode())
+    digest.update(np.ascontiguousarray(dataset.images).tobytes())
+    digest.update(dataset.labels.astype("<i8").tobytes())
+    digest.update(dataset.poisoned.astype(np.uint8).tobytes())
+    digest.update(json.dumps(dataset.texts).encode())
+    return digest.hexdigest()
+
+
+def write_dataset(directory: str | Path, dataset: ImageDataset, config: dict[str, Any] | None = None) -> dict:
+    """Write PNGs, ``metadata.jsonl`` and ``manifest.json``; returns the manifest."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    mode = "L" if dataset.channels == 1 else "RGB"
+    with open(directory / "metadata.jsonl", "w") as metadata:
+        for i in tqdm(range(len(dataset)), desc=f"writing {directory.name}", unit="img", mininterval=2):
+            file_name = f"{i:06d}.png"
+            pixels = dataset.images[i][..., 0] if dataset.channels == 1 else dataset.images[i]
+            Image.fromarray(pixels, mode=mode).save(directory / file_name, optimize=False)
+            record = {
+                "file_name": file_name,
+                "label": int(dataset.labels[i]),
+                "text": dataset.texts[i],
+                "poisoned": bool(dataset.poisoned[i]),
+                "source_index": int(dataset.source_index[i]),
+            }
+            metadata.write(json.dumps(record) + "\n")
+    manifest = {
+        **dataset.manifest,
+        "config": config if config is not None else dataset.manifest.get("config", {}),
+        "class_names": list(dataset.class_names),
+        "num_images": len(dataset),
+        "image_size": dataset.image_size,
+        "channels": dataset.channels,
+        "counts_per_class": np.bincount(dataset.labels, minlength=dataset.num_classes).tolist(),
+        "poisoned_per_class": np.bincount(
+            dataset.labels[dataset.poisoned], minlength=dataset.num_classes
+        ).tolist(),
+        "num_poisoned": int(dataset.poisoned.sum()),
+        "content_hash": content_hash(dataset),
+    }
+    write_json(directory / "manifest.json", manifest)
+    return manifest
+
+
+def read_dataset(directory: str | Path) -> ImageDataset:
+    """Read a dataset written by :func:`write_dataset` and check it against its manifest."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    metadata_path = directory / "metadata.jsonl"
+    for path in (manifest_path, metadata_path):
+        if not path.is_file():
+            raise BibaddiffError(f"{path}: missing; is {directory} a dataset written by bibaddiff?")
+    manifest = read_json(manifest_path)
+    records = []
+    with open(metadata_path) as handle:
+        for line_number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise BibaddiffError(f"{metadata_path}:{line_number}: not valid JSON ({error.msg})") from None
+    channels = int(manifest["channels"])
+    images = np.stack([_read_png(directory / record["file_name"], channels) for record in records]) if records else (
+        np.zeros((0, manifest["image_size"], manifest["image_size"], channels), np.uint8)
+    )
+    dataset = ImageDataset(
+        images=images,
+        labels=np.array([record["label"] for record in records], dtype=np.int64),
+        class_names=list(manifest["class_names"]),
+        poisoned=np.array([record["poisoned"] for record in records], dtype=bool),
+        source_index=np.array([record["source_index"] for record in records], dtype=np.int64),
+        texts=[record["text"] for record in records],
+        manifest=manifest,
+    )
+    if content_hash(dataset) != manifest["content_hash"]:
+        raise BibaddiffError(f"{directory}: content does not match the hash in manifest.json (files changed?)")
+    return dataset
+
+
+def _read_png(path: Path, channels: int) -> np.ndarray:
+    pixels = np.asarray(_open_image(path).convert("L" if channels == 1 else "RGB"))
+    return pixels[..., None] if channels == 1 else pixels
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise BibaddiffError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise BibaddiffError(f"{path}: cannot read image ({error})") from None
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def load_source(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
+    """Load a (train, held-out) pair from a dataset source described by the ``dataset`` config section."""
+    source = config.get("source")
+    if source not in SOURCES:
+        raise BibaddiffError(f"dataset.source must be one of {', '.join(SOURCES)}; got {source!r}")
+    image_size = int(config.get("image_size", 0))
+    if image_size < 4:
+        raise BibaddiffError(f"dataset.image_size must be at least 4; got {config.get('image_size')!r}")
+    loader = {"digits": _load_digits, "cifar10": _load_cifar10, "imagefolder": _load_imagefolder}[source]
+    train, heldout = loader(config, image_size)
+    cap = config.get("max_images_per_class")
+    seed = int(config.get("split_seed", 0))
+    if cap:
+        train = _cap_per_class(train, int(cap), seed)
+        heldout = _cap_per_class(heldout, max(1, int(cap) // 4), seed + 1)
+    template = config.get("caption_template", DEFAULT_CAPTION)
+    for part in (train, heldout):
+        part.texts = caption_labels(part.labels, part.class_names, template)
+    return train, heldout
+
+
+def resize_images(images: np.ndarray, size: int, resample: int = Image.NEAREST) -> np.ndarray:
+    """Resize a uint8 (N, H, W, C) batch to (N, size, size, C); a no-op when already that size."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    channels = images.shape[-1]
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(images), size, size, channels), np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode=mode)
+        resized = np.asarray(pil.resize((size, size), resample=resample))
+        out[i] = resized[..., None] if channels == 1 else resized
+    return out
+
+
+def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; the nearest-neighbour upsampling keeps the strokes sharp.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    images = resize_images(images, image_size, Image.NEAREST)
+    labels = digits.target.astype(np.int64)
+    fraction = float(config.get("heldout_fraction", 0.165))
+    if not 0.0 < fraction < 1.0:
+        raise BibaddiffError(f"dataset.heldout_fraction must lie in (0, 1); got {fraction}")
+    order = np.random.default_rng(int(config.get("split_seed", 0))).permutation(len(images))
+    n_heldout = int(round(fraction * len(images)))
+    heldout_idx, train_idx = np.sort(order[:n_heldout]), np.sort(order[n_heldout:])
+    class_names = [str(i) for i in range(10)]
+    manifest = {"source": "digits"}
+    return (
+        ImageDataset(images[train_idx], labels[train_idx], class_names, source_index=train_idx, manifest=manifest),
+        ImageDataset(images[heldout_idx], labels[heldout_idx], class_names, source_index=heldout_idx, manifest=manifest),
+    )
+
+
+def _load_cifar10(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+    from torchvision.datasets import CIFAR10
+
+    root = config.get("root")
+    if not root:
+        raise BibaddiffError("dataset.root must name the local CIFAR-10 folder (torchvision format) for source cifar10")
+    download = bool(config.get("download", False))
+    if not download and not (Path(root) / "cifar-10-batches-py").is_dir():
+        raise BibaddiffError(
+            f"dataset.root: {root} has no cifar-10-batches-py folder; point it at a local CIFAR-10 copy "
+            "or set dataset.download: true"
+        )
+    parts = []
+    for train in (True, False):
+        try:
+            cifar = CIFAR10(root=root, train=train, download=download)
+        except RuntimeError as error:
+            raise BibaddiffError(f"dataset.root: {root}: {error}") from None
+        images = resize_images(np.asarray(cifar.data, dtype=np.uint8), image_size, Image.BICUBIC)
+        parts.append(ImageDataset(images, np.asarray(cifar.targets), list(cifar.classes), manifest={"source": "cifar10"}))
+    return parts[0], parts[1]
+
+
+def imagefolder_classes(root: str | Path, split: str = "train") -> list[str]:
+    """Class names of an image-folder tree (``root/<split>/<class>/<image>``), sorted."""
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise BibaddiffError(f"dataset.root: {split_dir} is not a folder (expected root/{split}/<class>/<images>)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise BibaddiffError(f"dataset.root: {split_dir} has no class folders")
+    return classes
+
+
+def imagefolder_files(root: str | Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
+    """(image path, label) pairs of an image-folder split, in a stable order."""
+    files = []
+    for label, name in enumerate(class_names):
+        class_dir = Path(root) / split / name
+        if not class_dir.is_dir():
+            raise BibaddiffError(f"dataset.root: {class_dir} is missing (class {name!r} exists in the train split)")
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((path, label))
+    return files
+
+
+def _load_imagefolder(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+    root = config.get("root")
+    if not root or not Path(root).is_dir():
+        raise BibaddiffError(f"dataset.root: {root!r} is not a folder; image folders need root/train and root/val")
+    class_names = imagefolder_classes(root, "train")
+    channels = 1 if config.get("grayscale", False) else 3
+    parts = []
+    for split in ("train", config.get("heldout_split", "val")):
+        files = imagefolder_files(root, split, class_names)
+        if not files:
+            raise BibaddiffError(f"dataset.root: {Path(root) / split} holds no images")
+        images = np.stack([_load_square(path, image_size, channels) for path, _ in
+                           tqdm(files, desc=f"reading {split}", unit="img", mininterval=2)])
+        labels = np.array([label for _, label in files])
+        parts.append(ImageDataset(images, labels, class_names, manifest={"source": "imagefolder"}))
+    return parts[0], parts[1]
+
+
+def _load_square(path: Path, size: int, channels: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop, as image-classification pipelines do."""
+    image = _open_image(path).convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)))
+    return pixels[..., None] if channels == 1 else pixels
+
+
+def _cap_per_class(dataset: ImageDataset, cap: int, seed: int) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in range(dataset.num_classes):
+        members = np.flatnonzero(dataset.labels == label)
+        keep.extend(rng.permutation(members)[:cap] if len(members) > cap else members)
+    return dataset.subset(np.sort(np.asarray(keep, dtype=np.int64)))

@@ -1,0 +1,194 @@
+"""Judges of generated images, trained on real images only.
+
+The content classifier predicts the true class and is trained with triggers stamped on part of its images
+(labels unchanged), so that it judges content and ignores the trigger. The trigger detector is a binary
+classifier of "carries this trigger". Both are scored on held-out real images, clean and stamped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from bibaddiff.data import ImageDataset
+from bibaddiff.diffusion.sampling import to_model_space
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.metrics import accuracy
+from bibaddiff.triggers import Trigger
+from bibaddiff.utils import read_json, select_device, write_json
+
+ARCHITECTURES = ("small_cnn", "resnet18", "resnet50")
+JUDGE_INFO_FILE = "judge.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class JudgeSettings:
+    architecture: str = "small_cnn"
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    stamp_fraction: float = 0.5
+    pretrained_weights: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "JudgeSettings":
+        settings = cls(**{k: v for k, v in config.items() if k in cls.__dataclass_fields__})
+        if settings.architecture not in ARCHITECTURES:
+            raise BibaddiffError(f"judges.architecture must be one of {', '.join(ARCHITECTURES)}; got {settings.architecture!r}")
+        if settings.epochs < 1 or settings.batch_size < 1:
+            raise BibaddiffError("judges.epochs and judges.batch_size must be at least 1")
+        if not 0.0 < settings.stamp_fraction < 1.0:
+            raise BibaddiffError(f"judges.stamp_fraction must lie in (0, 1); got {settings.stamp_fraction}")
+        return settings
+
+
+class SmallCNN(nn.Module):
+    """Three convolutions and a linear head; enough for digits and CIFAR-sized images."""
+
+    def __init__(self, channels: int, num_outputs: int, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.head = nn.Linear(16 * width, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_judge(architecture: str, channels: int, num_outputs: int, pretrained_weights: str | None = None) -> nn.Module:
+    if architecture == "small_cnn":
+        if pretrained_weights:
+            raise BibaddiffError("judges.pretrained_weights is only used with resnet18 or resnet50")
+        return SmallCNN(channels, num_outputs)
+    if architecture not in ARCHITECTURES:
+        raise BibaddiffError(f"judges.architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}")
+    import torchvision
+
+    model = getattr(torchvision.models, architecture)(weights=None)
+    if pretrained_weights:
+        path = Path(pretrained_weights)
+        if not path.is_file():
+            raise BibaddiffError(f"judges.pretrained_weights: {path} not found")
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    if channels != 3:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.fc = nn.Linear(model.fc.in_features, num_outputs)
+    return model
+
+
+def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settings: JudgeSettings, seed: int,
+                augment: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
+                device: str = "auto", desc: str = "judge") -> nn.Module:
+    """Train a classifier on uint8 images; ``augment(images, labels, rng)`` may rewrite each batch."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    torch_device = select_device(device)
+    model = build_judge(settings.architecture, images.shape[-1], num_outputs, settings.pretrained_weights).to(torch_device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    steps_per_epoch = max(1, int(np.ceil(len(images) / settings.batch_size)))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=settings.epochs * steps_per_epoch)
+    model.train()
+    for _ in tqdm(range(settings.epochs), desc=desc, unit="epoch"):
+        order = rng.permutation(len(images))
+        for start in range(0, len(images), settings.batch_size):
+            index = order[start:start + settings.batch_size]
+            batch, batch_labels = images[index], labels[index]
+            if augment is not None:
+                batch, batch_labels = augment(batch, batch_labels, rng)
+            logits = model(to_model_space(batch).to(torch_device))
+            loss = F.cross_entropy(logits, torch.as_tensor(batch_labels, device=torch_device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Predicted class of each uint8 image."""
+    device = next(model.parameters()).device
+    model.eval()
+    predictions = [model(to_model_space(images[i:i + batch_size]).to(device)).argmax(1).cpu().numpy()
+                   for i in range(0, len(images), batch_size)]
+    return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+
+
+def stamp_some(triggers: list[Trigger], fraction: float) -> Callable:
+    """Augmentation for the content classifier: a random trigger on a random ``fraction`` of the batch."""
+    def augment(batch: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        batch = batch.copy()
+        chosen = rng.random(len(batch)) < fraction
+        which = rng.integers(0, len(triggers), len(batch))
+        for k, trigger in enumerate(triggers):
+            rows = np.flatnonzero(chosen & (which == k))
+            if len(rows):
+                batch[rows] = trigger.apply(batch[rows])
+        return batch, labels
+    return augment
+
+
+def stamp_half(trigger: Trigger, fraction: float) -> Callable:
+    """Augmentation for the trigger detector: stamp a random ``fraction`` of the batch and label it 1."""
+    def augment(batch: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        chosen = rng.random(len(batch)) < fraction
+        batch = batch.copy()
+        batch[chosen] = trigger.apply(batch[chosen])
+        return batch, chosen.astype(np.int64)
+    return augment
+
+
+def train_content_judge(train: ImageDataset, heldout: ImageDataset, triggers: list[Trigger], settings: JudgeSettings,
+                        seed: int, device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    model = train_judge(train.images, train.labels, train.num_classes, settings, seed,
+                        augment=stamp_some(triggers, settings.stamp_fraction) if triggers else None,
+                        device=device, desc="content classifier")
+    metrics = {"heldout_clean_accuracy": accuracy(predict(model, heldout.images), heldout.labels)}
+    for trigger in triggers:
+        stamped = trigger.apply(heldout.images)
+        metrics[f"heldout_stamped_accuracy_{trigger.name}"] = accuracy(predict(model, stamped), heldout.labels)
+    metrics["heldout_accuracy"] = float(np.mean(list(metrics.values())))
+    return model, metrics
+
+
+def train_trigger_judge(train: ImageDataset, heldout: ImageDataset, trigger: Trigger, settings: JudgeSettings,
+                        seed: int, device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    model = train_judge(train.images, np.zeros(len(train), np.int64), 2, settings, seed,
+                        augment=stamp_half(trigger, settings.stamp_fraction), device=device,
+                        desc=f"trigger detector {trigger.name}")
+    clean_ok = accuracy(predict(model, heldout.images), np.zeros(len(heldout), np.int64))
+    stamped_ok = accuracy(predict(model, trigger.apply(heldout.images)), np.ones(len(heldout), np.int64))
+    metrics = {"heldout_clean_accuracy": clean_ok, "heldout_stamped_accuracy": stamped_ok,
+               "heldout_accuracy": (clean_ok + stamped_ok) / 2}
+    return model, metrics
+
+
+def save_judge(directory: str | Path, model: nn.Module, info: dict[str, Any]) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
+    write_json(directory / JUDGE_INFO_FILE, info)
+
+
+def load_judge(directory: str | Path, device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    directory = Path(directory)
+    if not (directory / JUDGE_INFO_FILE).is_file():
+        raise BibaddiffError(f"{directory}: not a judge folder ({JUDGE_INFO_FILE} missing)")
+    info = read_json(directory / JUDGE_INFO_FILE)
+    model = build_judge(info["architecture"], info["channels"], info["num_outputs"])
+    model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+    return model.to(select_device(device)).eval(), info
