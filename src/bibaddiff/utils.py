@@ -57,3 +57,32 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
+    """Run ``main`` with stdout, stderr and logging going to ``log_path``.
+
+    A user error (:class:`BibaddiffError`) ends the process with its one-line message on the terminal and in
+    the log, instead of a traceback; any other exception keeps its traceback in the log.
+    """
+    import logging
+    import sys
+
+    from bibaddiff.errors import BibaddiffError
+
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as log_file:
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = log_file
+        logging.basicConfig(stream=log_file, level=logging.INFO, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return main(*args, **kwargs)
+        except BibaddiffError as error:
+            message = f"error: {error}"
+            print(message, file=log_file)
+            print(message, file=saved[1])
+            raise SystemExit(1) from None
+        finally:
+            sys.stdout, sys.stderr = saved

@@ -1,0 +1,26 @@
+# bibaddiff: BadNets-like data poisoning in diffusion models, from poisoned data to trigger amplification.
+# Run: snakemake --cores 2            (default config.yaml)
+#      snakemake --cores 2 --configfile configs/cifar10-ddpm.yaml
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+# A --configfile replaces the default config instead of being merged into it, so that a shipped config
+# means exactly what it says (a trigger it does not list is not run).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/judges.smk"
+include: "rules/diffusion.smk"
+include: "rules/summary.smk"
+
+
+rule all:
+    input:
+        summary_outputs(),
+    default_target: True

@@ -1,0 +1,126 @@
+# Helpers for all rules: config validation, experiment names and every path of the results tree.
+from pathlib import Path
+
+try:
+    from bibaddiff.config import load_schema, validate_config
+    from bibaddiff.errors import BibaddiffError
+except ImportError as error:
+    raise WorkflowError(f"the bibaddiff package is not importable ({error}); run 'bash setup.sh' first")
+
+try:
+    _checked = validate_config(config, load_schema(Path(workflow.basedir) / "schemas" / "config.schema.yaml"))
+except BibaddiffError as error:
+    raise WorkflowError(f"invalid config: {error}") from None
+config.clear()
+config.update(_checked)
+
+
+wildcard_constraints:
+    attack=r"clean|[A-Za-z0-9_]+-p[0-9.e-]+",
+    seed=r"\d+",
+    condition=r"\d+",
+    guidance=r"\d+(\.\d+)?",
+    trigger=r"[A-Za-z0-9_]+",
+
+
+DATASET = config["dataset"]["name"]
+RESULTS = f"results/{DATASET}"
+SUMMARY = "results/summary"
+TARGET = config["target"]
+ENV = "../envs/bibaddiff.yaml"
+# Rules that may use a GPU ask for one unless the config pins them to the CPU.
+GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
+
+
+def number(value):
+    """How numbers appear in paths: 0.1 -> '0.1', 2.0 -> '2'."""
+    return f"{value:g}"
+
+
+ATTACKS = {
+    f"{trigger}-p{number(ratio)}": {"trigger": trigger, "ratio": float(ratio)}
+    for trigger in config["triggers"]
+    for ratio in config["poisoning"]["ratios"]
+}
+if config["diffusion"]["training"]["clean_seeds"]:
+    ATTACKS["clean"] = {"trigger": None, "ratio": 0.0}
+CONDITIONS = [TARGET] + list(config["generation"]["other_conditions"])
+GUIDANCE = [number(s) for s in config["generation"]["guidance_scales"]]
+
+
+def training_seeds(attack):
+    training = config["diffusion"]["training"]
+    return training["clean_seeds"] if attack == "clean" else training["seeds"]
+
+
+def measured_triggers(attack):
+    """A poisoned model is judged for its own trigger, the clean control for every trigger."""
+    trigger = ATTACKS[attack]["trigger"]
+    return list(config["triggers"]) if trigger is None else [trigger]
+
+
+def clean_split(split):
+    return f"{RESULTS}/data/clean/{split}"
+
+
+def training_data(wildcards):
+    if wildcards.attack == "clean":
+        return clean_split("train")
+    return f"{RESULTS}/data/{wildcards.attack}/train"
+
+
+def model_dir(attack="{attack}", seed="{seed}"):
+    return f"{RESULTS}/models/{attack}/seed{seed}"
+
+
+def training_state_dir(wildcards):
+    # Not a declared output: Snakemake deletes those before a job starts, and this must survive to resume.
+    return f"{RESULTS}/models/{wildcards.attack}/seed{wildcards.seed}.state"
+
+
+def generated(attack="{attack}", seed="{seed}", condition="{condition}", guidance="{guidance}", ext="npy"):
+    return f"{RESULTS}/generated/{attack}/seed{seed}/c{condition}_s{guidance}.{ext}"
+
+
+def trigger_judge(trigger="{trigger}"):
+    return f"{RESULTS}/judges/trigger-{trigger}"
+
+
+def metrics_file(attack="{attack}", seed="{seed}"):
+    return f"{RESULTS}/metrics/{attack}/seed{seed}.json"
+
+
+def log_file(rule_name, *parts):
+    return f"{RESULTS}/logs/{rule_name}/{'_'.join(parts) or rule_name}.log"
+
+
+def benchmark_file(rule_name, *parts):
+    return f"{RESULTS}/benchmarks/{rule_name}/{'_'.join(parts) or rule_name}.tsv"
+
+
+def model_cells(wildcards):
+    return [{"condition": int(c), "guidance": float(s)} for c in CONDITIONS for s in GUIDANCE]
+
+
+def cells_of_model(wildcards):
+    return [generated(wildcards.attack, wildcards.seed, cell["condition"], number(cell["guidance"]))
+            for cell in model_cells(wildcards)]
+
+
+def trigger_judges_of_model(wildcards):
+    return {trigger: trigger_judge(trigger) for trigger in measured_triggers(wildcards.attack)}
+
+
+def all_metrics():
+    return [metrics_file(attack, seed) for attack in ATTACKS for seed in training_seeds(attack)]
+
+
+def target_grids():
+    """The target-class sample grid of each attack's first seed, per guidance scale."""
+    return {f"{attack}|{s}": generated(attack, training_seeds(attack)[0], TARGET, s, "png")
+            for attack in ATTACKS for s in GUIDANCE}
+
+
+def summary_outputs():
+    return [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
+            f"{SUMMARY}/generation_groups.png", f"{SUMMARY}/samples_target.png"]

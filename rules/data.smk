@@ -1,0 +1,37 @@
+rule prepare_data:
+    output:
+        train=directory(clean_split("train")),
+        heldout=directory(clean_split("heldout")),
+    params:
+        dataset=config["dataset"],
+    log:
+        log_file("prepare_data"),
+    benchmark:
+        benchmark_file("prepare_data")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/prepare_data.py"
+
+
+rule poison:
+    input:
+        train=clean_split("train"),
+    output:
+        train=directory(f"{RESULTS}/data/{{attack}}/train"),
+    wildcard_constraints:
+        attack=r"[A-Za-z0-9_]+-p[0-9.e-]+",
+    params:
+        trigger_name=lambda wc: ATTACKS[wc.attack]["trigger"],
+        trigger=lambda wc: config["triggers"][ATTACKS[wc.attack]["trigger"]],
+        ratio=lambda wc: ATTACKS[wc.attack]["ratio"],
+        target=TARGET,
+        seed=config["poisoning"]["seed"],
+    log:
+        log_file("poison", "{attack}"),
+    benchmark:
+        benchmark_file("poison", "{attack}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/poison.py"

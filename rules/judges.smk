@@ -1,0 +1,47 @@
+JUDGE_SETTINGS = {k: v for k, v in config["judges"].items() if k not in ("threads", "accuracy_floor")}
+
+
+rule train_content_judge:
+    input:
+        train=clean_split("train"),
+        heldout=clean_split("heldout"),
+    output:
+        judge=directory(f"{RESULTS}/judges/content"),
+    params:
+        settings=JUDGE_SETTINGS,
+        triggers=config["triggers"],
+        device=config["device"],
+    threads: config["judges"]["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("train_content_judge"),
+    benchmark:
+        benchmark_file("train_content_judge")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/train_judge.py"
+
+
+rule train_trigger_judge:
+    input:
+        train=clean_split("train"),
+        heldout=clean_split("heldout"),
+    output:
+        judge=directory(trigger_judge()),
+    params:
+        settings=JUDGE_SETTINGS,
+        triggers=lambda wc: {wc.trigger: config["triggers"][wc.trigger]},
+        device=config["device"],
+    threads: config["judges"]["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("train_trigger_judge", "{trigger}"),
+    benchmark:
+        benchmark_file("train_trigger_judge", "{trigger}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/train_judge.py"

@@ -1,0 +1,103 @@
+"""Experiment configuration: schema validation with one-line errors, defaults, and cross-key checks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from bibaddiff.data import imagefolder_classes, imagefolder_files, load_source
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.triggers import build_trigger
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Check ``config`` against the schema and the data it names; returns a copy with defaults filled in."""
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise BibaddiffError(f"config key {where}: {error.message}")
+    filled = fill_defaults(copy.deepcopy(config), schema)
+    check_experiment(filled)
+    return filled
+
+
+def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
+    """Insert the schema's ``default`` values for absent keys, recursively."""
+    if not isinstance(instance, dict):
+        return instance
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in instance and "default" in subschema:
+            instance[key] = copy.deepcopy(subschema["default"])
+        if key in instance:
+            fill_defaults(instance[key], subschema)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                fill_defaults(value, extra)
+    return instance
+
+
+def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """Class names and training images per class of a dataset source, without preparing it."""
+    source = dataset["source"]
+    cap = dataset.get("max_images_per_class")
+    if source == "digits":
+        train, _ = load_source(dataset)
+        return train.class_names, np.bincount(train.labels, minlength=train.num_classes)
+    root = dataset.get("root")
+    if not root:
+        raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
+    if source == "cifar10":
+        if not dataset.get("download") and not (Path(root) / "cifar-10-batches-py").is_dir():
+            raise BibaddiffError(f"dataset.root: {root} has no cifar-10-batches-py folder (set dataset.download: true to fetch it)")
+        counts = np.full(10, 5000)
+        return CIFAR10_CLASSES, np.minimum(counts, cap) if cap else counts
+    classes = imagefolder_classes(root, "train")
+    imagefolder_classes(root, dataset.get("heldout_split", "val"))
+    labels = [label for _, label in imagefolder_files(root, "train", classes)]
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    return classes, np.minimum(counts, cap) if cap else counts
+
+
+def check_experiment(config: dict[str, Any]) -> None:
+    """Cross-key checks that a schema cannot express; each failure names the key and the allowed values."""
+    dataset = config["dataset"]
+    class_names, counts = describe_source(dataset)
+    num_classes = len(class_names)
+    target = config["target"]
+    if not 0 <= target < num_classes:
+        raise BibaddiffError(f"config key target: {target} is not a class of {dataset['name']}; allowed 0..{num_classes - 1} ({', '.join(class_names)})")
+    for condition in config["generation"].get("other_conditions", []):
+        if not 0 <= condition < num_classes:
+            raise BibaddiffError(f"config key generation.other_conditions: {condition} is not a class; allowed 0..{num_classes - 1}")
+        if condition == target:
+            raise BibaddiffError(f"config key generation.other_conditions: {condition} is the target; list non-target classes only")
+    total, outside = int(counts.sum()), int(counts.sum() - counts[target])
+    for ratio in config["poisoning"]["ratios"]:
+        wanted = int(round(ratio * total))
+        if wanted > outside:
+            raise BibaddiffError(
+                f"config key poisoning.ratios: {ratio} asks for {wanted} poisoned images but only {outside} training "
+                f"images lie outside target class {target}; allowed up to {outside / total:.3f}")
+    channels = 1 if dataset["source"] == "digits" or dataset.get("grayscale") else 3
+    for name, spec in config["triggers"].items():
+        build_trigger(name, spec, dataset["image_size"], channels)
+    blocks = config["diffusion"]["model"].get("block_out_channels", [16, 32, 64])
+    if dataset["image_size"] % 2 ** (len(blocks) - 1):
+        raise BibaddiffError(
+            f"config key dataset.image_size: {dataset['image_size']} must be divisible by {2 ** (len(blocks) - 1)} "
+            f"for diffusion.model.block_out_channels of length {len(blocks)}")

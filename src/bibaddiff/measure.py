@@ -1,0 +1,47 @@
+"""Judge every generated cell of one model: G1-G4 counts plus the training share they are compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bibaddiff.data import ImageDataset
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.judges import load_judge, predict
+from bibaddiff.metrics import generation_groups, training_share
+
+
+def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, content_judge_dir: str | Path,
+                  trigger_judge_dirs: dict[str, str | Path], device: str = "auto") -> list[dict[str, Any]]:
+    """One record per (cell, trigger) with G1-G4 counts, the training share and the judges' held-out scores.
+
+    ``cells`` holds dicts with ``condition``, ``guidance`` and ``path`` (a uint8 ``.npy`` of generations).
+    The training share counts images flagged ``poisoned`` in ``training_set``: a clean set has none.
+    """
+    content_model, content_info = load_judge(content_judge_dir, device)
+    detectors = {name: load_judge(path, device) for name, path in trigger_judge_dirs.items()}
+    records = []
+    for cell in cells:
+        path = Path(cell["path"])
+        if not path.is_file():
+            raise BibaddiffError(f"{path}: generated images not found")
+        images = np.load(path)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise BibaddiffError(f"{path}: expected a uint8 array (N, H, W, C); got {images.dtype} {images.shape}")
+        condition, guidance = int(cell["condition"]), float(cell["guidance"])
+        content = predict(content_model, images)
+        for name, (detector, detector_info) in detectors.items():
+            triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
+            records.append({
+                "trigger": name,
+                "condition": condition,
+                "guidance": guidance,
+                **generation_groups(content, predict(detector, images).astype(bool), condition),
+                "training_triggered": triggered,
+                "training_total": total,
+                "content_judge_accuracy": content_info["metrics"]["heldout_accuracy"],
+                "detector_accuracy": detector_info["metrics"]["heldout_accuracy"],
+            })
+    return records

@@ -1,0 +1,159 @@
+"""Summary tables and figures from the per-model metric files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.metrics import GROUPS, pool_counts, summarize_counts
+
+KEYS = ["attack", "trigger", "poison_ratio", "condition", "is_target", "guidance"]
+
+
+def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: float = 0.95) -> pd.DataFrame:
+    """Per-seed rows and a pooled row (seed = "pooled") per attack, trigger, condition and guidance scale."""
+    rows = []
+    for model in model_metrics:
+        for record in model["records"]:
+            rows.append({
+                "attack": model["attack"], "poison_ratio": float(model["poison_ratio"]), "seed": str(model["seed"]),
+                "is_target": record["condition"] == model["target"], **record,
+            })
+    if not rows:
+        raise BibaddiffError("no metric records to summarise")
+    raw = pd.DataFrame(rows)
+    table = []
+    for key, group in raw.groupby(KEYS, sort=True):
+        shares = group[["training_triggered", "training_total"]].drop_duplicates()
+        if len(shares) != 1:
+            raise BibaddiffError(f"seeds of {dict(zip(KEYS, key))} were trained on different datasets")
+        triggered, total = (int(v) for v in shares.iloc[0])
+        judges = {"content_judge_accuracy": group["content_judge_accuracy"].min(),
+                  "detector_accuracy": group["detector_accuracy"].min()}
+        for _, record in group.iterrows():
+            table.append({**dict(zip(KEYS, key)), "seed": record["seed"], **judges,
+                          **summarize_counts(record[list(GROUPS)].to_dict(), triggered, total)})
+        table.append({**dict(zip(KEYS, key)), "seed": "pooled", "num_seeds": len(group), **judges,
+                      **summarize_counts(pool_counts(group.to_dict("records")), triggered, total)})
+    frame = pd.DataFrame(table)
+    frame["judge_warning"] = [_judge_warning(row, accuracy_floor) for row in frame.itertuples()]
+    first = KEYS + ["seed", "num_seeds", "n", "trigger_ratio", "trigger_ratio_low", "trigger_ratio_high",
+                    "training_share", "amplification", "amplification_low", "amplification_high", "amplified",
+                    "mismatch_ratio", "G1_ratio", "G2_ratio", "G3_ratio", "G4_ratio", "judge_warning"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def _judge_warning(row: Any, floor: float) -> str:
+    problems = []
+    if row.detector_accuracy < floor:
+        problems.append(f"trigger detector held-out accuracy {row.detector_accuracy:.3f} < {floor}")
+    if row.content_judge_accuracy < floor:
+        problems.append(f"content classifier held-out accuracy {row.content_judge_accuracy:.3f} < {floor}")
+    return "; ".join(problems)
+
+
+def _pooled(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["seed"] == "pooled"]
+
+
+def plot_trigger_ratio(table: pd.DataFrame, path: str | Path) -> None:
+    """Trigger ratio vs guidance scale, with 95% intervals and the training share, one panel per condition."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = _pooled(table)
+    conditions = sorted(pooled["condition"].unique(), key=lambda c: (not pooled[pooled.condition == c].is_target.iloc[0], c))
+    fig, axes = plt.subplots(1, len(conditions), figsize=(5 * len(conditions), 4), squeeze=False)
+    for ax, condition in zip(axes[0], conditions):
+        subset = pooled[pooled["condition"] == condition]
+        for index, ((attack, trigger), line) in enumerate(subset.groupby(["attack", "trigger"])):
+            line = line.sort_values("guidance")
+            color = f"C{index}"
+            errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
+            ax.errorbar(line.guidance, line.trigger_ratio, yerr=errors, marker="o", capsize=3, color=color,
+                        label=f"{attack} ({trigger})")
+            ax.plot(line.guidance, line.training_share, linestyle="--", color=color, alpha=0.7,
+                    label=f"{attack}: training share")
+        target = " (target)" if subset.is_target.iloc[0] else ""
+        ax.set_title(f"condition {condition}{target}")
+        ax.set_xlabel("guidance scale s (1 = plain conditional, 0 = unconditional)")
+        ax.set_ylabel("share of generations with the trigger")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_generation_groups(table: pd.DataFrame, path: str | Path) -> None:
+    """Stacked G1-G4 shares (pooled over seeds) for each attack, condition and guidance scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = _pooled(table).drop_duplicates(["attack", "condition", "guidance", "trigger"])
+    pooled = pooled.sort_values(["is_target", "condition", "attack", "guidance"], ascending=[False, True, True, True])
+    labels = [f"{r.attack} c{r.condition} s{r.guidance:g}" + (f" [{r.trigger}]" if pooled.trigger.nunique() > 1 else "")
+              for r in pooled.itertuples()]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(pooled) + 2), 4.5))
+    bottom = np.zeros(len(pooled))
+    colors = {"G1": "#d62728", "G2": "#ff7f0e", "G3": "#9467bd", "G4": "#2ca02c"}
+    names = {"G1": "G1 trigger, wrong content", "G2": "G2 trigger, right content",
+             "G3": "G3 no trigger, wrong content", "G4": "G4 correct"}
+    for group in GROUPS:
+        values = pooled[f"{group}_ratio"].to_numpy()
+        ax.bar(range(len(pooled)), values, bottom=bottom, color=colors[group], label=names[group])
+        bottom += values
+    ax.set_xticks(range(len(pooled)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("share of generations")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def image_grid(images: np.ndarray, columns: int = 8, max_images: int = 64, scale: int = 1) -> Image.Image:
+    """A grid of the first ``max_images`` uint8 (N, H, W, C) images, each ``scale`` times enlarged."""
+    images = np.asarray(images)[:max_images]
+    if images.ndim != 4 or len(images) == 0:
+        raise BibaddiffError(f"image_grid needs a non-empty (N, H, W, C) batch; got shape {images.shape}")
+    n, height, width, channels = images.shape
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 128, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] = image
+    pil = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+
+
+def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Path, title: str) -> None:
+    """One figure of sample grids: a row per attack, a column per guidance scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = sorted({a for a, _ in grids})
+    scales = sorted({s for _, s in grids})
+    fig, axes = plt.subplots(len(attacks), len(scales), figsize=(2.6 * len(scales), 2.8 * len(attacks)), squeeze=False)
+    for i, attack in enumerate(attacks):
+        for j, scale in enumerate(scales):
+            ax = axes[i][j]
+            ax.axis("off")
+            if (attack, scale) in grids:
+                image = Image.open(grids[(attack, scale)])
+                ax.imshow(image, cmap="gray" if image.mode == "L" else None, vmin=0, vmax=255)
+            ax.set_title(f"{attack}, s={scale:g}", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,18 @@
+"""Adapter: judge every generated cell of one model and write its G1-G4 counts and training shares."""
+from bibaddiff.data import read_dataset
+from bibaddiff.measure import measure_cells
+from bibaddiff.utils import run_logged, write_json
+
+
+def main(snakemake):
+    p = snakemake.params
+    cells = [{**cell, "path": path} for cell, path in zip(p.cells, snakemake.input.cells)]
+    records = measure_cells(cells, read_dataset(snakemake.input.train), snakemake.input.content_judge,
+                            dict(zip(p.triggers, snakemake.input.trigger_judges)), p.device)
+    write_json(snakemake.output.metrics, {
+        "attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed), "target": p.target,
+        "poison_ratio": p.ratio, "records": records,
+    })
+
+
+run_logged(snakemake.log[0], main, snakemake)

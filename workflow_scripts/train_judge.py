@@ -1,0 +1,26 @@
+"""Adapter: train the content classifier (rule train_content_judge) or a trigger detector (train_trigger_judge)."""
+from bibaddiff.data import read_dataset
+from bibaddiff.judges import JudgeSettings, save_judge, train_content_judge, train_trigger_judge
+from bibaddiff.triggers import build_trigger
+from bibaddiff.utils import run_logged, set_threads
+
+
+def main(snakemake):
+    set_threads(snakemake.threads)
+    train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)
+    p = snakemake.params
+    settings = JudgeSettings.from_config(p.settings)
+    triggers = [build_trigger(name, spec, train.image_size, train.channels) for name, spec in p.triggers.items()]
+    if snakemake.rule == "train_content_judge":
+        model, metrics = train_content_judge(train, heldout, triggers, settings, p.settings["seed"], p.device)
+        kind, outputs = "content", train.num_classes
+    else:
+        model, metrics = train_trigger_judge(train, heldout, triggers[0], settings, p.settings["seed"], p.device)
+        kind, outputs = f"trigger:{triggers[0].name}", 2
+    info = {"kind": kind, "architecture": settings.architecture, "channels": train.channels, "num_outputs": outputs,
+            "image_size": train.image_size, "class_names": train.class_names, "metrics": metrics}
+    save_judge(snakemake.output.judge, model, info)
+    print(f"{kind}: held-out {metrics}")
+
+
+run_logged(snakemake.log[0], main, snakemake)
