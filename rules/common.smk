@@ -1,4 +1,5 @@
 # Helpers for all rules: config validation, experiment names and every path of the results tree.
+import sys
 from pathlib import Path
 
 try:
@@ -10,7 +11,9 @@ except ImportError as error:
 try:
     _checked = validate_config(config, load_schema(Path(workflow.basedir) / "schemas" / "config.schema.yaml"))
 except BibaddiffError as error:
-    raise WorkflowError(f"invalid config: {error}") from None
+    # One line that names the key, instead of a traceback through the rule files.
+    print(f"invalid config: {error}", file=sys.stderr)
+    sys.exit(1)
 config.clear()
 config.update(_checked)
 

@@ -1,0 +1,122 @@
+"""The whole DAG on the tiny config: outputs, no-op reruns, and reruns limited to what a change touches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bibaddiff.data import read_dataset
+from workflow_helpers import REPO, TINY_CONFIG, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny_workflow")
+    snakemake(workdir)
+    return workdir
+
+
+def test_outputs_of_every_stage(tiny_run):
+    results = tiny_run / "results"
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    poisoned = read_dataset(results / "tiny/data/patch-p0.1/train")
+    clean = read_dataset(results / "tiny/data/clean/train")
+    assert poisoned.poisoned.sum() == round(0.1 * len(clean))
+    assert (poisoned.labels[poisoned.poisoned] == config["target"]).all()
+    for attack in ("patch-p0.1", "clean"):
+        model = results / f"tiny/models/{attack}/seed0"
+        assert (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+        assert json.loads((model / "training.json").read_text())["steps"] == config["diffusion"]["training"]["steps"]
+        for condition in (6, 1):
+            for scale in (1, 2):
+                images = np.load(results / f"tiny/generated/{attack}/seed0/c{condition}_s{scale}.npy")
+                assert images.shape == (16, 8, 8, 1) and images.dtype == np.uint8
+                assert (results / f"tiny/generated/{attack}/seed0/c{condition}_s{scale}.png").is_file()
+    for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png"):
+        assert (results / "summary" / name).stat().st_size > 0
+    assert any((results / "tiny/benchmarks/train_diffusion").iterdir())
+    assert (results / "tiny/logs/train_diffusion/patch-p0.1_seed0.log").is_file()
+
+
+def test_summary_table(tiny_run):
+    table = pd.read_csv(tiny_run / "results/summary/trigger_amplification.csv")
+    pooled = table[table.seed == "pooled"]
+    # 2 attacks x 2 conditions x 2 guidance scales, one trigger.
+    assert len(pooled) == 8
+    assert set(pooled.attack) == {"patch-p0.1", "clean"}
+    target = pooled[(pooled.attack == "patch-p0.1") & pooled.is_target]
+    assert np.allclose(target.training_share, 20 / (20 + 20))  # 20 poisoned + 20 real sixes
+    assert (pooled[pooled.attack == "clean"].training_share == 0).all()
+    assert ((pooled.G1 + pooled.G2 + pooled.G3 + pooled.G4) == pooled.n).all()
+    # One epoch of judges on 200 images cannot reach the floor: rows must be flagged, not silently reported.
+    assert (table.judge_warning.fillna("") != "").all()
+
+
+def test_second_run_does_nothing(tiny_run):
+    assert planned_jobs(snakemake(tiny_run, "-n")) == {}
+
+
+def test_new_guidance_scale_reruns_only_generation_and_after(tiny_run, tmp_path):
+    config = write_config(tmp_path / "more_guidance.yaml", generation__guidance_scales=[1, 2, 3])
+    jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    # 2 models x 2 conditions get the new scale; nothing upstream of generation reruns.
+    assert jobs == {"generate": 4, "measure": 2, "summarize": 1, "all": 1}
+
+
+def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
+    config = write_config(tmp_path / "less_guidance.yaml", generation__guidance_scales=[1])
+    jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    assert jobs == {"measure": 2, "summarize": 1, "all": 1}
+
+
+def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
+    config = write_config(tmp_path / "longer.yaml", diffusion__training__steps=13)
+    jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    assert set(jobs) == {"train_diffusion", "generate", "measure", "summarize", "all"}
+
+
+@pytest.mark.parametrize("config_name", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml"))])
+def test_dry_run_of_shipped_configs(config_name, tmp_path):
+    path = REPO / config_name if config_name == "config.yaml" else REPO / "configs" / config_name
+    config = yaml.safe_load(path.read_text())
+    source = config["dataset"]["source"]
+    if source == "cifar10":
+        (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
+        config["dataset"]["root"] = str(tmp_path / "cifar")
+    elif source == "imagefolder":
+        for split in ("train", "val"):
+            for name in ("a", "b"):
+                folder = tmp_path / "folder" / split / name
+                folder.mkdir(parents=True)
+                for i in range(20):
+                    (folder / f"{i}.png").write_bytes(b"")
+        config["dataset"]["root"] = str(tmp_path / "folder")
+    filled = tmp_path / "config.yaml"
+    filled.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(tmp_path / "work", "-n", configfile=filled))
+    assert jobs["train_diffusion"] >= 2 and jobs["summarize"] == 1
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"triggers__patch__type": "warpy"}, "triggers.patch.type: 'warpy' is not one of ['patch', 'blend', 'stamp']"),
+    ({"poisoning__ratios": [1.0]}, "poisoning.ratios.0: 1.0 is greater than or equal to the maximum of 1"),
+    ({"target": 10}, "target: 10 is not a class of tiny; allowed 0..9"),
+    ({"poisoning__ratios": [0.95]}, "poisoning.ratios: 0.95 asks for 190 poisoned images but only 180"),
+    ({"generation__guidance_scales": []}, "generation.guidance_scales: [] should be non-empty"),
+    ({"dataset__source": "cifar10"}, "dataset.root must name a local folder for source cifar10"),
+    ({"dataset__source": "imagefolder", "dataset__root": "/nonexistent/images"}, "/nonexistent/images/train is not a folder"),
+])
+def test_config_errors_stop_before_any_job_with_one_line(change, expected, tmp_path):
+    config = write_config(tmp_path / "broken.yaml", **change)
+    result = snakemake(tmp_path / "work", "-n", configfile=config, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid config:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "work" / "results").exists()

@@ -1,0 +1,54 @@
+"""Running snakemake on tiny configs in temporary folders, for the workflow tests."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = TINY_CONFIG, timeout: int = 900,
+              check: bool = True) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--cores", "2", *args]
+    if configfile is not None:
+        command += ["--configfile", str(configfile)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from a dry run's "Job stats" table; empty when nothing is to be done."""
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def write_config(path: Path, base: Path = TINY_CONFIG, **changes) -> Path:
+    """A copy of ``base`` with dotted keys changed, e.g. ``generation__guidance_scales=[1]``."""
+    config = yaml.safe_load(base.read_text())
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
