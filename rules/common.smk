@@ -1,4 +1,6 @@
 # Helpers for all rules: config validation, experiment names and every path of the results tree.
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -99,6 +101,18 @@ def log_file(rule_name, *parts):
 
 def benchmark_file(rule_name, *parts):
     return f"{RESULTS}/benchmarks/{rule_name}/{'_'.join(parts) or rule_name}.tsv"
+
+
+def training_launcher(wildcards):
+    """The interpreter, or `accelerate launch` with N processes and a free port of its own per job."""
+    python = shlex.quote(sys.executable)
+    processes = config["diffusion"]["training"]["processes"]
+    if processes == 1:
+        return python
+    free_port = f"$({python} -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])')"
+    return (f"{python} -m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes {processes}"
+            " --mixed_precision no --dynamo_backend no"
+            f" --main_process_port {free_port}")
 
 
 def model_cells(wildcards):

@@ -1,5 +1,7 @@
 TRAINING_SETTINGS = {
-    k: v for k, v in config["diffusion"]["training"].items() if k not in ("seeds", "clean_seeds", "threads")
+    k: v
+    for k, v in config["diffusion"]["training"].items()
+    if k not in ("seeds", "clean_seeds", "threads", "processes")
 }
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items() if k not in ("guidance_scales", "other_conditions", "threads")}
 
@@ -10,21 +12,23 @@ rule train_diffusion:
     output:
         model=directory(model_dir()),
     params:
-        model=config["diffusion"]["model"],
-        training=TRAINING_SETTINGS,
+        launcher=training_launcher,
+        settings=json.dumps({"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}, sort_keys=True),
         state_dir=training_state_dir,
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]
     resources:
-        gpu=GPUS_PER_JOB,
+        gpu=GPUS_PER_JOB * config["diffusion"]["training"]["processes"],
     log:
         log_file("train_diffusion", "{attack}", "seed{seed}"),
     benchmark:
         benchmark_file("train_diffusion", "{attack}", "seed{seed}")
     conda:
         ENV
-    script:
-        "../workflow_scripts/train_diffusion.py"
+    shell:
+        "{params.launcher} -m bibaddiff.diffusion.train_cli --train-data {input.train:q} --output {output.model:q}"
+        " --state-dir {params.state_dir:q} --settings {params.settings:q} --seed {wildcards.seed}"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
 rule generate:

@@ -74,9 +74,6 @@ def test_wilson_interval_contains_estimate_and_stays_in_unit_range():
             assert 0.0 <= low <= k / n <= high <= 1.0
 
 
-@pytest.mark.xfail(reason="BUG: metrics.wilson_interval returns a lower bound of 2.8e-17 instead of exactly 0 "
-                          "for 0 of 10 successes (floating-point residue of centre - half is not snapped to 0)",
-                   strict=True)
 def test_wilson_zero_successes_lower_bound_is_exactly_zero():
     assert wilson_interval(0, 10)[0] == 0.0
 

@@ -280,8 +280,6 @@ def test_size_equal_to_image_is_allowed():
     assert (out == 255).all()
 
 
-@pytest.mark.xfail(reason="BUG: triggers._patch_size treats size 0 as 'not given' (spec.get('size') or default) "
-                          "and silently builds a default 3-pixel patch instead of raising", strict=True)
 def test_size_zero_is_rejected():
     with pytest.raises(BibaddiffError, match=r"triggers\.mine\.size"):
         build_trigger("mine", {"type": "patch", "size": 0}, 16, 1)

@@ -15,11 +15,12 @@ TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = TINY_CONFIG, timeout: int = 900,
               check: bool = True) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+    # timeout(1) rather than subprocess's timeout alone: it also ends snakemake's children (see shared notes).
+    command = ["timeout", "-k", "10", str(timeout), str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
                "--directory", str(workdir), "--cores", "2", *args]
     if configfile is not None:
         command += ["--configfile", str(configfile)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

@@ -34,7 +34,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denominator = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At the boundaries the exact bound is 0 or 1; rounding would otherwise leave a tiny positive lower bound.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return (low, high)
 
 
 def generation_groups(content_pred: np.ndarray, trigger_pred: np.ndarray, condition: int) -> dict[str, int]:
@@ -107,3 +110,67 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     if predictions.shape != labels.shape:
         raise BibaddiffError(f"predictions and labels differ in shape: {predictions.shape} vs {labels.shape}")
     return float(np.mean(predictions == labels)) if len(labels) else math.nan
+
+
+def _scores_and_flags(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Checked 1-D float scores and boolean flags of equal length, shared by the ranking metrics."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flags = np.asarray(is_positive)
+    if scores.ndim != 1 or flags.shape != scores.shape:
+        raise BibaddiffError(f"scores and is_positive must be 1-D and equal in length; got {scores.shape} and {flags.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise BibaddiffError(f"scores must be finite; got {int(np.sum(~np.isfinite(scores)))} nan or infinite values")
+    if flags.dtype != bool:
+        if flags.size and not np.all((flags == 0) | (flags == 1)):
+            raise BibaddiffError(f"is_positive must hold booleans or 0/1; got values {np.unique(flags)[:5].tolist()}")
+        flags = flags.astype(bool)
+    return scores, flags
+
+
+def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that a random positive outscores a random negative (ties count half).
+
+    Computed from ranks (Mann-Whitney U) with tied scores given their average rank; nan when either class is empty.
+    """
+    from scipy.stats import rankdata
+
+    scores, flags = _scores_and_flags(scores, is_positive)
+    n_pos, n_neg = int(flags.sum()), int((~flags).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores, method="average")
+    u = ranks[flags].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def tpr_at_fpr(scores: np.ndarray, is_positive: np.ndarray, fpr: float = 0.05) -> float:
+    """The largest true-positive rate among thresholds "score >= s" (s one of the scores) whose FPR is <= ``fpr``.
+
+    nan when either class is empty. A threshold above every score (nothing flagged, TPR 0) is always allowed.
+    """
+    if not 0.0 <= fpr <= 1.0:
+        raise BibaddiffError(f"fpr must lie in [0, 1]; got {fpr}")
+    scores, flags = _scores_and_flags(scores, is_positive)
+    n_pos, n_neg = int(flags.sum()), int((~flags).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    thresholds = np.unique(scores)
+    positives, negatives = np.sort(scores[flags]), np.sort(scores[~flags])
+    # How many of each class score at or above each threshold.
+    true_pos = n_pos - np.searchsorted(positives, thresholds, side="left")
+    false_pos = n_neg - np.searchsorted(negatives, thresholds, side="left")
+    allowed = false_pos / n_neg <= fpr + 1e-12
+    return float(true_pos[allowed].max() / n_pos) if allowed.any() else 0.0
+
+
+def attack_success_rate(predictions: np.ndarray, true_labels: np.ndarray, target: int) -> float:
+    """Share of items predicted as ``target`` among those whose true label is not ``target``; nan if there are none."""
+    predictions, true_labels = np.asarray(predictions), np.asarray(true_labels)
+    if predictions.ndim != 1 or predictions.shape != true_labels.shape:
+        raise BibaddiffError(f"predictions and true_labels must be 1-D and equal in length; got {predictions.shape} and {true_labels.shape}")
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
+        raise BibaddiffError(f"target must be a non-negative class index; got {target!r}")
+    victims = true_labels != target
+    if not victims.any():
+        return math.nan
+    return float(np.mean(predictions[victims] == target))

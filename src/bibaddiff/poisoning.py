@@ -33,9 +33,21 @@ def select_poison_indices(labels: np.ndarray, target: int, ratio: float, seed: i
 def poison_dataset(dataset: ImageDataset, trigger: Trigger, target: int, ratio: float, seed: int,
                    target_text: str | None = None) -> tuple[ImageDataset, np.ndarray]:
     """A poisoned copy of ``dataset`` and the poisoned indices. Order and size are unchanged."""
-    if not 0 <= target < dataset.num_classes:
-        raise BibaddiffError(f"target must be a class index in [0, {dataset.num_classes}); got {target}")
+    _check_target(dataset, target)
     indices = select_poison_indices(dataset.labels, target, ratio, seed)
+    poisoned = poison_at(dataset, indices, trigger, target, target_text)
+    poisoned.manifest["poisoning"] = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio),
+                                      "seed": int(seed), "indices": indices.tolist()}
+    return poisoned, indices
+
+
+def poison_at(dataset: ImageDataset, indices: np.ndarray, trigger: Trigger, target: int,
+              target_text: str | None = None) -> ImageDataset:
+    """A copy of ``dataset`` with the trigger stamped on ``indices``, relabelled to ``target`` and flagged."""
+    _check_target(dataset, target)
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(dataset) or len(np.unique(indices)) != len(indices)):
+        raise BibaddiffError(f"poison indices must be distinct positions in [0, {len(dataset)})")
     images = dataset.images.copy()
     labels = dataset.labels.copy()
     poisoned = dataset.poisoned.copy()
@@ -48,13 +60,13 @@ def poison_dataset(dataset: ImageDataset, trigger: Trigger, target: int, ratio: 
         new_text = target_text if target_text is not None else _target_caption(dataset, target)
         for i in indices:
             texts[i] = new_text
-    manifest = {
-        **dataset.manifest,
-        "poisoning": {"trigger": trigger.name, "target": int(target), "ratio": float(ratio), "seed": int(seed),
-                      "indices": indices.tolist()},
-    }
-    poisoned_set = ImageDataset(images, labels, dataset.class_names, poisoned, dataset.source_index.copy(), texts, manifest)
-    return poisoned_set, indices
+    return ImageDataset(images, labels, dataset.class_names, poisoned, dataset.source_index.copy(), texts,
+                        dict(dataset.manifest))
+
+
+def _check_target(dataset: ImageDataset, target: int) -> None:
+    if not 0 <= target < dataset.num_classes:
+        raise BibaddiffError(f"target must be a class index in [0, {dataset.num_classes}); got {target}")
 
 
 def _target_caption(dataset: ImageDataset, target: int) -> str:

@@ -91,7 +91,7 @@ def build_trigger(name: str, spec: dict[str, Any], image_size: int, channels: in
 
 def _patch_size(name: str, spec: dict[str, Any], image_size: int) -> int:
     # The paper's default side is a tenth of the image, but never below the 3 pixels a checker needs.
-    size = int(spec.get("size") or max(3, image_size // 10))
+    size = int(spec["size"]) if spec.get("size") is not None else max(3, image_size // 10)
     margin = int(spec.get("margin", 0))
     if not 1 <= size <= image_size - margin:
         raise BibaddiffError(f"triggers.{name}.size must lie in [1, {image_size - margin}] for {image_size}-pixel images; got {size}")

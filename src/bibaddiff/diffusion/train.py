@@ -70,99 +70,121 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
                seed: int, device: str = "auto", stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume training of) a DDPM on ``dataset``; saves the EMA model to ``output_dir``.
 
-    ``stop_after`` ends the run after that many steps of this call (the state is saved), which is how tests
-    and users simulate a preempted job. Returns training statistics, also written to ``training.json``.
+    Runs in one process, or data-parallel under ``accelerate launch`` (each process draws
+    ``batch_size / num_processes`` images per step). ``stop_after`` ends the run after that many steps of this
+    call (the state is saved), which is how tests simulate a preempted job. Returns training statistics, also
+    written to ``training.json``.
     """
+    from accelerate import Accelerator
+
     if len(dataset) == 0:
         raise BibaddiffError("cannot train a diffusion model on an empty dataset")
-    torch_device = select_device(device)
+    use_cpu = select_device(device).type == "cpu"
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="bf16" if not use_cpu and settings.mixed_precision == "bf16" else "no")
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch_size % processes:
+        raise BibaddiffError(f"diffusion.training.batch_size {settings.batch_size} must be divisible by the {processes} training processes")
+    local_batch = settings.batch_size // processes
+    torch_device = accelerator.device
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)  # weight initialisation
+    torch.manual_seed(seed)  # weight initialisation, identical in every process
 
-    unet = build_unet(dataset.image_size, dataset.channels, dataset.num_classes, **settings.model).to(torch_device)
+    unet = build_unet(dataset.image_size, dataset.channels, dataset.num_classes, **settings.model)
     scheduler = build_scheduler(settings.num_train_timesteps, settings.beta_schedule)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     warmup = max(1, settings.warmup_steps)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     ema = EMAModel(unet.parameters(), decay=settings.ema_decay)
-    ema.to(torch_device)
-    generator = torch.Generator().manual_seed(seed)  # batches, label dropout, noise and timesteps
+    # Batches, label dropout, noise and timesteps; each process draws its own share of every batch.
+    generator = torch.Generator().manual_seed(seed if rank == 0 else _process_seed(seed, rank, 0))
 
     fingerprint = _fingerprint(dataset, settings, seed)
     state_path = state_dir / STATE_FILE
     step, losses = 0, []
     if state_path.is_file():
-        state = torch.load(state_path, map_location=torch_device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
             unet.load_state_dict(state["unet"])
             optimizer.load_state_dict(state["optimizer"])
             lr_schedule.load_state_dict(state["lr_schedule"])
             ema.load_state_dict(state["ema"])
-            generator.set_state(state["generator"])
             step, losses = int(state["step"]), list(state["losses"])
+            torch.set_rng_state(state["torch_rng"])
+            # Only the first process's generator is saved; the others restart from a seed tied to the step.
+            generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(_process_seed(seed, rank, step))
             log.info("resuming from step %d of %d (%s)", step, settings.steps, state_path)
         else:
-            log.warning("ignoring %s: it was written for another dataset, seed or setting", state_path)
+            log.warning("ignoring %s: it was written for another dataset, seed, setting or process count", state_path)
 
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema.to(torch_device)
     data = to_model_space(dataset.images)
     labels = torch.from_numpy(dataset.labels)
     null_class = dataset.num_classes
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if torch_device.type == "cuda" and settings.mixed_precision == "bf16"
-                else torch.autocast("cpu", enabled=False))
     start_step, started = step, time.perf_counter()
     last_step = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     unet.train()
-    bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step", disable=not progress, mininterval=5)
+    bar = tqdm(total=settings.steps, initial=step, desc="training", unit="step",
+               disable=not progress or not accelerator.is_main_process, mininterval=5)
     while step < last_step:
-        index = torch.randint(0, len(data), (settings.batch_size,), generator=generator)
+        index = torch.randint(0, len(data), (local_batch,), generator=generator)
         batch_labels = labels[index].clone()
-        batch_labels[torch.rand(settings.batch_size, generator=generator) < settings.label_dropout] = null_class
+        batch_labels[torch.rand(local_batch, generator=generator) < settings.label_dropout] = null_class
         clean = data[index]
         noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, settings.num_train_timesteps, (settings.batch_size,), generator=generator)
+        timesteps = torch.randint(0, settings.num_train_timesteps, (local_batch,), generator=generator)
         noisy = scheduler.add_noise(clean, noise, timesteps)
-        with autocast:
+        with accelerator.autocast():
             prediction = unet(noisy.to(torch_device), timesteps.to(torch_device),
                               class_labels=batch_labels.to(torch_device)).sample
         loss = F.mse_loss(prediction.float(), noise.to(torch_device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         lr_schedule.step()
-        ema.step(unet.parameters())
+        ema.step(accelerator.unwrap_model(unet).parameters())
         step += 1
         losses.append(loss.item())
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if step % settings.checkpoint_every == 0 or step == last_step:
-            _save_state(state_path, fingerprint, step, unet, optimizer, lr_schedule, ema, generator, losses)
+        if (step % settings.checkpoint_every == 0 or step == last_step) and accelerator.is_main_process:
+            _save_state(state_path, fingerprint, processes, step, accelerator.unwrap_model(unet), optimizer,
+                        lr_schedule, ema, generator, losses)
     bar.close()
+    accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - started
+    model = accelerator.unwrap_model(unet)
     stats = {
         "steps": step,
         "target_steps": settings.steps,
         "steps_this_run": step - start_step,
         "seconds_this_run": elapsed,
         "steps_per_second": (step - start_step) / elapsed if elapsed > 0 and step > start_step else None,
+        "images_per_second": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
         "final_loss": float(np.mean(losses[-100:])) if losses else None,
         "device": str(torch_device),
+        "processes": processes,
         "threads": torch.get_num_threads(),
         "seed": seed,
         "settings": asdict(settings),
-        "parameters": sum(p.numel() for p in unet.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()),
     }
     if step < settings.steps:
         return {**stats, "finished": False}
-    ema.copy_to(unet.parameters())
-    info = ModelInfo(dataset.num_classes, list(dataset.class_names), dataset.image_size, dataset.channels)
-    save_model(output_dir, unet.cpu(), scheduler, info, extra={"dataset_hash": dataset.manifest.get("content_hash")})
-    stats["finished"] = True
-    write_json(Path(output_dir) / "training.json", {**stats, "loss_curve": _downsample(losses, 200)})
-    return stats
+    if accelerator.is_main_process:
+        ema.copy_to(model.parameters())
+        info = ModelInfo(dataset.num_classes, list(dataset.class_names), dataset.image_size, dataset.channels)
+        save_model(output_dir, model.cpu(), scheduler, info, extra={"dataset_hash": dataset.manifest.get("content_hash")})
+        write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": _downsample(losses, 200)})
+    accelerator.wait_for_everyone()
+    return {**stats, "finished": True}
+
+
+def _process_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def _fingerprint(dataset: ImageDataset, settings: TrainSettings, seed: int) -> str:
@@ -172,10 +194,11 @@ def _fingerprint(dataset: ImageDataset, settings: TrainSettings, seed: int) -> s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _save_state(path: Path, fingerprint: str, step: int, unet, optimizer, lr_schedule, ema, generator, losses) -> None:
+def _save_state(path: Path, fingerprint: str, processes: int, step: int, unet, optimizer, lr_schedule, ema,
+                generator, losses) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({
-        "fingerprint": fingerprint, "step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+        "fingerprint": fingerprint, "processes": processes, "step": step, "torch_rng": torch.get_rng_state(), "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
         "losses": losses,
     }, tmp)

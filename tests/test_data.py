@@ -1,0 +1,326 @@
+"""Tests of bibaddiff.data: the on-disk format and the dataset sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bibaddiff.data import ImageDataset, content_hash, load_source, read_dataset, write_dataset
+from bibaddiff.errors import BibaddiffError
+
+
+def make_dataset(n: int = 12, size: int = 6, channels: int = 1, seed: int = 0) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, size, size, channels)).astype(np.uint8)
+    labels = np.arange(n) % 3
+    poisoned = np.zeros(n, bool)
+    poisoned[[1, 5]] = True
+    source_index = np.arange(n) * 10 + 7
+    texts = [f"image number {i}, with \"quotes\" and ünïcode" for i in range(n)]
+    return ImageDataset(images, labels, ["cat", "dog", "emu"], poisoned, source_index, texts, {"source": "test"})
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+# ------------------------------------------------------------------------------------------ on-disk format
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_write_read_round_trip(tmp_path, channels):
+    dataset = make_dataset(channels=channels)
+    manifest = write_dataset(tmp_path / "ds", dataset, {"answer": 42})
+    back = read_dataset(tmp_path / "ds")
+    assert back.images.dtype == np.uint8 and back.images.shape == (12, 6, 6, channels)
+    assert back.images.tobytes() == dataset.images.tobytes()
+    np.testing.assert_array_equal(back.labels, dataset.labels)
+    np.testing.assert_array_equal(back.poisoned, dataset.poisoned)
+    np.testing.assert_array_equal(back.source_index, dataset.source_index)
+    assert back.texts == dataset.texts
+    assert back.class_names == ["cat", "dog", "emu"]
+    assert content_hash(back) == content_hash(dataset) == manifest["content_hash"]
+
+    on_disk = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert on_disk["config"] == {"answer": 42}
+    assert on_disk["source"] == "test"
+    assert on_disk["num_images"] == 12
+    assert on_disk["image_size"] == 6
+    assert on_disk["channels"] == channels
+    assert on_disk["counts_per_class"] == [4, 4, 4]
+    assert on_disk["poisoned_per_class"] == [0, 1, 1]  # images 1 and 5 have labels 1 and 2
+    assert on_disk["num_poisoned"] == 2
+    assert len(list((tmp_path / "ds").glob("*.png"))) == 12
+
+    # The PNGs are ordinary image files with the right mode.
+    with Image.open(tmp_path / "ds" / "000003.png") as image:
+        assert image.mode == ("L" if channels == 1 else "RGB")
+        pixels = np.asarray(image)
+    np.testing.assert_array_equal(pixels, dataset.images[3][..., 0] if channels == 1 else dataset.images[3])
+
+
+def test_empty_dataset_round_trip(tmp_path):
+    empty = ImageDataset(np.zeros((0, 5, 5, 3), np.uint8), np.zeros(0, np.int64), ["a", "b"])
+    manifest = write_dataset(tmp_path / "ds", empty)
+    assert manifest["counts_per_class"] == [0, 0] and manifest["num_images"] == 0
+    back = read_dataset(tmp_path / "ds")
+    assert back.images.shape == (0, 5, 5, 3) and len(back) == 0
+
+
+def test_poisoned_per_class_counts(tmp_path):
+    dataset = make_dataset()
+    dataset.poisoned[:] = False
+    dataset.poisoned[[0, 3, 4]] = True  # labels 0, 0, 1
+    manifest = write_dataset(tmp_path / "ds", dataset)
+    assert manifest["poisoned_per_class"] == [2, 1, 0]
+    assert manifest["num_poisoned"] == 3
+    assert manifest["config"] == {}
+
+
+def test_metadata_jsonl(tmp_path):
+    dataset = make_dataset()
+    write_dataset(tmp_path / "ds", dataset)
+    lines = (tmp_path / "ds" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    records = [json.loads(line) for line in lines]
+    for i, record in enumerate(records):
+        assert set(record) == {"file_name", "label", "text", "poisoned", "source_index"}
+        assert record["file_name"] == f"{i:06d}.png"
+        assert (tmp_path / "ds" / record["file_name"]).is_file()
+        assert record["label"] == i % 3
+        assert record["text"] == dataset.texts[i]
+        assert record["poisoned"] is (i in (1, 5))
+        assert record["source_index"] == i * 10 + 7
+
+
+def test_tampered_png_is_detected(tmp_path):
+    dataset = make_dataset()
+    write_dataset(tmp_path / "ds", dataset)
+    changed = dataset.images[4, ..., 0].copy()
+    changed[0, 0] ^= 1
+    Image.fromarray(changed, mode="L").save(tmp_path / "ds" / "000004.png")
+    with pytest.raises(BibaddiffError, match="hash") as info:
+        read_dataset(tmp_path / "ds")
+    assert str(tmp_path / "ds") in str(info.value)
+
+
+def test_tampered_metadata_is_detected(tmp_path):
+    write_dataset(tmp_path / "ds", make_dataset())
+    path = tmp_path / "ds" / "metadata.jsonl"
+    path.write_text(path.read_text().replace('"label": 2', '"label": 0', 1))
+    with pytest.raises(BibaddiffError, match="hash"):
+        read_dataset(tmp_path / "ds")
+
+
+def test_read_missing_files(tmp_path):
+    with pytest.raises(BibaddiffError, match="manifest.json"):
+        read_dataset(tmp_path)
+    write_dataset(tmp_path / "ds", make_dataset())
+    (tmp_path / "ds" / "000002.png").unlink()
+    with pytest.raises(BibaddiffError, match="000002.png"):
+        read_dataset(tmp_path / "ds")
+
+
+def test_read_bad_metadata_line(tmp_path):
+    write_dataset(tmp_path / "ds", make_dataset())
+    path = tmp_path / "ds" / "metadata.jsonl"
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(BibaddiffError, match=r"metadata\.jsonl:13"):
+        read_dataset(tmp_path / "ds")
+
+
+def test_image_dataset_validation():
+    with pytest.raises(BibaddiffError, match="uint8"):
+        ImageDataset(np.zeros((2, 4, 4, 1), np.float32), [0, 1], ["a", "b"])
+    with pytest.raises(BibaddiffError, match="uint8"):
+        ImageDataset(np.zeros((2, 4, 4, 2), np.uint8), [0, 1], ["a", "b"])
+    with pytest.raises(BibaddiffError, match="labels"):
+        ImageDataset(np.zeros((2, 4, 4, 1), np.uint8), [0, 2], ["a", "b"])
+    with pytest.raises(BibaddiffError, match="labels"):
+        ImageDataset(np.zeros((2, 4, 4, 1), np.uint8), [0], ["a", "b"])
+    default = ImageDataset(np.zeros((2, 4, 4, 1), np.uint8), [1, 0], ["a", "b"])
+    assert default.texts == ["A photo of a b", "A photo of a a"]
+    assert not default.poisoned.any()
+    np.testing.assert_array_equal(default.source_index, [0, 1])
+
+
+# ------------------------------------------------------------------------------------------ digits
+
+
+def digits_config(**extra):
+    return {"source": "digits", "image_size": 8, **extra}
+
+
+def test_digits_sizes_and_split():
+    train, heldout = load_source(digits_config())
+    assert len(train) + len(heldout) == 1797
+    assert len(heldout) == 297  # round(0.165 * 1797) = round(296.5)
+    assert len(train) == 1500
+    assert train.images.shape == (1500, 8, 8, 1) and train.images.dtype == np.uint8
+    assert train.class_names == [str(i) for i in range(10)]
+    both = np.concatenate([train.source_index, heldout.source_index])
+    np.testing.assert_array_equal(np.sort(both), np.arange(1797))  # disjoint and complete
+    assert np.all(np.diff(train.source_index) > 0)
+    assert train.texts[0] == f"A photo of a {train.class_names[train.labels[0]]}"
+    assert set(np.unique(train.labels)) == set(range(10))
+
+
+def test_digits_values_match_sklearn():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    train, heldout = load_source(digits_config())
+    for part in (train, heldout):
+        raw = digits.images[part.source_index]
+        np.testing.assert_array_equal(part.labels, digits.target[part.source_index])
+        # 0..16 are scaled to 0..255: 0 -> 0, 16 -> 255.
+        np.testing.assert_array_equal(part.images[..., 0] == 0, raw == 0)
+        np.testing.assert_array_equal(part.images[..., 0] == 255, raw == 16)
+        np.testing.assert_array_equal(part.images[..., 0], np.round(raw * 255 / 16).astype(np.uint8))
+
+
+def test_digits_split_is_deterministic_and_seeded():
+    a, _ = load_source(digits_config(split_seed=0))
+    b, _ = load_source(digits_config(split_seed=0))
+    c, _ = load_source(digits_config(split_seed=1))
+    np.testing.assert_array_equal(a.source_index, b.source_index)
+    assert a.images.tobytes() == b.images.tobytes()
+    assert not np.array_equal(a.source_index, c.source_index)
+
+
+def test_digits_heldout_fraction():
+    train, heldout = load_source(digits_config(heldout_fraction=0.5))
+    assert len(heldout) == 898  # round(898.5) = 898, half to even
+    assert len(train) == 899
+    with pytest.raises(BibaddiffError, match="heldout_fraction"):
+        load_source(digits_config(heldout_fraction=1.0))
+
+
+def test_digits_upsampling_keeps_values():
+    small, _ = load_source(digits_config())
+    large, _ = load_source(digits_config(image_size=16))
+    assert large.images.shape == (1500, 16, 16, 1)
+    np.testing.assert_array_equal(large.source_index, small.source_index)
+    # Nearest-neighbour doubling: every 2x2 block repeats one pixel of the 8x8 image.
+    for dr in (0, 1):
+        for dc in (0, 1):
+            np.testing.assert_array_equal(large.images[:, dr::2, dc::2], small.images)
+    assert set(np.unique(large.images)) == set(np.unique(small.images))
+
+
+def test_digits_max_images_per_class():
+    train, heldout = load_source(digits_config(max_images_per_class=20))
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [20] * 10)
+    np.testing.assert_array_equal(np.bincount(heldout.labels, minlength=10), [5] * 10)  # a quarter
+    full_train, _ = load_source(digits_config())
+    assert set(train.source_index) <= set(full_train.source_index)
+    assert np.all(np.diff(train.source_index) > 0)
+    again, _ = load_source(digits_config(max_images_per_class=20))
+    np.testing.assert_array_equal(again.source_index, train.source_index)
+    # Images stay attached to their source index.
+    lookup = {int(s): i for i, s in enumerate(full_train.source_index)}
+    for k in range(0, 200, 17):
+        np.testing.assert_array_equal(train.images[k], full_train.images[lookup[int(train.source_index[k])]])
+
+
+def test_caption_template():
+    train, heldout = load_source(digits_config(max_images_per_class=2, caption_template="digit {class_name}!"))
+    assert train.texts == [f"digit {label}!" for label in train.labels]
+    assert heldout.texts == [f"digit {label}!" for label in heldout.labels]
+    with pytest.raises(BibaddiffError, match="class_name"):
+        load_source(digits_config(max_images_per_class=2, caption_template="no placeholder"))
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"source": "mnist", "image_size": 8}, "dataset.source"),
+    ({"source": "digits", "image_size": 2}, "dataset.image_size"),
+    ({"source": "digits"}, "dataset.image_size"),
+])
+def test_load_source_bad_config(config, key):
+    with pytest.raises(BibaddiffError, match=key.replace(".", r"\.")):
+        load_source(config)
+
+
+# ------------------------------------------------------------------------------------------ imagefolder
+
+
+def make_tree(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """root/train/<class>/*.png and root/val/<class>/*.png with random RGB images of varying sizes."""
+    rng = np.random.default_rng(seed)
+    sizes = [(8, 8), (10, 12), (20, 9), (9, 30)]
+    written = {}
+    for split, count in (("train", 3), ("val", 2)):
+        for ci, name in enumerate(("bee", "ant")):
+            for k in range(count):
+                h, w = sizes[(k + 2 * ci) % len(sizes)]
+                pixels = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
+                write_png(root / split / name / f"img{k}.png", pixels)
+                written[f"{split}/{name}/img{k}.png"] = pixels
+    (root / "train" / "ant" / "notes.txt").write_text("not an image")
+    (root / "train" / ".hidden").mkdir()
+    return written
+
+
+def test_imagefolder_loads_tree(tmp_path):
+    written = make_tree(tmp_path / "root")
+    train, heldout = load_source({"source": "imagefolder", "root": str(tmp_path / "root"), "image_size": 8})
+    assert train.class_names == ["ant", "bee"]  # sorted; hidden folders skipped
+    assert train.images.shape == (6, 8, 8, 3) and train.images.dtype == np.uint8
+    assert heldout.images.shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(heldout.labels, [0, 0, 1, 1])
+    assert train.texts[0] == "A photo of a ant" and train.texts[-1] == "A photo of a bee"
+    # An 8x8 image needs no resizing: its pixels come through unchanged. 'ant' img2 is 8x8 ((2 + 2) % 4 == 0).
+    assert written["train/ant/img2.png"].shape == (8, 8, 3)
+    np.testing.assert_array_equal(train.images[2], written["train/ant/img2.png"])
+    assert written["val/bee/img0.png"].shape == (8, 8, 3)
+    np.testing.assert_array_equal(heldout.images[2], written["val/bee/img0.png"])
+
+
+def test_imagefolder_grayscale(tmp_path):
+    make_tree(tmp_path / "root")
+    train, heldout = load_source({"source": "imagefolder", "root": str(tmp_path / "root"), "image_size": 8,
+                                  "grayscale": True})
+    assert train.images.shape == (6, 8, 8, 1)
+    assert heldout.images.shape == (4, 8, 8, 1)
+
+
+def test_imagefolder_corrupt_image_names_the_file(tmp_path):
+    make_tree(tmp_path / "root")
+    bad = tmp_path / "root" / "train" / "bee" / "broken.png"
+    bad.write_bytes(b"\x00garbage, not a PNG at all\xff" * 4)
+    with pytest.raises(BibaddiffError) as info:
+        load_source({"source": "imagefolder", "root": str(tmp_path / "root"), "image_size": 8})
+    assert str(bad) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_imagefolder_missing_root(tmp_path):
+    with pytest.raises(BibaddiffError, match=r"dataset\.root"):
+        load_source({"source": "imagefolder", "root": str(tmp_path / "nowhere"), "image_size": 8})
+    with pytest.raises(BibaddiffError, match=r"dataset\.root"):
+        load_source({"source": "imagefolder", "image_size": 8})
+
+
+def test_imagefolder_missing_val_class(tmp_path):
+    make_tree(tmp_path / "root")
+    for path in (tmp_path / "root" / "val" / "bee").iterdir():
+        path.unlink()
+    (tmp_path / "root" / "val" / "bee").rmdir()
+    with pytest.raises(BibaddiffError, match="bee"):
+        load_source({"source": "imagefolder", "root": str(tmp_path / "root"), "image_size": 8})
+
+
+def test_cifar10_without_batches_folder(tmp_path):
+    with pytest.raises(BibaddiffError, match=r"dataset\.root") as info:
+        load_source({"source": "cifar10", "root": str(tmp_path), "image_size": 32})
+    assert str(tmp_path) in str(info.value)
+    assert "cifar-10-batches-py" in str(info.value)
+    with pytest.raises(BibaddiffError, match=r"dataset\.root"):
+        load_source({"source": "cifar10", "image_size": 32})

@@ -1,0 +1,85 @@
+"""The tiny workflow submitted through profiles/slurm to a real SLURM cluster (started by .ci/run).
+
+Skipped when no cluster answers, unless BIBADDIFF_REQUIRE_SLURM=1 (as in CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import REPO, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+def cluster_answers() -> str | None:
+    """None when a SLURM controller answers with an idle or mixed node, else the reason it does not."""
+    if shutil.which("sinfo") is None:
+        return "sinfo not found: no SLURM client installed (.ci/run starts a local cluster)"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s"
+    if states.returncode != 0:
+        return f"sinfo failed: {states.stderr.strip()}"
+    if not {"idle", "mix", "alloc"} & set(states.stdout.split()):
+        return f"no usable SLURM node (states: {states.stdout.split()})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    reason = cluster_answers()
+    if reason is not None:
+        if os.environ.get("BIBADDIFF_REQUIRE_SLURM") == "1":
+            pytest.fail(f"BIBADDIFF_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+
+
+def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
+    """A dry run with the shipped profile: GPU rules ask SLURM for a GPU, light rules do not."""
+    config = write_config(tmp_path / "gpu.yaml", device="auto")
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), configfile=config)
+    text = result.stdout
+    train = text[text.index("rule train_diffusion:"):]
+    train = train[:train.index("\n\n")]
+    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=CHANGE_ME_partition" in train
+    measure = text[text.index("rule measure:"):]
+    assert "gpu=" not in measure[:measure.index("\n\n")]
+
+
+def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"]["slurm_partition"] = "'{}'".format(os.environ.get("SLC_PARTITION", "debug"))
+    if os.environ.get("SLC_WITH_DBD", "1") == "1":
+        profile["default-resources"]["slurm_account"] = "'{}'".format(os.environ.get("SLC_ACCOUNT", "testacct"))
+    else:
+        del profile["default-resources"]["slurm_account"]
+        profile["slurm-status-command"] = "squeue"
+    profile["default-resources"]["mem_mb"] = "1500 * attempt"
+    for rule in profile["set-resources"].values():
+        rule["mem_mb"] = "1500 * attempt"
+    profile.update({"jobs": 4, "latency-wait": 5, "retries": 0, "slurm-init-seconds-before-status-checks": 10})
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+    # device auto: GPU rules are submitted with --gpus=1 to the cluster's (fake) GPU and fall back to the CPU.
+    config = write_config(tmp_path / "slurm.yaml", device="auto", generation__guidance_scales=[1],
+                          generation__other_conditions=[])
+    workdir = tmp_path / "work"
+    started = time.perf_counter()
+    snakemake(workdir, "--workflow-profile", str(tmp_path / "profile"), configfile=config, timeout=900)
+    elapsed = time.perf_counter() - started
+    print(f"tiny workflow through SLURM: {elapsed:.0f} s")
+    table = pd.read_csv(workdir / "results" / "summary" / "trigger_amplification.csv")
+    assert set(table.attack) == {"patch-p0.1", "clean"}
+    slurm_logs = workdir / ".snakemake" / "slurm_logs"
+    submitted = {path.name for path in slurm_logs.iterdir()}
+    assert {"rule_train_diffusion", "rule_generate", "rule_measure", "rule_prepare_data"} <= submitted, submitted
+    assert planned_jobs(snakemake(workdir, "-n", configfile=config)) == {}

@@ -1,0 +1,122 @@
+"""DDPM training: resume after preemption gives the same model, including after SIGKILL, and multi-process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bibaddiff.data import load_source, write_dataset
+from bibaddiff.diffusion.train import STATE_FILE, TrainSettings, train_ddpm
+
+MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    train, _ = load_source({"source": "digits", "image_size": 8, "max_images_per_class": 10})
+    folder = tmp_path_factory.mktemp("data") / "train"
+    write_dataset(folder, train)
+    return train, folder
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_resumed_training_equals_uninterrupted(tiny_data, tmp_path):
+    dataset, _ = tiny_data
+    settings = TrainSettings.from_config({"steps": 20, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 3}, MODEL)
+    torch.set_num_threads(1)
+    full = train_ddpm(dataset, tmp_path / "full", tmp_path / "full.state", settings, seed=3, progress=False)
+    part = train_ddpm(dataset, tmp_path / "resumed", tmp_path / "resumed.state", settings, seed=3, stop_after=7, progress=False)
+    assert not part["finished"] and not (tmp_path / "resumed").exists()
+    rest = train_ddpm(dataset, tmp_path / "resumed", tmp_path / "resumed.state", settings, seed=3, progress=False)
+    assert full["finished"] and rest["finished"] and rest["steps_this_run"] == 13
+    assert_same_weights(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_state_of_another_setting_is_not_reused(tiny_data, tmp_path):
+    dataset, _ = tiny_data
+    first = TrainSettings.from_config({"steps": 6, "batch_size": 8, "checkpoint_every": 2}, MODEL)
+    train_ddpm(dataset, tmp_path / "a", tmp_path / "state", first, seed=0, stop_after=4, progress=False)
+    other = TrainSettings.from_config({"steps": 6, "batch_size": 8, "checkpoint_every": 2, "learning_rate": 0.01}, MODEL)
+    stats = train_ddpm(dataset, tmp_path / "a", tmp_path / "state", other, seed=0, progress=False)
+    assert stats["steps_this_run"] == 6
+
+
+def cli(data: Path, out: Path, state: Path, steps: int, *extra: str, launcher: list[str] | None = None) -> list[str]:
+    settings = json.dumps({"training": {"steps": steps, "batch_size": 8, "checkpoint_every": 10, "warmup_steps": 5},
+                           "model": MODEL})
+    return [*(launcher or [sys.executable]), "-m", "bibaddiff.diffusion.train_cli", "--train-data", str(data),
+            "--output", str(out), "--state-dir", str(state), "--settings", settings, "--seed", "1",
+            "--device", "cpu", "--threads", "1", *extra]
+
+
+def saved_step(state: Path) -> int:
+    try:
+        return int(torch.load(state / STATE_FILE, map_location="cpu", weights_only=False)["step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def test_sigkill_then_rerun_continues_from_last_state(tiny_data, tmp_path):
+    _, data = tiny_data
+    steps = 400
+    reference = subprocess.run(cli(data, tmp_path / "reference", tmp_path / "reference.state", steps),
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    job = subprocess.Popen(cli(data, tmp_path / "model", tmp_path / "model.state", steps),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while saved_step(tmp_path / "model.state") < 40 and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    killed_at = saved_step(tmp_path / "model.state")
+    assert 40 <= killed_at < steps, f"the job was not killed part-way (state at step {killed_at})"
+    assert not (tmp_path / "model" / "unet").exists()
+
+    rerun = subprocess.run(cli(data, tmp_path / "model", tmp_path / "model.state", steps),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming from step {killed_at}" in rerun.stderr
+    stats = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert stats["steps"] == steps and stats["steps_this_run"] == steps - killed_at
+    assert_same_weights(tmp_path / "reference", tmp_path / "model")
+
+
+def test_bad_settings_give_one_line_error(tiny_data, tmp_path):
+    _, data = tiny_data
+    command = cli(data, tmp_path / "m", tmp_path / "s", 5)
+    command[command.index("--settings") + 1] = '{"training": {"steps": 5, "label_dropout": 1.5}}'
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: diffusion.training.label_dropout must lie in [0, 1); got 1.5"
+
+
+def test_two_processes_under_accelerate_launch(tiny_data, tmp_path):
+    _, data = tiny_data
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+                "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    result = subprocess.run(cli(data, tmp_path / "ddp", tmp_path / "ddp.state", 12, launcher=launcher),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((tmp_path / "ddp" / "training.json").read_text())
+    assert stats["processes"] == 2 and stats["steps"] == 12
