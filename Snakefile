@@ -13,6 +13,9 @@ if not workflow.config_settings.configfiles:
     configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/judges.smk"
@@ -23,4 +26,5 @@ include: "rules/summary.smk"
 rule all:
     input:
         summary_outputs(),
+        all_cells(),
     default_target: True

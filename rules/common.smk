@@ -138,6 +138,13 @@ def target_grids():
             for attack in ATTACKS for s in GUIDANCE}
 
 
+def all_cells():
+    """Every generated cell. Listed as targets because Snakemake (>= 7.7) does not regenerate a deleted
+    intermediate file while what was computed from it is up to date; as a target, it is."""
+    return [generated(attack, seed, condition, s) for attack in ATTACKS for seed in training_seeds(attack)
+            for condition in CONDITIONS for s in GUIDANCE]
+
+
 def summary_outputs():
     return [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
             f"{SUMMARY}/generation_groups.png", f"{SUMMARY}/samples_target.png"]

@@ -3,10 +3,26 @@ rule summarize:
         metrics=all_metrics(),
         grids=list(target_grids().values()),
     output:
-        table=f"{SUMMARY}/trigger_amplification.csv",
-        ratio_figure=f"{SUMMARY}/trigger_ratio_vs_guidance.png",
-        groups_figure=f"{SUMMARY}/generation_groups.png",
-        samples=f"{SUMMARY}/samples_target.png",
+        table=report(
+            f"{SUMMARY}/trigger_amplification.csv",
+            caption="../report/trigger_amplification.rst",
+            category="Trigger amplification",
+        ),
+        ratio_figure=report(
+            f"{SUMMARY}/trigger_ratio_vs_guidance.png",
+            caption="../report/trigger_ratio.rst",
+            category="Trigger amplification",
+        ),
+        groups_figure=report(
+            f"{SUMMARY}/generation_groups.png",
+            caption="../report/generation_groups.rst",
+            category="Trigger amplification",
+        ),
+        samples=report(
+            f"{SUMMARY}/samples_target.png",
+            caption="../report/samples.rst",
+            category="Samples",
+        ),
     params:
         grid_keys=list(target_grids()),
         accuracy_floor=config["judges"]["accuracy_floor"],

@@ -81,6 +81,53 @@ def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     assert set(jobs) == {"train_diffusion", "generate", "measure", "summarize", "all"}
 
 
+def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):
+    config = write_config(tmp_path / "fewer_images.yaml", generation__num_images=8)
+    jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    assert jobs == {"generate": 8, "measure": 2, "summarize": 1, "all": 1}
+
+
+def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
+    jobs = planned_jobs(snakemake(tiny_run, "-n", "--forcerun", "train_content_judge", "train_trigger_judge"))
+    assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "measure": 2, "summarize": 1, "all": 1}
+
+
+def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
+    cell = tiny_run / "results/tiny/generated/clean/seed0/c6_s2.npy"
+    aside = cell.with_suffix(".aside")
+    cell.rename(aside)
+    try:
+        jobs = planned_jobs(snakemake(tiny_run, "-n"))
+    finally:
+        aside.rename(cell)
+    assert jobs == {"generate": 1, "measure": 1, "summarize": 1, "all": 1}
+
+
+def test_report_is_self_contained_html(tiny_run):
+    snakemake(tiny_run, "--report", "report.html")
+    html = (tiny_run / "report.html").read_text(errors="replace")
+    assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000].lower()
+    for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png"):
+        assert name in html
+
+
+def test_lint_passes(tmp_path):
+    result = snakemake(tmp_path, "--lint", configfile=REPO / "config.yaml", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_dry_run_shows_multi_process_training_command(tmp_path):
+    config = write_config(tmp_path / "ddp.yaml", diffusion__training__processes=2, device="cuda")
+    # The workstation profile allows one GPU; say there are two, or the request is scaled down to 1.
+    text = snakemake(tmp_path / "work", "-n", "-p", "--resources", "gpu=2", configfile=config).stdout
+    train = text[text.index("rule train_diffusion:"):]
+    train = train[:train.index("\n\n")]
+    assert "-m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes 2" in train
+    assert "--main_process_port $(" in train and "-m bibaddiff.diffusion.train_cli" in train
+    assert "gpu=2" in train
+
+
 @pytest.mark.parametrize("config_name", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml"))])
 def test_dry_run_of_shipped_configs(config_name, tmp_path):
     path = REPO / config_name if config_name == "config.yaml" else REPO / "configs" / config_name

@@ -31,7 +31,20 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
         raise BibaddiffError(f"config key {where}: {error.message}")
     filled = fill_defaults(copy.deepcopy(config), schema)
     check_experiment(filled)
-    return filled
+    return sort_keys(filled)
+
+
+def sort_keys(value: Any) -> Any:
+    """The same config with every mapping's keys sorted.
+
+    Snakemake compares rule parameters by their text, so a config whose keys were merely reordered would
+    otherwise rerun every job.
+    """
+    if isinstance(value, dict):
+        return {key: sort_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sort_keys(item) for item in value]
+    return value
 
 
 def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
