@@ -20,6 +20,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/judges.smk"
 include: "rules/diffusion.smk"
+include: "rules/defenses.smk"
 include: "rules/summary.smk"
 
 

@@ -26,6 +26,8 @@ wildcard_constraints:
     condition=r"\d+",
     guidance=r"\d+(\.\d+)?",
     trigger=r"[A-Za-z0-9_]+",
+    trainset=r"clean|poisoned|generated_seed\d+",
+    detset=r"training|generated_seed\d+",
 
 
 DATASET = config["dataset"]["name"]
@@ -145,6 +147,66 @@ def all_cells():
             for condition in CONDITIONS for s in GUIDANCE]
 
 
+POISONED_ATTACKS = [attack for attack in ATTACKS if attack != "clean"]
+DEFENSES = config["defenses"]
+
+
+def generated_set(attack="{attack}", seed="{seed}"):
+    return f"{RESULTS}/defenses/generated_sets/{attack}/seed{seed}"
+
+
+def defense_classifier(attack="{attack}", trainset="{trainset}"):
+    return f"{RESULTS}/defenses/classifiers/{attack}/{trainset}"
+
+
+def defense_trainsets(attack):
+    """Training sets whose classifiers are compared: the clean set, the poisoned set, each seed's generated set."""
+    return ["poisoned"] + [f"generated_seed{seed}" for seed in training_seeds(attack)]
+
+
+def trainset_data(attack, trainset):
+    if trainset == "clean":
+        return clean_split("train")
+    if trainset == "poisoned":
+        return f"{RESULTS}/data/{attack}/train"
+    return generated_set(attack, trainset.removeprefix("generated_seed"))
+
+
+def defense_training_data(wildcards):
+    return trainset_data(wildcards.attack, wildcards.trainset)
+
+
+def detection_inputs(wildcards):
+    """Detection screens a set with a classifier trained on that same set, as a defender would."""
+    trainset = "poisoned" if wildcards.detset == "training" else wildcards.detset
+    return {"data": trainset_data(wildcards.attack, trainset), "classifier": defense_classifier(wildcards.attack, trainset)}
+
+
+def detection_file(attack="{attack}", detset="{detset}"):
+    return f"{RESULTS}/defenses/detection/{attack}/{detset}.json"
+
+
+def diffusion_classifier_file(attack="{attack}", seed="{seed}"):
+    return f"{RESULTS}/defenses/diffusion_classifier/{attack}/seed{seed}.json"
+
+
+def defense_inputs():
+    detection = [detection_file(attack, detset) for attack in POISONED_ATTACKS
+                 for detset in ["training"] + [f"generated_seed{s}" for s in training_seeds(attack)]]
+    classifiers = [defense_classifier(attack, trainset) for attack in POISONED_ATTACKS for trainset in defense_trainsets(attack)]
+    classifiers.append(defense_classifier("clean", "clean"))
+    dm_classifier = [diffusion_classifier_file(attack, seed) for attack in ATTACKS for seed in training_seeds(attack)]
+    return {"detection": detection, "classifiers": classifiers, "diffusion_classifier": dm_classifier}
+
+
+def defense_outputs():
+    if not DEFENSES["enabled"]:
+        return []
+    return [f"{SUMMARY}/{name}" for name in ("detection.csv", "defense_train_on_generated.csv", "diffusion_classifier.csv",
+                                             "detection_auroc.png", "defense_train_on_generated.png",
+                                             "diffusion_classifier_asr.png")]
+
+
 def summary_outputs():
-    return [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
+    return defense_outputs() + [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
             f"{SUMMARY}/generation_groups.png", f"{SUMMARY}/samples_target.png"]

@@ -102,3 +102,55 @@ def test_to_uint8_clamps_and_rounds():
     samples = torch.tensor([-3.0, -1.0, 0.0, 1.0, 5.0, 0.5]).reshape(1, 1, 1, 6)
     # (x + 1) * 127.5 after clamping to [-1, 1]: 0, 0, 127.5 -> 128 (half to even), 255, 255, 191.25 -> 191
     np.testing.assert_array_equal(to_uint8(samples)[0, 0, :, 0], [0, 0, 128, 255, 255, 191])
+
+
+class _OracleUNet(torch.nn.Module):
+    """A stand-in UNet whose noise prediction points exactly at a constant clean image per class label."""
+
+    def __init__(self, scheduler, clean_by_label: dict[int, float]):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.scheduler = scheduler
+        self.clean_by_label = clean_by_label
+
+    def forward(self, sample, t, class_labels):
+        alpha = self.scheduler.alphas_cumprod[int(t)]
+        clean = torch.stack([torch.full(sample.shape[1:], self.clean_by_label[int(c)]) for c in class_labels])
+        eps = (sample - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+        return type("Output", (), {"sample": eps})()
+
+
+def test_strong_guidance_ends_at_the_clipped_extrapolation():
+    from diffusers import DDPMScheduler
+
+    from bibaddiff.diffusion.sampling import sample_ddim
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    unet = _OracleUNet(scheduler, {3: 0.8, 10: 0.2})
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.full((4,), 3)
+    # s = 1.5: 0.2 + 1.5 * (0.8 - 0.2) = 1.1, clipped to 1; s = 0.5 stays inside: 0.5.
+    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 1.5, 20, noise), torch.ones(4, 1, 4, 4), atol=1e-3)
+    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 0.5, 20, noise), torch.full((4, 1, 4, 4), 0.5), atol=1e-3)
+    # s = 3 extrapolates to 2.0: the sample must stay at the clipped value instead of drifting away.
+    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 3.0, 20, noise), torch.ones(4, 1, 4, 4), atol=1e-3)
+
+
+def test_ddim_recomputes_noise_from_the_clipped_image(monkeypatch):
+    """Without this, guided samples drift (see sampling.sample_ddim): every step must ask DDIM for it."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from bibaddiff.diffusion.sampling import sample_ddim
+
+    calls = []
+    original = DDIMScheduler.step
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("use_clipped_model_output"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DDIMScheduler, "step", spy)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    unet = _OracleUNet(scheduler, {3: 0.8, 10: 0.2})
+    sample_ddim(unet, scheduler, torch.full((2,), 3), 10, 3.0, 5, torch.randn(2, 1, 4, 4))
+    assert calls == [True] * 5

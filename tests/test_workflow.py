@@ -58,6 +58,26 @@ def test_summary_table(tiny_run):
     assert (table.judge_warning.fillna("") != "").all()
 
 
+def test_defense_tables(tiny_run):
+    summary = tiny_run / "results/summary"
+    detection = pd.read_csv(summary / "detection.csv")
+    assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation"}
+    assert detection.auroc_training.between(0, 1).all() and (detection.n_poisoned_training[detection.scope == "all"] == 20).all()
+    assert (detection.generated_sets == 1).all()
+    training = pd.read_csv(summary / "defense_train_on_generated.csv")
+    assert list(training.trainset) == ["clean", "poisoned", "generated_seed0"]
+    assert training.acc.between(0, 1).all() and training.asr.between(0, 1).all()
+    dm = pd.read_csv(summary / "diffusion_classifier.csv")
+    by_method = dm.groupby("method").size().to_dict()
+    # 2 models x 2 p_filters, plus the standard classifier trained on the poisoned set.
+    assert by_method == {"diffusion classifier": 4, "standard classifier (poisoned set)": 1}
+    generated = read_dataset(tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0")
+    poisoned = read_dataset(tiny_run / "results/tiny/data/patch-p0.1/train")
+    assert np.array_equal(np.bincount(generated.labels, minlength=10), np.bincount(poisoned.labels, minlength=10))
+    for name in ("detection_auroc.png", "defense_train_on_generated.png", "diffusion_classifier_asr.png"):
+        assert (summary / name).stat().st_size > 0
+
+
 def test_second_run_does_nothing(tiny_run):
     assert planned_jobs(snakemake(tiny_run, "-n")) == {}
 
@@ -78,7 +98,9 @@ def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
 def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     config = write_config(tmp_path / "longer.yaml", diffusion__training__steps=13)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert set(jobs) == {"train_diffusion", "generate", "measure", "summarize", "all"}
+    assert jobs == {"train_diffusion": 2, "generate": 8, "measure": 2, "summarize": 1, "generate_training_set": 1,
+                    "train_defense_classifier": 1, "detect_poison": 1, "diffusion_classifier": 2,
+                    "summarize_defenses": 1, "all": 1}
 
 
 def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):
@@ -89,7 +111,10 @@ def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run
 
 def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--forcerun", "train_content_judge", "train_trigger_judge"))
-    assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "measure": 2, "summarize": 1, "all": 1}
+    # The generated training set is labelled by the trigger detector, so it and what uses it follow the judges.
+    assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "measure": 2, "summarize": 1,
+                    "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
+                    "summarize_defenses": 1, "all": 1}
 
 
 def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
@@ -107,7 +132,8 @@ def test_report_is_self_contained_html(tiny_run):
     snakemake(tiny_run, "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000].lower()
-    for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png"):
+    for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png",
+                 "samples_target.png", "detection.csv", "diffusion_classifier_asr.png"):
         assert name in html
 
 

@@ -157,3 +157,133 @@ def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Pa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ castle walls
+
+
+def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
+                   dm_results: list[dict[str, Any]], attacks: dict[str, dict[str, Any]]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs."""
+    def attack_columns(attack: str) -> dict[str, Any]:
+        if attack not in attacks:
+            raise BibaddiffError(f"unknown attack {attack!r} in defence results")
+        return {"attack": attack, "poison_ratio": float(attacks[attack]["ratio"])}
+
+    long = []
+    for result in detections:
+        kind = "training" if result["set"] == "training" else "generated"
+        for detector, scores in result["detectors"].items():
+            for scope in ("all", "target_class"):
+                long.append({**attack_columns(result["attack"]), "trigger": attacks[result["attack"]]["trigger"],
+                             "detector": detector, "scope": scope, "kind": kind, "set": result["set"],
+                             **{k: scores[scope][k] for k in ("auroc", "tpr_at_5_fpr", "n", "n_poisoned")}})
+    long = pd.DataFrame(long)
+    keys = ["attack", "trigger", "poison_ratio", "detector", "scope"]
+    training = long[long.kind == "training"].set_index(keys)
+    generated = long[long.kind == "generated"].groupby(keys).agg(
+        auroc_generated=("auroc", "mean"), tpr_at_5_fpr_generated=("tpr_at_5_fpr", "mean"),
+        n_generated=("n", "sum"), n_flagged_generated=("n_poisoned", "sum"), generated_sets=("set", "count"))
+    detection = pd.DataFrame({
+        "auroc_training": training["auroc"], "tpr_at_5_fpr_training": training["tpr_at_5_fpr"],
+        "n_training": training["n"], "n_poisoned_training": training["n_poisoned"],
+    }).join(generated, how="outer").reset_index()
+    detection["auroc_gain"] = detection["auroc_generated"] - detection["auroc_training"]
+
+    rows, standard = [], []
+    for info, path in zip(classifier_infos, classifier_paths):
+        attack, trainset = Path(path).parts[-2], Path(path).parts[-1]
+        for trigger, scores in info["evaluation"].items():
+            row = {"trigger": trigger, "trainset": trainset, "acc": scores["acc"], "asr": scores["asr"],
+                   "n_train": info.get("num_train")}
+            if attack == "clean":
+                # The clean-set classifier is the reference row of every attack that uses this trigger.
+                rows += [{**attack_columns(a), **row} for a, spec in attacks.items() if spec["trigger"] == trigger]
+            else:
+                rows.append({**attack_columns(attack), **row})
+            if trainset == "poisoned":
+                standard.append({**attack_columns(attack), "trigger": trigger, "seed": "", "method": "standard classifier (poisoned set)",
+                                 "p_filter": math.nan, "acc": scores["acc"], "asr": scores["asr"]})
+    order = {"clean": 0, "poisoned": 1}
+    training_table = pd.DataFrame(rows)
+    training_table = training_table.sort_values(
+        ["poison_ratio", "attack", "trainset"], key=lambda c: c.map(lambda v: order.get(v, 2)) if c.name == "trainset" else c)
+
+    dm_rows = [{**attack_columns(result["attack"]), "trigger": row["trigger"], "seed": str(result["seed"]),
+                "method": "diffusion classifier", "p_filter": row["p_filter"], "acc": row["acc"], "asr": row["asr"]}
+               for result in dm_results for row in result["rows"]]
+    dm_table = pd.DataFrame(dm_rows + standard).sort_values(["poison_ratio", "attack", "method", "seed", "p_filter"])
+    return detection, training_table.reset_index(drop=True), dm_table.reset_index(drop=True)
+
+
+def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
+    """AUROC on the training set vs on generated data, per detector, one panel per attack."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = detection[detection.scope == "all"]
+    attacks = sorted(table.attack.unique(), key=lambda a: (table[table.attack == a].poison_ratio.iloc[0], a))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.8), squeeze=False, sharey=True)
+    for ax, attack in zip(axes[0], attacks):
+        rows = table[table.attack == attack]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, rows.auroc_training, 0.4, label="poisoned training set")
+        ax.bar(x + 0.2, rows.auroc_generated, 0.4, label="generated set")
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xticks(x, rows.detector, rotation=30, ha="right", fontsize=8)
+        ax.set_title(attack)
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("AUROC")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_train_on_generated(training: pd.DataFrame, path: str | Path) -> None:
+    """ACC and ASR of classifiers trained on the clean, poisoned and generated sets, per attack."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = list(dict.fromkeys(training.attack))
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.6 * len(training) / max(1, len(attacks)) * len(attacks)), 3.8))
+    labels = [f"{r.attack}\n{r.trainset}" for r in training.itertuples()]
+    for ax, metric in zip(axes, ("acc", "asr")):
+        colors = ["C2" if t == "clean" else "C3" if t == "poisoned" else "C0" for t in training.trainset]
+        ax.bar(range(len(training)), training[metric], color=colors)
+        ax.set_xticks(range(len(training)), labels, rotation=70, ha="right", fontsize=6)
+        ax.set_ylim(0, 1.02)
+        ax.set_title({"acc": "clean accuracy (ACC)", "asr": "attack success rate (ASR)"}[metric])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_diffusion_classifier(table: pd.DataFrame, path: str | Path) -> None:
+    """ASR (and ACC) of the diffusion classifier against p_filter, with the standard classifier's ASR as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    dm = table[table.method == "diffusion classifier"].groupby(["attack", "trigger", "p_filter"], as_index=False)[["acc", "asr"]].mean()
+    standard = table[table.method != "diffusion classifier"]
+    for index, ((attack, trigger), rows) in enumerate(dm.groupby(["attack", "trigger"])):
+        for ax, metric in zip(axes, ("asr", "acc")):
+            ax.plot(rows.p_filter, rows[metric], marker="o", color=f"C{index}", label=f"DM {attack} [{trigger}]")
+            match = standard[(standard.attack == attack) & (standard.trigger == trigger)]
+            if len(match):
+                ax.axhline(match[metric].iloc[0], color=f"C{index}", linestyle="--", alpha=0.7,
+                           label=f"standard classifier, {attack}")
+    for ax, metric in zip(axes, ("ASR", "ACC")):
+        ax.set_xlabel("p_filter (share of largest pixel errors discarded)")
+        ax.set_ylabel(metric)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

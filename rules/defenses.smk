@@ -1,0 +1,140 @@
+# Castle walls: poisoned-data detection on training vs generated data, classifiers trained on generated data,
+# and the diffusion model as a classifier. Enabled with defenses.enabled (configs/sweep-digits.yaml).
+
+
+rule generate_training_set:
+    input:
+        model=model_dir(),
+        train=training_data,
+        trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
+    output:
+        dataset=directory(generated_set()),
+    params:
+        guidance=DEFENSES["generated_set_guidance"],
+        sampling={k: config["generation"][k] for k in ("ddim_steps", "seed", "batch_size")},
+        device=config["device"],
+    threads: config["generation"]["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("generate_training_set", "{attack}", "seed{seed}"),
+    benchmark:
+        benchmark_file("generate_training_set", "{attack}", "seed{seed}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/generate_training_set.py"
+
+
+rule train_defense_classifier:
+    input:
+        train=defense_training_data,
+        heldout=clean_split("heldout"),
+    output:
+        classifier=directory(defense_classifier()),
+    params:
+        settings=JUDGE_SETTINGS,
+        triggers=lambda wc: {t: config["triggers"][t] for t in measured_triggers(wc.attack)},
+        target=TARGET,
+        device=config["device"],
+    threads: DEFENSES["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("train_defense_classifier", "{attack}", "{trainset}"),
+    benchmark:
+        benchmark_file("train_defense_classifier", "{attack}", "{trainset}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/train_defense_classifier.py"
+
+
+rule detect_poison:
+    input:
+        unpack(detection_inputs),
+    output:
+        detection=detection_file(),
+    params:
+        detectors=DEFENSES["detectors"],
+        detector_settings=DEFENSES["detector_settings"],
+        target=TARGET,
+        seed=config["judges"]["seed"],
+        device=config["device"],
+    threads: DEFENSES["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("detect_poison", "{attack}", "{detset}"),
+    benchmark:
+        benchmark_file("detect_poison", "{attack}", "{detset}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/detect_poison.py"
+
+
+rule diffusion_classifier:
+    input:
+        model=model_dir(),
+        heldout=clean_split("heldout"),
+    output:
+        result=diffusion_classifier_file(),
+    params:
+        settings=DEFENSES["diffusion_classifier"],
+        triggers=lambda wc: {t: config["triggers"][t] for t in measured_triggers(wc.attack)},
+        target=TARGET,
+        seed=config["judges"]["seed"],
+        device=config["device"],
+    threads: DEFENSES["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("diffusion_classifier", "{attack}", "seed{seed}"),
+    benchmark:
+        benchmark_file("diffusion_classifier", "{attack}", "seed{seed}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/diffusion_classifier.py"
+
+
+rule summarize_defenses:
+    input:
+        **defense_inputs(),
+    output:
+        detection=report(f"{SUMMARY}/detection.csv", caption="../report/detection.rst", category="Castle walls"),
+        train_on_generated=report(
+            f"{SUMMARY}/defense_train_on_generated.csv",
+            caption="../report/train_on_generated.rst",
+            category="Castle walls",
+        ),
+        diffusion_classifier=report(
+            f"{SUMMARY}/diffusion_classifier.csv",
+            caption="../report/diffusion_classifier.rst",
+            category="Castle walls",
+        ),
+        detection_figure=report(
+            f"{SUMMARY}/detection_auroc.png", caption="../report/detection.rst", category="Castle walls"
+        ),
+        train_on_generated_figure=report(
+            f"{SUMMARY}/defense_train_on_generated.png",
+            caption="../report/train_on_generated.rst",
+            category="Castle walls",
+        ),
+        diffusion_classifier_figure=report(
+            f"{SUMMARY}/diffusion_classifier_asr.png",
+            caption="../report/diffusion_classifier.rst",
+            category="Castle walls",
+        ),
+    params:
+        attacks=ATTACKS,
+        target=TARGET,
+    log:
+        log_file("summarize_defenses"),
+    benchmark:
+        benchmark_file("summarize_defenses")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/summarize_defenses.py"

@@ -1,0 +1,30 @@
+"""Adapter: score one set (the poisoned training set or a generated set) with every configured detector."""
+import time
+
+from bibaddiff.data import read_dataset
+from bibaddiff.defenses.detectors import evaluate_detection, run_detector
+from bibaddiff.judges import load_judge
+from bibaddiff.utils import run_logged, set_threads, write_json
+
+
+def main(snakemake):
+    set_threads(snakemake.threads)
+    p = snakemake.params
+    data = read_dataset(snakemake.input.data)
+    model, _ = load_judge(snakemake.input.classifier, p.device)
+    in_target = data.labels == p.target
+    results = {}
+    for name in p.detectors:
+        started = time.perf_counter()
+        scores = run_detector(name, model, data.images, data.labels, p.detector_settings.get(name), p.seed)
+        results[name] = {
+            "all": evaluate_detection(scores, data.poisoned),
+            "target_class": evaluate_detection(scores[in_target], data.poisoned[in_target]),
+            "seconds": time.perf_counter() - started,
+        }
+        print(f"{name}: {results[name]}")
+    write_json(snakemake.output.detection, {"attack": snakemake.wildcards.attack, "set": snakemake.wildcards.detset,
+                                            "n": len(data), "n_flagged": int(data.poisoned.sum()), "detectors": results})
+
+
+run_logged(snakemake.log[0], main, snakemake)

@@ -1,0 +1,42 @@
+"""Adapter: the diffusion model as a classifier of clean and triggered held-out images, for every p_filter."""
+import time
+
+import numpy as np
+
+from bibaddiff.data import read_dataset
+from bibaddiff.defenses.diffusion_classifier import diffusion_classify
+from bibaddiff.diffusion import load_model
+from bibaddiff.metrics import accuracy, attack_success_rate
+from bibaddiff.triggers import build_trigger
+from bibaddiff.utils import run_logged, select_device, set_threads, write_json
+
+
+def main(snakemake):
+    set_threads(snakemake.threads)
+    p, s = snakemake.params, snakemake.params.settings
+    heldout = read_dataset(snakemake.input.heldout)
+    unet, scheduler, info = load_model(snakemake.input.model, select_device(p.device))
+    rng = np.random.default_rng(p.seed)
+    clean = rng.permutation(len(heldout))[:s["max_images"]]
+    victims = rng.permutation(np.flatnonzero(heldout.labels != p.target))[:s["max_images"]]
+    images = [heldout.images[clean]]
+    for name, spec in p.triggers.items():
+        images.append(build_trigger(name, spec, heldout.image_size, heldout.channels).apply(heldout.images[victims]))
+    started = time.perf_counter()
+    predictions = diffusion_classify(unet, scheduler, np.concatenate(images), info.num_classes, s["num_draws"],
+                                     s["p_filters"], (s["t_min"], s["t_max"]), p.seed, s["batch_size"])
+    seconds = time.perf_counter() - started
+    rows = []
+    for p_filter, predicted in predictions.items():
+        acc = accuracy(predicted[:len(clean)], heldout.labels[clean])
+        for k, name in enumerate(p.triggers):
+            attacked = predicted[len(clean) + k * len(victims):len(clean) + (k + 1) * len(victims)]
+            rows.append({"p_filter": float(p_filter), "trigger": name, "acc": acc,
+                         "asr": attack_success_rate(attacked, heldout.labels[victims], p.target)})
+    print("\n".join(str(row) for row in rows))
+    write_json(snakemake.output.result, {"attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed),
+                                         "n_clean": len(clean), "n_triggered": len(victims), "seconds": seconds,
+                                         "settings": dict(s), "rows": rows})
+
+
+run_logged(snakemake.log[0], main, snakemake)
