@@ -21,6 +21,7 @@ include: "rules/data.smk"
 include: "rules/judges.smk"
 include: "rules/diffusion.smk"
 include: "rules/defenses.smk"
+include: "rules/replication.smk"
 include: "rules/summary.smk"
 
 

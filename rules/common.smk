@@ -21,7 +21,7 @@ config.update(_checked)
 
 
 wildcard_constraints:
-    attack=r"clean|[A-Za-z0-9_]+-p[0-9.e-]+",
+    attack=r"clean|[A-Za-z0-9_]+-p[0-9.]+(-dup_(random|duplicates))?",
     seed=r"\d+",
     condition=r"\d+",
     guidance=r"\d+(\.\d+)?",
@@ -49,6 +49,13 @@ ATTACKS = {
     for trigger in config["triggers"]
     for ratio in config["poisoning"]["ratios"]
 }
+DUPLICATES = config["replication"]["duplicate_poisoning"]
+if DUPLICATES["enabled"]:
+    # Random vs duplicated-image poisoning at the same ratio, on the same training set with duplicates.
+    for mode in ("random", "duplicates"):
+        trigger = DUPLICATES["trigger"] or next(iter(config["triggers"]))
+        ATTACKS[f"{trigger}-p{number(DUPLICATES['ratio'])}-dup_{mode}"] = {
+            "trigger": trigger, "ratio": float(DUPLICATES["ratio"]), "duplicates": mode}
 if config["diffusion"]["training"]["clean_seeds"]:
     ATTACKS["clean"] = {"trigger": None, "ratio": 0.0}
 CONDITIONS = [TARGET] + list(config["generation"]["other_conditions"])
@@ -70,10 +77,12 @@ def clean_split(split):
     return f"{RESULTS}/data/clean/{split}"
 
 
+def training_data_of(attack):
+    return clean_split("train") if attack == "clean" else f"{RESULTS}/data/{attack}/train"
+
+
 def training_data(wildcards):
-    if wildcards.attack == "clean":
-        return clean_split("train")
-    return f"{RESULTS}/data/{wildcards.attack}/train"
+    return training_data_of(wildcards.attack)
 
 
 def model_dir(attack="{attack}", seed="{seed}"):
@@ -121,9 +130,12 @@ def model_cells(wildcards):
     return [{"condition": int(c), "guidance": float(s)} for c in CONDITIONS for s in GUIDANCE]
 
 
+def cells_of(attack, seed):
+    return [generated(attack, seed, condition, s) for condition in CONDITIONS for s in GUIDANCE]
+
+
 def cells_of_model(wildcards):
-    return [generated(wildcards.attack, wildcards.seed, cell["condition"], number(cell["guidance"]))
-            for cell in model_cells(wildcards)]
+    return cells_of(wildcards.attack, wildcards.seed)
 
 
 def trigger_judges_of_model(wildcards):
@@ -147,7 +159,8 @@ def all_cells():
             for condition in CONDITIONS for s in GUIDANCE]
 
 
-POISONED_ATTACKS = [attack for attack in ATTACKS if attack != "clean"]
+# The defences are studied on the plain attacks; the duplicate-poisoning pair is for replication only.
+POISONED_ATTACKS = [attack for attack in ATTACKS if attack != "clean" and not ATTACKS[attack].get("duplicates")]
 DEFENSES = config["defenses"]
 
 
@@ -195,7 +208,8 @@ def defense_inputs():
                  for detset in ["training"] + [f"generated_seed{s}" for s in training_seeds(attack)]]
     classifiers = [defense_classifier(attack, trainset) for attack in POISONED_ATTACKS for trainset in defense_trainsets(attack)]
     classifiers.append(defense_classifier("clean", "clean"))
-    dm_classifier = [diffusion_classifier_file(attack, seed) for attack in ATTACKS for seed in training_seeds(attack)]
+    dm_classifier = [diffusion_classifier_file(attack, seed) for attack in POISONED_ATTACKS + ["clean"]
+                     for seed in training_seeds(attack) if attack in ATTACKS]
     return {"detection": detection, "classifiers": classifiers, "diffusion_classifier": dm_classifier}
 
 
@@ -207,6 +221,37 @@ def defense_outputs():
                                              "diffusion_classifier_asr.png")]
 
 
+REPLICATION = config["replication"]
+
+
+def replication_file(attack="{attack}", seed="{seed}", ext="json"):
+    return f"{RESULTS}/replication/{attack}/seed{seed}.{ext}"
+
+
+def replication_judge(wildcards):
+    """The content classifier, only when it is the embedder."""
+    return [f"{RESULTS}/judges/content"] if REPLICATION["embedder"]["type"] == "classifier" else []
+
+
+def replication_summary_inputs():
+    models = [(attack, seed) for attack in ATTACKS for seed in training_seeds(attack)]
+    return {
+        "summaries": [replication_file(a, s) for a, s in models],
+        "neighbours": [replication_file(a, s, "npz") for a, s in models],
+        "trains": [training_data_of(a) for a, s in models],
+        "cells": [cell for a, s in models for cell in cells_of(a, s)],
+    }
+
+
+def replication_outputs():
+    outputs = []
+    if REPLICATION["enabled"]:
+        outputs += [f"{SUMMARY}/{name}" for name in ("replication.csv", "replication_similarity.png", "replication_pairs.png")]
+    if DUPLICATES["enabled"]:
+        outputs.append(f"{SUMMARY}/duplicate_poisoning.csv")
+    return outputs
+
+
 def summary_outputs():
-    return defense_outputs() + [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
+    return replication_outputs() + defense_outputs() + [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
             f"{SUMMARY}/generation_groups.png", f"{SUMMARY}/samples_target.png"]

@@ -20,7 +20,7 @@ rule poison:
     output:
         train=directory(f"{RESULTS}/data/{{attack}}/train"),
     wildcard_constraints:
-        attack=r"[A-Za-z0-9_]+-p[0-9.e-]+",
+        attack=r"[A-Za-z0-9_]+-p[0-9.]+",
     params:
         trigger_name=lambda wc: ATTACKS[wc.attack]["trigger"],
         trigger=lambda wc: config["triggers"][ATTACKS[wc.attack]["trigger"]],
@@ -35,3 +35,26 @@ rule poison:
         ENV
     script:
         "../workflow_scripts/poison.py"
+
+
+rule poison_duplicates:
+    input:
+        train=clean_split("train"),
+    output:
+        train=directory(f"{RESULTS}/data/{{attack}}/train"),
+    wildcard_constraints:
+        attack=r"[A-Za-z0-9_]+-p[0-9.]+-dup_(random|duplicates)",
+    params:
+        trigger_name=lambda wc: ATTACKS[wc.attack]["trigger"],
+        trigger=lambda wc: config["triggers"][ATTACKS[wc.attack]["trigger"]],
+        mode=lambda wc: ATTACKS[wc.attack]["duplicates"],
+        duplicates=DUPLICATES,
+        target=TARGET,
+    log:
+        log_file("poison_duplicates", "{attack}"),
+    benchmark:
+        benchmark_file("poison_duplicates", "{attack}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/poison_duplicates.py"

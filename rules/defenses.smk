@@ -128,7 +128,7 @@ rule summarize_defenses:
             category="Castle walls",
         ),
     params:
-        attacks=ATTACKS,
+        attacks={attack: ATTACKS[attack] for attack in POISONED_ATTACKS + ["clean"] if attack in ATTACKS},
         target=TARGET,
     log:
         log_file("summarize_defenses"),

@@ -78,6 +78,34 @@ def test_defense_tables(tiny_run):
         assert (summary / name).stat().st_size > 0
 
 
+def test_replication_table(tiny_run):
+    table = pd.read_csv(tiny_run / "results/summary/replication.csv")
+    assert len(table) == 8 and table.tau_calibrated.all() and table.tau.nunique() == 1
+    assert table.replication_rate.between(0, 1).all()
+    assert (table.n_train_poisoned[table.attack == "patch-p0.1"] == 20).all()
+    for name in ("replication_similarity.png", "replication_pairs.png"):
+        assert (tiny_run / "results/summary" / name).stat().st_size > 0
+
+
+def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
+    config = write_config(tmp_path / "duplicates.yaml", defenses__enabled=False, replication__enabled=False,
+                          replication__duplicate_poisoning={"enabled": True, "k": 5, "m": 4, "ratio": 0.1},
+                          generation__guidance_scales=[1], generation__other_conditions=[],
+                          diffusion__training__clean_seeds=[])
+    snakemake(tmp_path, configfile=config)
+    results = tmp_path / "results"
+    duplicated = read_dataset(results / "tiny/data/patch-p0.1-dup_duplicates/train")
+    random = read_dataset(results / "tiny/data/patch-p0.1-dup_random/train")
+    assert len(duplicated) == len(random) == 200 + 5 * 3
+    assert duplicated.poisoned.sum() == random.poisoned.sum() == round(0.1 * 215)
+    # Every copy of a poisoned duplicated image is poisoned: poisoned source images appear 4 times each.
+    counts = np.unique(duplicated.source_index[duplicated.poisoned], return_counts=True)[1]
+    assert (counts == 4).sum() == 5
+    table = pd.read_csv(results / "summary/duplicate_poisoning.csv")
+    assert sorted(table["mode"]) == ["duplicates", "random"]
+    assert table.trigger_ratio.between(0, 1).all() and (table.G1_ratio_low <= table.G1_ratio).all()
+
+
 def test_second_run_does_nothing(tiny_run):
     assert planned_jobs(snakemake(tiny_run, "-n")) == {}
 
@@ -86,27 +114,27 @@ def test_new_guidance_scale_reruns_only_generation_and_after(tiny_run, tmp_path)
     config = write_config(tmp_path / "more_guidance.yaml", generation__guidance_scales=[1, 2, 3])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
     # 2 models x 2 conditions get the new scale; nothing upstream of generation reruns.
-    assert jobs == {"generate": 4, "measure": 2, "summarize": 1, "all": 1}
+    assert jobs == {"generate": 4, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
     config = write_config(tmp_path / "less_guidance.yaml", generation__guidance_scales=[1])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"measure": 2, "summarize": 1, "all": 1}
+    assert jobs == {"measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     config = write_config(tmp_path / "longer.yaml", diffusion__training__steps=13)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"train_diffusion": 2, "generate": 8, "measure": 2, "summarize": 1, "generate_training_set": 1,
-                    "train_defense_classifier": 1, "detect_poison": 1, "diffusion_classifier": 2,
-                    "summarize_defenses": 1, "all": 1}
+    assert jobs == {"train_diffusion": 2, "generate": 8, "measure": 2, "replication": 2, "summarize": 1,
+                    "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
+                    "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):
     config = write_config(tmp_path / "fewer_images.yaml", generation__num_images=8)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"generate": 8, "measure": 2, "summarize": 1, "all": 1}
+    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
@@ -125,7 +153,7 @@ def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
         jobs = planned_jobs(snakemake(tiny_run, "-n"))
     finally:
         aside.rename(cell)
-    assert jobs == {"generate": 1, "measure": 1, "summarize": 1, "all": 1}
+    assert jobs == {"generate": 1, "measure": 1, "replication": 1, "summarize": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_report_is_self_contained_html(tiny_run):
