@@ -4,6 +4,7 @@ rule prepare_data:
         heldout=directory(clean_split("heldout")),
     params:
         dataset=config["dataset"],
+    threads: 1
     log:
         log_file("prepare_data"),
     benchmark:
@@ -27,6 +28,7 @@ rule poison:
         ratio=lambda wc: ATTACKS[wc.attack]["ratio"],
         target=TARGET,
         seed=config["poisoning"]["seed"],
+    threads: 1
     log:
         log_file("poison", "{attack}"),
     benchmark:
@@ -50,6 +52,7 @@ rule poison_duplicates:
         mode=lambda wc: ATTACKS[wc.attack]["duplicates"],
         duplicates=DUPLICATES,
         target=TARGET,
+    threads: 1
     log:
         log_file("poison_duplicates", "{attack}"),
     benchmark:

@@ -130,6 +130,7 @@ rule summarize_defenses:
     params:
         attacks={attack: ATTACKS[attack] for attack in POISONED_ATTACKS + ["clean"] if attack in ATTACKS},
         target=TARGET,
+    threads: 1
     log:
         log_file("summarize_defenses"),
     benchmark:

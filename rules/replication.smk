@@ -38,6 +38,7 @@ rule summarize_replication:
         target=TARGET,
         attacks=ATTACKS,
         cells_per_model=len(CONDITIONS) * len(GUIDANCE),
+    threads: 1
     log:
         log_file("summarize_replication"),
     benchmark:
@@ -57,6 +58,7 @@ rule summarize_duplicate_poisoning:
         ),
     params:
         attacks=[a for a, spec in ATTACKS.items() if spec.get("duplicates")],
+    threads: 1
     log:
         log_file("summarize_duplicate_poisoning"),
     benchmark:

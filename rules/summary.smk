@@ -27,6 +27,7 @@ rule summarize:
         grid_keys=list(target_grids()),
         accuracy_floor=config["judges"]["accuracy_floor"],
         target=TARGET,
+    threads: 1
     log:
         log_file("summarize"),
     benchmark:

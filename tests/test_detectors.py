@@ -38,12 +38,7 @@ TEST_SETTINGS = {
 MIN_AUROC = {"strip": 0.75, "spectral": 0.85, "activation_clustering": 0.95, "cognitive_distillation": 0.95}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

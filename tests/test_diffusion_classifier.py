@@ -18,12 +18,7 @@ SIZE, CHANNELS, CLASSES = 8, 1, 3
 PIXELS = SIZE * SIZE * CHANNELS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
