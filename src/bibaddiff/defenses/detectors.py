@@ -91,26 +91,23 @@ def _penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise BibaddiffError(f"cannot find penultimate features of a {type(model).__name__}: expected `features`+`head` or `fc`")
 
 
-@torch.no_grad()
 def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Penultimate-layer features (N, D) as float64, the representation spectral and clustering detectors use."""
-    images, _ = _check_inputs(model, images, np.zeros(len(np.asarray(images)), np.int64), min_images=1)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    model.eval()
-    device = _device_of(model)
-    chunks = [_penultimate(model, to_model_space(images[i:i + batch_size]).to(device)).float().cpu().numpy()
-              for i in range(0, len(images), batch_size)]
-    return np.concatenate(chunks).astype(np.float64)
+    return _batched_outputs(model, images, batch_size, lambda x: _penultimate(model, x))
+
+
+def model_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, classes) as float64."""
+    return _batched_outputs(model, images, batch_size, model)
 
 
 @torch.no_grad()
-def model_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, classes) as float64."""
+def _batched_outputs(model: nn.Module, images: np.ndarray, batch_size: int, forward: Callable) -> np.ndarray:
     images, _ = _check_inputs(model, images, np.zeros(len(np.asarray(images)), np.int64), min_images=1)
     batch_size = _check_positive_int("batch_size", batch_size)
     model.eval()
     device = _device_of(model)
-    chunks = [model(to_model_space(images[i:i + batch_size]).to(device)).float().cpu().numpy()
+    chunks = [forward(to_model_space(images[i:i + batch_size]).to(device)).float().cpu().numpy()
               for i in range(0, len(images), batch_size)]
     return np.concatenate(chunks).astype(np.float64)
 
