@@ -60,6 +60,9 @@ if config["diffusion"]["training"]["clean_seeds"]:
     ATTACKS["clean"] = {"trigger": None, "ratio": 0.0}
 CONDITIONS = [TARGET] + list(config["generation"]["other_conditions"])
 GUIDANCE = [number(s) for s in config["generation"]["guidance_scales"]]
+# One order of (condition, guidance) cells, shared by a model's cell files and its cell parameters, which are
+# zipped together.
+CELLS = [(condition, s) for condition in CONDITIONS for s in GUIDANCE]
 
 
 def training_seeds(attack):
@@ -127,11 +130,11 @@ def training_launcher(wildcards):
 
 
 def model_cells(wildcards):
-    return [{"condition": int(c), "guidance": float(s)} for c in CONDITIONS for s in GUIDANCE]
+    return [{"condition": int(c), "guidance": float(s)} for c, s in CELLS]
 
 
 def cells_of(attack, seed):
-    return [generated(attack, seed, condition, s) for condition in CONDITIONS for s in GUIDANCE]
+    return [generated(attack, seed, condition, s) for condition, s in CELLS]
 
 
 def cells_of_model(wildcards):
@@ -155,8 +158,7 @@ def target_grids():
 def all_cells():
     """Every generated cell. Listed as targets because Snakemake (>= 7.7) does not regenerate a deleted
     intermediate file while what was computed from it is up to date; as a target, it is."""
-    return [generated(attack, seed, condition, s) for attack in ATTACKS for seed in training_seeds(attack)
-            for condition in CONDITIONS for s in GUIDANCE]
+    return [cell for attack in ATTACKS for seed in training_seeds(attack) for cell in cells_of(attack, seed)]
 
 
 # The defences are studied on the plain attacks; the duplicate-poisoning pair is for replication only.

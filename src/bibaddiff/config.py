@@ -11,7 +11,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from bibaddiff.data import imagefolder_classes, imagefolder_files, load_source
+from bibaddiff.data import check_cifar10_root, imagefolder_classes, imagefolder_files, load_source
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger
 
@@ -71,14 +71,13 @@ def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     if source == "digits":
         train, _ = load_source(dataset)
         return train.class_names, np.bincount(train.labels, minlength=train.num_classes)
+    if source == "cifar10":
+        check_cifar10_root(dataset)
+        counts = np.full(10, 5000)
+        return CIFAR10_CLASSES, np.minimum(counts, cap) if cap else counts
     root = dataset.get("root")
     if not root:
         raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
-    if source == "cifar10":
-        if not dataset.get("download") and not (Path(root) / "cifar-10-batches-py").is_dir():
-            raise BibaddiffError(f"dataset.root: {root} has no cifar-10-batches-py folder (set dataset.download: true to fetch it)")
-        counts = np.full(10, 5000)
-        return CIFAR10_CLASSES, np.minimum(counts, cap) if cap else counts
     classes = imagefolder_classes(root, "train")
     imagefolder_classes(root, dataset.get("heldout_split", "val"))
     labels = [label for _, label in imagefolder_files(root, "train", classes)]

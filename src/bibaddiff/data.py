@@ -250,18 +250,24 @@ def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset,
     )
 
 
-def _load_cifar10(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
-    from torchvision.datasets import CIFAR10
-
+def check_cifar10_root(config: dict[str, Any]) -> str:
+    """The CIFAR-10 root of a dataset config, checked: it must hold torchvision's folder unless downloading."""
     root = config.get("root")
     if not root:
-        raise BibaddiffError("dataset.root must name the local CIFAR-10 folder (torchvision format) for source cifar10")
-    download = bool(config.get("download", False))
-    if not download and not (Path(root) / "cifar-10-batches-py").is_dir():
+        raise BibaddiffError("dataset.root must name a local folder for source cifar10")
+    if not config.get("download") and not (Path(root) / "cifar-10-batches-py").is_dir():
         raise BibaddiffError(
             f"dataset.root: {root} has no cifar-10-batches-py folder; point it at a local CIFAR-10 copy "
             "or set dataset.download: true"
         )
+    return root
+
+
+def _load_cifar10(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+    from torchvision.datasets import CIFAR10
+
+    root = check_cifar10_root(config)
+    download = bool(config.get("download", False))
     parts = []
     for train in (True, False):
         try:

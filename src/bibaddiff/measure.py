@@ -32,8 +32,8 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, conte
             raise BibaddiffError(f"{path}: expected a uint8 array (N, H, W, C); got {images.dtype} {images.shape}")
         condition, guidance = int(cell["condition"]), float(cell["guidance"])
         content = predict(content_model, images)
+        triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
         for name, (detector, detector_info) in detectors.items():
-            triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
             records.append({
                 "trigger": name,
                 "condition": condition,
