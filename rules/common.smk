@@ -88,6 +88,20 @@ def training_data(wildcards):
     return training_data_of(wildcards.attack)
 
 
+DIFFUSION_KIND = config["diffusion"]["kind"]
+
+
+def latents_file(attack="{attack}"):
+    return f"{RESULTS}/latents/{attack}.safetensors"
+
+
+def diffusion_training_input(wildcards):
+    """A DDPM trains on the dataset folder; Stable Diffusion on the VAE latents cached from it."""
+    if DIFFUSION_KIND == "stable_diffusion":
+        return latents_file(wildcards.attack)
+    return training_data_of(wildcards.attack)
+
+
 def model_dir(attack="{attack}", seed="{seed}"):
     return f"{RESULTS}/models/{attack}/seed{seed}"
 

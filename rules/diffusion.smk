@@ -1,19 +1,51 @@
+# Keys of the other kind of model are left out, so that they neither reach the trainer nor rerun its jobs.
+KIND_ONLY_KEYS = {
+    "ddpm": ("num_train_timesteps", "beta_schedule"),
+    "stable_diffusion": ("finetune", "lora_rank", "lora_alpha", "gradient_checkpointing", "encode_batch_size"),
+}
 TRAINING_SETTINGS = {
     k: v
     for k, v in config["diffusion"]["training"].items()
-    if k not in ("seeds", "clean_seeds", "threads", "processes")
+    if k not in ("seeds", "clean_seeds", "threads", "processes", "encode_batch_size")
+    and not any(k in keys for kind, keys in KIND_ONLY_KEYS.items() if kind != DIFFUSION_KIND)
 }
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items() if k not in ("guidance_scales", "other_conditions", "threads")}
+if DIFFUSION_KIND == "stable_diffusion":
+    TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": config["diffusion"]["pretrained"]}
+else:
+    TRAINER_SETTINGS = {"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}
+
+
+rule encode_latents:
+    input:
+        train=training_data,
+    output:
+        latents=latents_file(),
+    params:
+        pretrained=config["diffusion"]["pretrained"],
+        batch_size=config["diffusion"]["training"]["encode_batch_size"],
+        device=config["device"],
+    threads: config["diffusion"]["training"]["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_file("encode_latents", "{attack}"),
+    benchmark:
+        benchmark_file("encode_latents", "{attack}")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/encode_latents.py"
 
 
 rule train_diffusion:
     input:
-        train=training_data,
+        train=diffusion_training_input,
     output:
         model=directory(model_dir()),
     params:
         launcher=training_launcher,
-        settings=json.dumps({"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}, sort_keys=True),
+        settings=json.dumps(TRAINER_SETTINGS, sort_keys=True),
         state_dir=training_state_dir,
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]

@@ -5,7 +5,7 @@ import numpy as np
 
 from bibaddiff.data import read_dataset
 from bibaddiff.defenses.diffusion_classifier import diffusion_classify
-from bibaddiff.diffusion import load_model
+from bibaddiff.diffusion import load_diffusion_model
 from bibaddiff.metrics import accuracy, attack_success_rate
 from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
@@ -15,7 +15,7 @@ def main(snakemake):
     set_threads(snakemake.threads)
     p, s = snakemake.params, snakemake.params.settings
     heldout = read_dataset(snakemake.input.heldout)
-    unet, scheduler, info = load_model(snakemake.input.model, select_device(p.device))
+    model = load_diffusion_model(snakemake.input.model, select_device(p.device))
     rng = np.random.default_rng(p.seed)
     clean = rng.permutation(len(heldout))[:s["max_images"]]
     victims = rng.permutation(np.flatnonzero(heldout.labels != p.target))[:s["max_images"]]
@@ -23,8 +23,9 @@ def main(snakemake):
     for name, spec in p.triggers.items():
         images.append(build_trigger(name, spec, heldout.image_size, heldout.channels).apply(heldout.images[victims]))
     started = time.perf_counter()
-    predictions = diffusion_classify(unet, scheduler, np.concatenate(images), info.num_classes, s["num_draws"],
-                                     s["p_filters"], (s["t_min"], s["t_max"]), p.seed, s["batch_size"])
+    predictions = diffusion_classify(model.denoiser, model.scheduler, np.concatenate(images), model.info.num_classes,
+                                     s["num_draws"], s["p_filters"], (s["t_min"], s["t_max"]), p.seed, s["batch_size"],
+                                     encode=None if model.kind == "ddpm" else model.encode)
     seconds = time.perf_counter() - started
     rows = []
     for p_filter, predicted in predictions.items():

@@ -1,7 +1,7 @@
 """Adapter: generate one (model, condition, guidance) cell of images, as uint8 .npy plus a PNG grid."""
 import numpy as np
 
-from bibaddiff.diffusion import generate_images, load_model
+from bibaddiff.diffusion import load_diffusion_model
 from bibaddiff.report import image_grid
 from bibaddiff.utils import run_logged, select_device, set_threads
 
@@ -9,12 +9,11 @@ from bibaddiff.utils import run_logged, select_device, set_threads
 def main(snakemake):
     set_threads(snakemake.threads)
     s = snakemake.params.sampling
-    unet, scheduler, info = load_model(snakemake.input.model, select_device(snakemake.params.device))
-    images = generate_images(unet, scheduler, info.null_class, int(snakemake.wildcards.condition),
-                             float(snakemake.wildcards.guidance), s["num_images"], s["ddim_steps"], s["seed"],
-                             s["batch_size"])
+    model = load_diffusion_model(snakemake.input.model, select_device(snakemake.params.device))
+    images = model.generate(int(snakemake.wildcards.condition), float(snakemake.wildcards.guidance), s["num_images"],
+                            s["ddim_steps"], s["seed"], s["batch_size"])
     np.save(snakemake.output.images, images)
-    image_grid(images, columns=8, max_images=64, scale=max(1, 64 // info.image_size)).save(snakemake.output.grid)
+    image_grid(images, columns=8, max_images=64, scale=max(1, 64 // model.info.image_size)).save(snakemake.output.grid)
     print(f"wrote {len(images)} images to {snakemake.output.images}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise BibaddiffError(f"config key {where}: {error.message}")
+    diffusion = config["diffusion"]
+    if diffusion.get("kind") == "stable_diffusion" and diffusion.get("model"):
+        raise BibaddiffError("config key diffusion.model: describes the DDPM's UNet; a stable_diffusion model comes "
+                             "from diffusion.pretrained, so leave diffusion.model out")
     filled = fill_defaults(copy.deepcopy(config), schema)
     check_experiment(filled)
     return sort_keys(filled)
@@ -108,8 +113,45 @@ def check_experiment(config: dict[str, Any]) -> None:
     channels = 1 if dataset["source"] == "digits" or dataset.get("grayscale") else 3
     for name, spec in config["triggers"].items():
         build_trigger(name, spec, dataset["image_size"], channels)
+    if dataset.get("captions") and dataset["source"] != "imagefolder":
+        raise BibaddiffError(f"config key dataset.captions: per-image captions need source imagefolder; got {dataset['source']}")
+    if config["diffusion"]["kind"] == "stable_diffusion":
+        check_stable_diffusion(config, channels)
+        return
+    from bibaddiff.diffusion.train import TrainSettings
+
+    TrainSettings.from_config(config["diffusion"]["training"], config["diffusion"]["model"])
     blocks = config["diffusion"]["model"].get("block_out_channels", [16, 32, 64])
     if dataset["image_size"] % 2 ** (len(blocks) - 1):
         raise BibaddiffError(
             f"config key dataset.image_size: {dataset['image_size']} must be divisible by {2 ** (len(blocks) - 1)} "
             f"for diffusion.model.block_out_channels of length {len(blocks)}")
+
+
+def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
+    """The text-to-image settings, checked from the model's config files alone (no weights are loaded)."""
+    from bibaddiff.diffusion.finetune import FinetuneSettings
+    from bibaddiff.diffusion.stable import check_pretrained
+
+    diffusion = config["diffusion"]
+    if channels != 3:
+        raise BibaddiffError("config key diffusion.kind: stable_diffusion needs RGB images; "
+                             f"dataset source {config['dataset']['source']} is grayscale")
+    FinetuneSettings.from_config(diffusion["training"])
+    path, config_dir = check_pretrained(diffusion["pretrained"])
+    folder = path if path.is_dir() else config_dir
+    vae_factor = _downsampling(folder / "vae" / "config.json")
+    unet_factor = _downsampling(folder / "unet" / "config.json")
+    size = config["dataset"]["image_size"]
+    if vae_factor and unet_factor and size % (vae_factor * unet_factor):
+        raise BibaddiffError(f"config key dataset.image_size: {size} must be divisible by {vae_factor * unet_factor} for "
+                             f"{path} (its VAE downsamples by {vae_factor}, its UNet by {unet_factor})")
+
+
+def _downsampling(config_file: Path) -> int | None:
+    """2 ** (levels - 1) from a diffusers model config, or None when the file is absent."""
+    if not config_file.is_file():
+        return None
+    with open(config_file) as handle:
+        blocks = json.load(handle).get("block_out_channels") or [0]
+    return 2 ** (len(blocks) - 1)

@@ -209,8 +209,12 @@ def load_source(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
         train = _cap_per_class(train, int(cap), seed)
         heldout = _cap_per_class(heldout, max(1, int(cap) // 4), seed + 1)
     template = config.get("caption_template", DEFAULT_CAPTION)
+    prompts = caption_labels(np.arange(train.num_classes), train.class_names, template)
     for part in (train, heldout):
-        part.texts = caption_labels(part.labels, part.class_names, template)
+        # Per-image captions (a caption file) are kept; every other image gets its class caption.
+        if part.texts is None or part.manifest.get("captions") is None:
+            part.texts = caption_labels(part.labels, part.class_names, template)
+        part.manifest["class_prompts"] = prompts
     return train, heldout
 
 
@@ -309,6 +313,7 @@ def _load_imagefolder(config: dict[str, Any], image_size: int) -> tuple[ImageDat
         raise BibaddiffError(f"dataset.root: {root!r} is not a folder; image folders need root/train and root/val")
     class_names = imagefolder_classes(root, "train")
     channels = 1 if config.get("grayscale", False) else 3
+    captions = read_caption_file(config["captions"]) if config.get("captions") else None
     parts = []
     for split in ("train", config.get("heldout_split", "val")):
         files = imagefolder_files(root, split, class_names)
@@ -317,8 +322,52 @@ def _load_imagefolder(config: dict[str, Any], image_size: int) -> tuple[ImageDat
         images = np.stack([_load_square(path, image_size, channels) for path, _ in
                            tqdm(files, desc=f"reading {split}", unit="img", mininterval=2)])
         labels = np.array([label for _, label in files])
-        parts.append(ImageDataset(images, labels, class_names, manifest={"source": "imagefolder"}))
+        texts = None
+        if captions is not None:
+            texts = _captions_of(files, root, captions, config["captions"], required=split == "train", class_names=class_names,
+                                 template=config.get("caption_template", DEFAULT_CAPTION))
+        manifest = {"source": "imagefolder", "captions": config.get("captions") if captions is not None else None}
+        parts.append(ImageDataset(images, labels, class_names, texts=texts, manifest=manifest))
     return parts[0], parts[1]
+
+
+def read_caption_file(path: str | Path) -> dict[str, str]:
+    """A caption file: JSON lines ``{"file_name": "<path under dataset.root>", "text": "<caption>"}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise BibaddiffError(f"dataset.captions: {path} not found")
+    captions = {}
+    with open(path) as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BibaddiffError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("file_name"), str) or not isinstance(record.get("text"), str):
+                raise BibaddiffError(f"{path}:{line_number}: each line needs string keys file_name and text")
+            captions[Path(record["file_name"]).as_posix()] = record["text"]
+    if not captions:
+        raise BibaddiffError(f"dataset.captions: {path} holds no captions")
+    return captions
+
+
+def _captions_of(files: list[tuple[Path, int]], root: str | Path, captions: dict[str, str], caption_path: str,
+                 required: bool, class_names: list[str], template: str) -> list[str]:
+    """The caption of every image; training images must all have one, held-out ones fall back to the class caption."""
+    texts, missing = [], []
+    for path, label in files:
+        key = path.relative_to(root).as_posix()
+        if key in captions:
+            texts.append(captions[key])
+        else:
+            missing.append(key)
+            texts.append(template.format(class_name=class_names[label]))
+    if required and missing:
+        raise BibaddiffError(f"dataset.captions: {caption_path} has no caption for {len(missing)} training image(s), "
+                             f"e.g. {missing[0]!r} (file_name is the path under dataset.root)")
+    return texts
 
 
 def _load_square(path: Path, size: int, channels: int) -> np.ndarray:

@@ -70,6 +70,11 @@ def _check_target(dataset: ImageDataset, target: int) -> None:
 
 
 def _target_caption(dataset: ImageDataset, target: int) -> str:
+    """The target class's prompt when the dataset has class prompts (per-image captions vary), else the caption
+    of a target-class image."""
+    prompts = dataset.manifest.get("class_prompts")
+    if prompts is not None and len(prompts) == dataset.num_classes:
+        return prompts[target]
     members = np.flatnonzero(dataset.labels == target)
     if len(members):
         return dataset.texts[members[0]]

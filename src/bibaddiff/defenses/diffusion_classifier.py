@@ -14,7 +14,7 @@ worst pixels stops them from deciding the class (the paper's robust diffusion cl
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,13 +71,15 @@ def draw_timesteps_and_noise(num_draws: int, image_shape: tuple[int, int, int], 
 @torch.no_grad()
 def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, num_classes: int, num_draws: int,
                            p_filters: Sequence[float], t_range: tuple[int, int] | None = None, seed: int = 0,
-                           batch_size: int = 256) -> dict[float, np.ndarray]:
+                           batch_size: int = 256,
+                           encode: Callable[[np.ndarray], torch.Tensor] | None = None) -> dict[float, np.ndarray]:
     """Mean filtered denoising error of every image under every class condition, for each p_filter:
     ``{p_filter: array (N, num_classes)}``.
 
     The pixel-wise errors are computed once; every p_filter is derived from the same sorted errors, so asking for
     several costs the same as one. ``t_range`` defaults to all training timesteps. Work items (draw, image, class)
-    go through the UNet ``batch_size`` at a time.
+    go through the UNet ``batch_size`` at a time. A latent model passes ``encode`` (uint8 images to its latents,
+    called ``batch_size`` images at a time); the errors are then measured on latents, as the model denoises them.
     """
     p_filters = _check_p_filters(p_filters)
     num_classes = _check_int("num_classes", num_classes, 2)
@@ -89,7 +91,7 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
         raise BibaddiffError(f"images must be a non-empty uint8 batch (N, H, W, C); got {images.dtype} {images.shape}")
     config = unet.config
     expected = (int(config.sample_size), int(config.sample_size), int(config.in_channels))
-    if images.shape[1:] != expected:
+    if encode is None and images.shape[1:] != expected:
         raise BibaddiffError(f"images of shape {images.shape[1:]} do not fit the UNet, which expects {expected}")
     embeds = getattr(config, "num_class_embeds", None)
     # bibaddiff's UNet has one embedding per class plus the null class (index num_classes), never used here.
@@ -103,7 +105,12 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
 
     device = next(unet.parameters()).device
     unet.eval()
-    clean = to_model_space(images)  # (N, C, H, W) on the CPU; batches move to the device as they are built
+    # (N, C, H, W) on the CPU; batches move to the device as they are built
+    if encode is None:
+        clean = to_model_space(images)
+    else:
+        clean = torch.cat([encode(images[start:start + batch_size]).float().cpu()
+                           for start in range(0, len(images), batch_size)])
     timesteps, noise = draw_timesteps_and_noise(num_draws, clean.shape[1:], (t_min, t_max), seed)
     n, pixels = len(images), int(np.prod(clean.shape[1:]))
     # floor(p * P) pixels dropped leaves at least one, since p < 1.
@@ -134,9 +141,10 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
 
 def diffusion_classify(unet: Any, scheduler: Any, images_uint8: np.ndarray, num_classes: int, num_draws: int,
                        p_filters: Sequence[float], t_range: tuple[int, int] | None = None, seed: int = 0,
-                       batch_size: int = 256) -> dict[float, np.ndarray]:
+                       batch_size: int = 256,
+                       encode: Callable[[np.ndarray], torch.Tensor] | None = None) -> dict[float, np.ndarray]:
     """Predicted class of each image for each p_filter: ``{p_filter: int64 array (N,)}``, the argmin over classes
     of :func:`class_denoising_errors` (ties go to the lower class index)."""
     errors = class_denoising_errors(unet, scheduler, images_uint8, num_classes, num_draws, p_filters,
-                                    t_range=t_range, seed=seed, batch_size=batch_size)
+                                    t_range=t_range, seed=seed, batch_size=batch_size, encode=encode)
     return {p: np.argmin(error, axis=1).astype(np.int64) for p, error in errors.items()}

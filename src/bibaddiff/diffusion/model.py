@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
@@ -91,3 +92,46 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tup
     unet = UNet2DModel.from_pretrained(directory / "unet").to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
     return unet, scheduler, info
+
+
+class DiffusionModel:
+    """A trained model of either kind (pixel DDPM or latent text-to-image) behind what generation, the
+    generated training sets and the diffusion classifier need.
+
+    ``denoiser(x_t, t, class_labels=...)`` predicts the scheduler's target in diffusion space; class index
+    ``num_classes`` is the null condition. ``encode`` maps uint8 images into diffusion space (pixels in [-1, 1],
+    or VAE latents) and ``decode`` maps samples back to uint8 images.
+    """
+
+    def __init__(self, denoiser: Any, scheduler: Any, info: ModelInfo, sample_shape: tuple[int, int, int],
+                 encode: Any = None, decode: Any = None, kind: str = "ddpm"):
+        from bibaddiff.diffusion.sampling import to_model_space, to_uint8
+
+        self.denoiser, self.scheduler, self.info, self.kind = denoiser, scheduler, info, kind
+        self.sample_shape = tuple(int(v) for v in sample_shape)
+        self.encode = encode or to_model_space
+        self.decode = decode or to_uint8
+
+    def generate(self, condition: int, guidance_scale: float, num_images: int, num_inference_steps: int, seed: int,
+                 batch_size: int) -> np.ndarray:
+        from bibaddiff.diffusion.sampling import generate_images
+
+        return generate_images(self.denoiser, self.scheduler, self.info.null_class, condition, guidance_scale,
+                               num_images, num_inference_steps, seed, batch_size, self.sample_shape, self.decode)
+
+
+def load_diffusion_model(directory: str | Path, device: torch.device | str = "cpu") -> DiffusionModel:
+    """Load a model folder written by either training path (``kind`` in its model file says which)."""
+    directory = Path(directory)
+    info_path = directory / MODEL_INFO_FILE
+    if not info_path.is_file():
+        raise BibaddiffError(f"{directory}: not a bibaddiff model folder ({MODEL_INFO_FILE} missing)")
+    kind = read_json(info_path).get("kind", "ddpm")
+    if kind == "stable_diffusion":
+        from bibaddiff.diffusion.stable import load_text_to_image_model
+
+        return load_text_to_image_model(directory, device)
+    if kind != "ddpm":
+        raise BibaddiffError(f"{info_path}: unknown model kind {kind!r}")
+    unet, scheduler, info = load_model(directory, device)
+    return DiffusionModel(unet, scheduler, info, (info.channels, info.image_size, info.image_size))

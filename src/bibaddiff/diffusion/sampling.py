@@ -7,6 +7,8 @@ diffusers' ``guidance_scale``. The paper's w (Ho & Salimans: ``(1 + w) eps_cond 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
@@ -72,17 +74,26 @@ def sample_ddim(unet: UNet2DModel, scheduler: DDPMScheduler | DDIMScheduler, lab
 
 def generate_images(unet: UNet2DModel, scheduler: DDPMScheduler, null_class: int, condition: int,
                     guidance_scale: float, num_images: int, num_inference_steps: int, seed: int,
-                    batch_size: int = 250) -> np.ndarray:
-    """``num_images`` uint8 images conditioned on ``condition``; paired across guidance scales by the seed."""
+                    batch_size: int = 250, sample_shape: tuple[int, int, int] | None = None,
+                    decode: Callable[[torch.Tensor], np.ndarray] = to_uint8) -> np.ndarray:
+    """``num_images`` uint8 images conditioned on ``condition``; paired across guidance scales by the seed.
+
+    ``unet`` is called as ``unet(x_t, t, class_labels=...)``. A latent model passes the latent ``sample_shape``
+    (C, H, W) and a ``decode`` from latents to uint8 images; by default samples are pixels of the UNet's size.
+    """
     if num_images < 1 or batch_size < 1:
         raise BibaddiffError(f"generation.num_images and batch_size must be at least 1; got {num_images}, {batch_size}")
     if not 0 <= condition < null_class:
         raise BibaddiffError(f"condition must be a class index in [0, {null_class}); got {condition}")
-    channels, size = unet.config.in_channels, unet.config.sample_size
-    noise = cell_noise(num_images, channels, size, seed, condition)
+    if sample_shape is None:
+        sample_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    channels, height, width = sample_shape
+    if height != width:
+        raise BibaddiffError(f"samples must be square; got {height}x{width}")
+    noise = cell_noise(num_images, channels, height, seed, condition)
     batches = []
     for start in tqdm(range(0, num_images, batch_size), desc=f"class {condition}, s={guidance_scale}", unit="batch"):
         chunk = noise[start:start + batch_size]
         labels = torch.full((len(chunk),), condition, dtype=torch.long)
-        batches.append(to_uint8(sample_ddim(unet, scheduler, labels, null_class, guidance_scale, num_inference_steps, chunk)))
+        batches.append(decode(sample_ddim(unet, scheduler, labels, null_class, guidance_scale, num_inference_steps, chunk)))
     return np.concatenate(batches)

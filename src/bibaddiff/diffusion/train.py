@@ -97,7 +97,7 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     ema = EMAModel(unet.parameters(), decay=settings.ema_decay)
     # Batches, label dropout, noise and timesteps; each process draws its own share of every batch.
-    generator = torch.Generator().manual_seed(seed if rank == 0 else _process_seed(seed, rank, 0))
+    generator = torch.Generator().manual_seed(seed if rank == 0 else process_seed(seed, rank, 0))
 
     fingerprint = _fingerprint(dataset, settings, seed)
     state_path = state_dir / STATE_FILE
@@ -112,7 +112,7 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
             step, losses = int(state["step"]), list(state["losses"])
             torch.set_rng_state(state["torch_rng"])
             # Only the first process's generator is saved; the others restart from a seed tied to the step.
-            generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(_process_seed(seed, rank, step))
+            generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(process_seed(seed, rank, step))
             log.info("resuming from step %d of %d (%s)", step, settings.steps, state_path)
         else:
             log.warning("ignoring %s: it was written for another dataset, seed, setting or process count", state_path)
@@ -151,8 +151,8 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step % settings.checkpoint_every == 0 or step == last_step) and accelerator.is_main_process:
-            _save_state(state_path, fingerprint, processes, step, accelerator.unwrap_model(unet), optimizer,
-                        lr_schedule, ema, generator, losses)
+            save_training_state(state_path, fingerprint, processes, step, accelerator.unwrap_model(unet).state_dict(),
+                                optimizer, lr_schedule, ema, generator, losses)
     bar.close()
     accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - started
@@ -178,12 +178,12 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
         ema.copy_to(model.parameters())
         info = ModelInfo(dataset.num_classes, list(dataset.class_names), dataset.image_size, dataset.channels)
         save_model(output_dir, model.cpu(), scheduler, info, extra={"dataset_hash": dataset.manifest.get("content_hash")})
-        write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": _downsample(losses, 200)})
+        write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": downsample(losses, 200)})
     accelerator.wait_for_everyone()
     return {**stats, "finished": True}
 
 
-def _process_seed(seed: int, rank: int, step: int) -> int:
+def process_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
@@ -194,18 +194,20 @@ def _fingerprint(dataset: ImageDataset, settings: TrainSettings, seed: int) -> s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _save_state(path: Path, fingerprint: str, processes: int, step: int, unet, optimizer, lr_schedule, ema,
-                generator, losses) -> None:
+def save_training_state(path: Path, fingerprint: str, processes: int, step: int, weights: dict[str, torch.Tensor],
+                        optimizer, lr_schedule, ema, generator, losses) -> None:
+    """Everything a resumed run needs, written atomically: the trained weights, optimiser, schedule, EMA and RNGs."""
     tmp = path.with_suffix(".tmp")
     torch.save({
-        "fingerprint": fingerprint, "processes": processes, "step": step, "torch_rng": torch.get_rng_state(), "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+        "fingerprint": fingerprint, "processes": processes, "step": step, "torch_rng": torch.get_rng_state(),
+        "unet": weights, "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
         "losses": losses,
     }, tmp)
     os.replace(tmp, path)
 
 
-def _downsample(values: list[float], points: int) -> list[float]:
+def downsample(values: list[float], points: int) -> list[float]:
     if len(values) <= points:
         return values
     chunks = np.array_split(np.asarray(values), points)

@@ -1,7 +1,10 @@
-"""Command line for training one DDPM: ``python -m bibaddiff.diffusion.train_cli`` (or under ``accelerate launch``).
+"""Command line for training one diffusion model: ``python -m bibaddiff.diffusion.train_cli`` (or under
+``accelerate launch``).
 
 The workflow's train_diffusion rule runs this through a shell command, so that the same command line works for
-one process and, under ``accelerate launch --num_processes N``, for N GPUs.
+one process and, under ``accelerate launch --num_processes N``, for N GPUs. The settings' ``kind`` says what is
+trained: a DDPM from scratch on a dataset folder (the default), or a Stable Diffusion UNet fine-tuned on a latent
+file written by the encode_latents rule.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from bibaddiff.utils import set_threads
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-data", required=True, help="dataset folder written by bibaddiff (PNG + metadata.jsonl)")
+    parser.add_argument("--train-data", required=True,
+                        help="dataset folder written by bibaddiff (PNG + metadata.jsonl), or a latent file for stable_diffusion")
     parser.add_argument("--output", required=True, help="model folder to write (unet/, scheduler/, training.json)")
     parser.add_argument("--state-dir", required=True, help="resumable training state; kept across preempted runs")
-    parser.add_argument("--settings", required=True, help='JSON: {"training": {...}, "model": {...}}')
+    parser.add_argument("--settings", required=True,
+                        help='JSON: {"training": {...}, "model": {...}} or {"kind": "stable_diffusion", "training": {...}, "pretrained": {...}}')
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -39,9 +44,21 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as error:
             raise BibaddiffError(f"--settings is not valid JSON ({error.msg})") from None
         set_threads(args.threads)
-        settings = TrainSettings.from_config(settings_json.get("training", {}), settings_json.get("model", {}))
-        stats = train_ddpm(read_dataset(args.train_data), args.output, args.state_dir, settings, seed=args.seed,
-                           device=args.device, stop_after=args.stop_after)
+        kind = settings_json.get("kind", "ddpm")
+        if kind == "stable_diffusion":
+            from bibaddiff.diffusion.finetune import FinetuneSettings, finetune_stable_diffusion
+            from bibaddiff.diffusion.stable import load_latents
+
+            settings = FinetuneSettings.from_config(settings_json.get("training", {}))
+            stats = finetune_stable_diffusion(load_latents(args.train_data), settings_json.get("pretrained", {}),
+                                              args.output, args.state_dir, settings, seed=args.seed,
+                                              device=args.device, stop_after=args.stop_after)
+        elif kind == "ddpm":
+            settings = TrainSettings.from_config(settings_json.get("training", {}), settings_json.get("model", {}))
+            stats = train_ddpm(read_dataset(args.train_data), args.output, args.state_dir, settings, seed=args.seed,
+                               device=args.device, stop_after=args.stop_after)
+        else:
+            raise BibaddiffError(f"--settings: kind must be ddpm or stable_diffusion; got {kind!r}")
     except BibaddiffError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

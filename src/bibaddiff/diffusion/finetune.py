@@ -1,0 +1,257 @@
+"""Resumable fine-tuning of a Stable Diffusion UNet on cached VAE latents and their captions.
+
+The VAE and the text encoder stay frozen; the UNet is trained in full or through LoRA adapters (peft) with the
+standard noise-prediction loss (velocity for v-prediction models). Resuming, checkpoints and process seeds work as
+in :mod:`bibaddiff.diffusion.train`: a killed job continues from its last state and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from bibaddiff.diffusion.model import MODEL_INFO_FILE
+from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, load_components
+from bibaddiff.diffusion.train import STATE_FILE, downsample, process_seed, save_training_state
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.utils import select_device, write_json
+
+log = logging.getLogger(__name__)
+FINETUNE_METHODS = ("full", "lora")
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class FinetuneSettings:
+    steps: int = 2000
+    batch_size: int = 8
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    ema_decay: float = 0.9999
+    label_dropout: float = 0.0  # share of captions replaced by the empty prompt
+    checkpoint_every: int = 500
+    mixed_precision: str = "bf16"
+    finetune: str = "full"
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FinetuneSettings":
+        known = set(cls.__dataclass_fields__)
+        settings = cls(**{k: v for k, v in config.items() if k in known})
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise BibaddiffError("diffusion.training.steps, batch_size and checkpoint_every must be at least 1")
+        if self.finetune not in FINETUNE_METHODS:
+            raise BibaddiffError(f"diffusion.training.finetune must be one of {', '.join(FINETUNE_METHODS)}; got {self.finetune!r}")
+        if self.lora_rank < 1:
+            raise BibaddiffError(f"diffusion.training.lora_rank must be at least 1; got {self.lora_rank}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise BibaddiffError(f"diffusion.training.label_dropout must lie in [0, 1); got {self.label_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise BibaddiffError(f"diffusion.training.ema_decay must lie in [0, 1); got {self.ema_decay}")
+        if self.mixed_precision not in ("bf16", "fp16", "no"):
+            raise BibaddiffError(f"diffusion.training.mixed_precision must be bf16, fp16 or no; got {self.mixed_precision!r}")
+
+
+def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any], output_dir: str | Path,
+                              state_dir: str | Path, settings: FinetuneSettings, seed: int, device: str = "auto",
+                              stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune (or resume fine-tuning) the UNet of ``pretrained`` on ``latents``; writes the model folder.
+
+    Full fine-tuning saves the EMA UNet as ``unet/``; LoRA saves the EMA adapter weights in diffusers' LoRA format
+    (``pytorch_lora_weights.safetensors``, loadable with ``pipeline.load_lora_weights``). Either way the folder has
+    ``scheduler/``, ``bibaddiff_model.json`` (base model, classes and their prompts) and ``training.json``.
+    """
+    from accelerate import Accelerator
+
+    if len(latents) == 0:
+        raise BibaddiffError("cannot fine-tune on an empty dataset")
+    if dict(latents.pretrained) != dict(pretrained):
+        raise BibaddiffError(f"the latents were encoded with the VAE of {latents.pretrained}, not of {pretrained}; "
+                             "re-encode them (delete the latent file)")
+    use_cpu = select_device(device).type == "cpu"
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else settings.mixed_precision)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch_size % processes:
+        raise BibaddiffError(f"diffusion.training.batch_size {settings.batch_size} must be divisible by the {processes} training processes")
+    local_batch = settings.batch_size // processes
+    torch_device = accelerator.device
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)  # LoRA initialisation, identical in every process
+
+    components = load_components(pretrained)
+    components.latent_size(latents.image_size)
+    scheduler = components.scheduler
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise BibaddiffError(f"cannot fine-tune a model with prediction_type {prediction_type!r}")
+    text_encoder = components.text_encoder.to(torch_device).eval().requires_grad_(False)
+    unet = components.unet
+    del components.vae  # latents are cached: the VAE is not needed here
+    trainable = _make_trainable(unet, settings)
+    if settings.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(trainable.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = max(1, settings.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    ema = EMAModel(list(trainable.values()), decay=settings.ema_decay)
+    generator = torch.Generator().manual_seed(seed if rank == 0 else process_seed(seed, rank, 0))
+
+    fingerprint = _fingerprint(latents, pretrained, settings, seed)
+    state_path = state_dir / STATE_FILE
+    step, losses = 0, []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
+            with torch.no_grad():
+                for name, value in state["unet"].items():
+                    trainable[name].copy_(value)
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["lr_schedule"])
+            ema.load_state_dict(state["ema"])
+            step, losses = int(state["step"]), list(state["losses"])
+            torch.set_rng_state(state["torch_rng"])
+            generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(process_seed(seed, rank, step))
+            log.info("resuming from step %d of %d (%s)", step, settings.steps, state_path)
+        else:
+            log.warning("ignoring %s: it was written for other latents, base model, seed, settings or process count", state_path)
+
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema.to(torch_device)
+    unet.train()
+    texts = list(latents.texts)
+    start_step, started = step, time.perf_counter()
+    last_step = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
+    bar = tqdm(total=settings.steps, initial=step, desc=f"fine-tuning ({settings.finetune})", unit="step",
+               disable=not progress or not accelerator.is_main_process, mininterval=5)
+    while step < last_step:
+        index = torch.randint(0, len(latents), (local_batch,), generator=generator)
+        clean = latents.mean[index].float() + latents.std[index].float() * torch.randn(
+            latents.mean[index].shape, generator=generator)
+        dropped = (torch.rand(local_batch, generator=generator) < settings.label_dropout).tolist()
+        captions = ["" if drop else texts[i] for i, drop in zip(index.tolist(), dropped)]
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (local_batch,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(clean, noise, timesteps)
+        hidden = _encode_captions(components.tokenizer, text_encoder, captions, torch_device)
+        with accelerator.autocast():
+            prediction = unet(noisy.to(torch_device), timesteps.to(torch_device), encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction.float(), target.to(torch_device))
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(list(trainable.values()), settings.max_grad_norm)
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(list(trainable.values()))
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step % settings.checkpoint_every == 0 or step == last_step) and accelerator.is_main_process:
+            weights = {name: value.detach().cpu() for name, value in trainable.items()}
+            save_training_state(state_path, fingerprint, processes, step, weights, optimizer, lr_schedule, ema,
+                                generator, losses)
+    bar.close()
+    accelerator.wait_for_everyone()
+    elapsed = time.perf_counter() - started
+    model = accelerator.unwrap_model(unet)
+    stats = {
+        "steps": step,
+        "target_steps": settings.steps,
+        "steps_this_run": step - start_step,
+        "seconds_this_run": elapsed,
+        "steps_per_second": (step - start_step) / elapsed if elapsed > 0 and step > start_step else None,
+        "images_per_second": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
+        "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        "device": str(torch_device),
+        "processes": processes,
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "settings": asdict(settings),
+        "trained_parameters": sum(p.numel() for p in trainable.values()),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch_device.type == "cuda" else None,
+    }
+    if step < settings.steps:
+        return {**stats, "finished": False}
+    if accelerator.is_main_process:
+        ema.copy_to(list(trainable.values()))
+        _save_finetuned(Path(output_dir), model, scheduler, latents, pretrained, settings)
+        write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": downsample(losses, 200)})
+    accelerator.wait_for_everyone()
+    return {**stats, "finished": True}
+
+
+def _make_trainable(unet: torch.nn.Module, settings: FinetuneSettings) -> dict[str, torch.nn.Parameter]:
+    """Freeze what is not trained; return the trained parameters by name (all of the UNet, or its LoRA adapters)."""
+    if settings.finetune == "lora":
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha or settings.lora_rank,
+                                    init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    else:
+        unet.requires_grad_(True)
+    trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
+    if not trainable:
+        raise BibaddiffError("no UNet parameter is trainable; check diffusion.training.finetune")
+    return trainable
+
+
+@torch.no_grad()
+def _encode_captions(tokenizer: Any, text_encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
+    tokens = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
+def _fingerprint(latents: LatentDataset, pretrained: dict[str, Any], settings: FinetuneSettings, seed: int) -> str:
+    # The number of steps is left out, so that a longer run can continue a shorter one.
+    settings_dict = {k: v for k, v in asdict(settings).items() if k not in ("steps", "checkpoint_every")}
+    blob = json.dumps({"data": latents.dataset_hash, "pretrained": pretrained, "settings": settings_dict,
+                       "seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save_finetuned(output_dir: Path, unet: Any, scheduler: Any, latents: LatentDataset, pretrained: dict[str, Any],
+                    settings: FinetuneSettings) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    unet = unet.cpu()
+    if settings.finetune == "lora":
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        StableDiffusionPipeline.save_lora_weights(str(output_dir), unet_lora_layers=lora_layers,
+                                                  weight_name=LORA_WEIGHTS_FILE)
+    else:
+        unet.save_pretrained(output_dir / "unet")
+    scheduler.save_pretrained(output_dir / "scheduler")
+    write_json(output_dir / MODEL_INFO_FILE, {
+        "kind": "stable_diffusion", "pretrained": dict(pretrained), "finetune": settings.finetune,
+        "num_classes": len(latents.class_names), "class_names": list(latents.class_names),
+        "class_prompts": list(latents.class_prompts), "image_size": latents.image_size, "channels": 3,
+        "dataset_hash": latents.dataset_hash,
+    })

@@ -1,0 +1,277 @@
+"""Stable Diffusion as a text-conditioned model of the same DAG: local components, cached VAE latents, and the
+fine-tuned model behind the class-label interface that generation and the defences use.
+
+A class index c stands for the prompt of class c (``A photo of a {class_name}`` unless the dataset says otherwise);
+the null class stands for the empty prompt, which is what Stable Diffusion's classifier-free guidance uses.
+Everything is read from local paths; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bibaddiff.data import ImageDataset
+from bibaddiff.diffusion.model import MODEL_INFO_FILE, DiffusionModel, ModelInfo
+from bibaddiff.diffusion.sampling import to_model_space, to_uint8
+from bibaddiff.errors import BibaddiffError
+from bibaddiff.utils import read_json
+
+log = logging.getLogger(__name__)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class StableDiffusionComponents:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any  # a DDPMScheduler with the model's noise schedule
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_size(self, image_size: int) -> int:
+        """The latent side for ``image_size`` pixels, checked against the VAE and the UNet's downsampling."""
+        factor = self.vae_scale_factor
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if image_size % (factor * unet_factor):
+            raise BibaddiffError(f"dataset.image_size {image_size} must be divisible by {factor * unet_factor} for this "
+                                 f"model (VAE downsamples by {factor}, the UNet by {unet_factor})")
+        return image_size // factor
+
+
+def check_pretrained(pretrained: dict[str, Any] | None) -> tuple[Path, Path | None]:
+    """The (path, config folder) of ``diffusion.pretrained``, checked without loading any weights."""
+    pretrained = pretrained or {}
+    raw_path, raw_config = pretrained.get("path"), pretrained.get("config")
+    if not raw_path:
+        raise BibaddiffError("diffusion.pretrained.path must name a local Stable Diffusion folder (diffusers format) "
+                             "or a single .safetensors/.ckpt file")
+    path = Path(raw_path).expanduser()
+    config = Path(raw_config).expanduser() if raw_config else None
+    if path.is_dir():
+        missing = [name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / name).is_dir()]
+        if missing:
+            raise BibaddiffError(f"diffusion.pretrained.path: {path} is not a diffusers Stable Diffusion folder "
+                                 f"(missing {', '.join(missing)})")
+        return path, config
+    if not path.exists():
+        raise BibaddiffError(f"diffusion.pretrained.path: {path} does not exist; set it to your local Stable "
+                             "Diffusion folder or checkpoint file")
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise BibaddiffError(f"diffusion.pretrained.path: {path} must be a folder or a {'/'.join(SINGLE_FILE_SUFFIXES)} file")
+    if config is None or not config.is_dir():
+        raise BibaddiffError(f"diffusion.pretrained.config: a single-file checkpoint ({path.name}) needs a local "
+                             f"diffusers-format folder with the model's configs and tokenizer; got {raw_config!r}")
+    if not (config / "tokenizer").is_dir() or not (config / "unet").is_dir():
+        raise BibaddiffError(f"diffusion.pretrained.config: {config} has no unet/ and tokenizer/ folders "
+                             "(it must be a diffusers-format folder, weights optional)")
+    return path, config
+
+
+def load_components(pretrained: dict[str, Any]) -> StableDiffusionComponents:
+    """UNet, VAE, text encoder, tokenizer and noise schedule from a local diffusers folder or a single file."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    path, config = check_pretrained(pretrained)
+    options = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    try:
+        if path.is_dir():
+            pipeline = StableDiffusionPipeline.from_pretrained(path, feature_extractor=None, **options)
+        else:
+            pipeline = StableDiffusionPipeline.from_single_file(str(path), config=str(config), **options)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise BibaddiffError(f"diffusion.pretrained.path: cannot load Stable Diffusion from {path}: {error}") from None
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    return StableDiffusionComponents(pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, scheduler)
+
+
+@torch.no_grad()
+def embed_prompts(components: StableDiffusionComponents, prompts: list[str], device: torch.device | str = "cpu",
+                  batch_size: int = 64) -> torch.Tensor:
+    """The text encoder's last hidden states for ``prompts``, padded to the tokenizer's length: (N, L, D)."""
+    tokenizer, encoder = components.tokenizer, components.text_encoder
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(list(prompts[start:start + batch_size]), padding="max_length", truncation=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt")
+        outputs.append(encoder(tokens.input_ids.to(device))[0].float().cpu())
+    return torch.cat(outputs)
+
+
+# --------------------------------------------------------------------------------------------- latents
+
+
+@torch.no_grad()
+def encode_latents(dataset: ImageDataset, components: StableDiffusionComponents, batch_size: int = 16,
+                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The VAE's latent distribution of every image, already multiplied by the VAE's scaling factor.
+
+    Training draws ``mean + std * noise`` each time an image is used, as it would if it ran the VAE itself.
+    """
+    if dataset.channels != 3:
+        raise BibaddiffError(f"Stable Diffusion needs RGB images; the dataset has {dataset.channels} channel(s)")
+    if len(dataset) == 0:
+        raise BibaddiffError("cannot encode an empty dataset")
+    components.latent_size(dataset.image_size)
+    vae = components.vae.to(device).eval()
+    scale = float(vae.config.scaling_factor)
+    means, stds = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="VAE latents", unit="batch", mininterval=5):
+        pixels = to_model_space(dataset.images[start:start + batch_size]).to(device, vae.dtype)
+        distribution = vae.encode(pixels).latent_dist
+        means.append((distribution.mean.float() * scale).cpu())
+        stds.append((distribution.std.float() * scale).cpu())
+    return {"mean": torch.cat(means), "std": torch.cat(stds)}
+
+
+def save_latents(path: str | Path, latents: dict[str, torch.Tensor], dataset: ImageDataset,
+                 pretrained: dict[str, Any]) -> None:
+    """Latents plus what training needs from the dataset (captions, labels, classes), in one safetensors file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "texts": json.dumps(dataset.texts),
+        "class_names": json.dumps(list(dataset.class_names)),
+        "class_prompts": json.dumps(class_prompts(dataset)),
+        "dataset_hash": str(dataset.manifest.get("content_hash")),
+        "image_size": str(dataset.image_size),
+        "pretrained": json.dumps(dict(pretrained), sort_keys=True),
+    }
+    tensors = {"mean": latents["mean"].contiguous(), "std": latents["std"].contiguous(),
+               "labels": torch.from_numpy(dataset.labels.copy()), "poisoned": torch.from_numpy(dataset.poisoned.astype(np.uint8))}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+@dataclass
+class LatentDataset:
+    mean: torch.Tensor
+    std: torch.Tensor
+    labels: np.ndarray
+    poisoned: np.ndarray
+    texts: list[str]
+    class_names: list[str]
+    class_prompts: list[str]
+    dataset_hash: str
+    image_size: int
+    pretrained: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+
+def load_latents(path: str | Path) -> LatentDataset:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BibaddiffError(f"{path}: latent file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        return LatentDataset(
+            mean=tensors["mean"], std=tensors["std"], labels=tensors["labels"].numpy(),
+            poisoned=tensors["poisoned"].numpy().astype(bool), texts=json.loads(metadata["texts"]),
+            class_names=json.loads(metadata["class_names"]), class_prompts=json.loads(metadata["class_prompts"]),
+            dataset_hash=metadata["dataset_hash"], image_size=int(metadata["image_size"]),
+            pretrained=json.loads(metadata["pretrained"]),
+        )
+    except (KeyError, json.JSONDecodeError, OSError) as error:
+        raise BibaddiffError(f"{path}: not a latent file written by bibaddiff ({error})") from None
+
+
+def class_prompts(dataset: ImageDataset) -> list[str]:
+    """The prompt of each class: the dataset's class captions, or its class names when it has none."""
+    prompts = dataset.manifest.get("class_prompts")
+    if prompts is None:
+        return list(dataset.class_names)
+    if len(prompts) != dataset.num_classes:
+        raise BibaddiffError(f"the dataset manifest has {len(prompts)} class prompts for {dataset.num_classes} classes")
+    return list(prompts)
+
+
+# --------------------------------------------------------------------------------------------- the trained model
+
+
+class PromptConditionedUNet(torch.nn.Module):
+    """A UNet2DConditionModel behind the class-label interface: class c is prompt c, the null class the empty prompt."""
+
+    def __init__(self, unet: Any, prompt_embeddings: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("prompt_embeddings", prompt_embeddings, persistent=False)
+
+    @property
+    def config(self) -> Any:
+        return self.unet.config
+
+    def forward(self, sample: torch.Tensor, timestep: Any, class_labels: torch.Tensor) -> Any:
+        hidden = self.prompt_embeddings[class_labels.to(self.prompt_embeddings.device)].to(sample.dtype)
+        return self.unet(sample, timestep, encoder_hidden_states=hidden)
+
+
+def load_text_to_image_model(directory: str | Path, device: torch.device | str = "cpu") -> DiffusionModel:
+    """A fine-tuned model folder (full UNet or LoRA weights over the base model named in it) as a DiffusionModel."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    directory = Path(directory)
+    info_json = read_json(directory / MODEL_INFO_FILE)
+    components = load_components(info_json["pretrained"])
+    if (directory / "unet").is_dir():
+        components.unet = UNet2DConditionModel.from_pretrained(directory / "unet")
+    elif (directory / LORA_WEIGHTS_FILE).is_file():
+        components.unet = _unet_with_lora(components, directory)
+    else:
+        raise BibaddiffError(f"{directory}: neither a unet/ folder nor {LORA_WEIGHTS_FILE}")
+    scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+    info = ModelInfo(len(info_json["class_names"]), list(info_json["class_names"]), int(info_json["image_size"]), 3)
+    device = torch.device(device)
+    components.text_encoder.to(device).eval()
+    # The null condition (index num_classes) is the empty prompt.
+    embeddings = embed_prompts(components, list(info_json["class_prompts"]) + [""], device)
+    denoiser = PromptConditionedUNet(components.unet.eval(), embeddings).to(device)
+    vae = components.vae.to(device).eval()
+    scale = float(vae.config.scaling_factor)
+    latent = components.latent_size(info.image_size)
+
+    @torch.no_grad()
+    def encode(images: np.ndarray) -> torch.Tensor:
+        pixels = to_model_space(images).to(device, vae.dtype)
+        return (vae.encode(pixels).latent_dist.mean.float() * scale).cpu()
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> np.ndarray:
+        return to_uint8(vae.decode(latents.to(device, vae.dtype) / scale).sample)
+
+    return DiffusionModel(denoiser, scheduler, info, (int(components.unet.config.in_channels), latent, latent),
+                          encode, decode, kind="stable_diffusion")
+
+
+def _unet_with_lora(components: StableDiffusionComponents, directory: Path) -> Any:
+    """The base UNet with the LoRA weights of ``directory`` fused in, through diffusers' own LoRA loader."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
+                                       tokenizer=components.tokenizer, unet=components.unet,
+                                       scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.load_lora_weights(str(directory), weight_name=LORA_WEIGHTS_FILE)
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    return pipeline.unet

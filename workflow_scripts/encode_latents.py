@@ -1,0 +1,17 @@
+"""Adapter: encode one training set to VAE latents once, so that fine-tuning epochs do not rerun the VAE."""
+from bibaddiff.data import read_dataset
+from bibaddiff.diffusion.stable import encode_latents, load_components, save_latents
+from bibaddiff.utils import run_logged, select_device, set_threads
+
+
+def main(snakemake):
+    set_threads(snakemake.threads)
+    p = snakemake.params
+    dataset = read_dataset(snakemake.input.train)
+    components = load_components(p.pretrained)
+    latents = encode_latents(dataset, components, p.batch_size, select_device(p.device))
+    save_latents(snakemake.output.latents, latents, dataset, p.pretrained)
+    print(f"encoded {len(dataset)} images to latents of shape {tuple(latents['mean'].shape[1:])}")
+
+
+run_logged(snakemake.log[0], main, snakemake)
