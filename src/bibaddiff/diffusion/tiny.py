@@ -42,7 +42,8 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
     (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
     (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(vocab=str(tokenizer_dir / "vocab.json"), merges=str(tokenizer_dir / "merges.txt"),
+    # Positional: transformers 4 names these vocab_file and merges_file, transformers 5 vocab and merges.
+    tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"),
                               model_max_length=TOKENIZER_MAX_LENGTH)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
