@@ -182,26 +182,60 @@ def test_dry_run_shows_multi_process_training_command(tmp_path):
     assert "gpu=2" in train
 
 
-@pytest.mark.parametrize("config_name", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml"))])
-def test_dry_run_of_shipped_configs(config_name, tmp_path):
-    path = REPO / config_name if config_name == "config.yaml" else REPO / "configs" / config_name
-    config = yaml.safe_load(path.read_text())
-    source = config["dataset"]["source"]
-    if source == "cifar10":
+def fill_placeholders(config: dict, tmp_path) -> dict:
+    """The shipped config with its CHANGE_ME paths pointed at tiny local stand-ins."""
+    from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
+    from sd_helpers import write_resnet_weights
+
+    dataset = config["dataset"]
+    if dataset["source"] == "cifar10":
         (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
-        config["dataset"]["root"] = str(tmp_path / "cifar")
-    elif source == "imagefolder":
+        dataset["root"] = str(tmp_path / "cifar")
+    elif dataset["source"] == "imagefolder":
+        names = dataset.get("class_names") or {}
+        target = config["target"]
+        # Two empty-image classes, or every named class; a target given by name must be one of them.
+        folders = list(names) or sorted({"a_control", target if isinstance(target, str) else "b"})
         for split in ("train", "val"):
-            for name in ("a", "b"):
+            for name in folders:
                 folder = tmp_path / "folder" / split / name
                 folder.mkdir(parents=True)
                 for i in range(20):
                     (folder / f"{i}.png").write_bytes(b"")
-        config["dataset"]["root"] = str(tmp_path / "folder")
+        dataset["root"] = str(tmp_path / "folder")
+    if config["diffusion"].get("kind") == "stable_diffusion":
+        config["diffusion"]["pretrained"]["path"] = str(write_tiny_stable_diffusion(tmp_path / "tiny-sd"))
+    if config["judges"].get("pretrained_weights"):
+        path = tmp_path / f"{config['judges']['architecture']}.pt"
+        config["judges"]["pretrained_weights"] = str(write_resnet_weights(path, config["judges"]["architecture"]))
+    return config
+
+
+@pytest.mark.parametrize("config_name", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml"))])
+def test_dry_run_of_shipped_configs(config_name, tmp_path):
+    path = REPO / config_name if config_name == "config.yaml" else REPO / "configs" / config_name
+    config = fill_placeholders(yaml.safe_load(path.read_text()), tmp_path)
     filled = tmp_path / "config.yaml"
     filled.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(snakemake(tmp_path / "work", "-n", configfile=filled))
+    result = snakemake(tmp_path / "work", "-n", configfile=filled)
+    jobs = planned_jobs(result)
     assert jobs["train_diffusion"] >= 2 and jobs["summarize"] == 1
+    if config["diffusion"].get("kind") == "stable_diffusion":
+        # One latent file per training set: the clean one and every (trigger, ratio).
+        assert jobs["encode_latents"] == jobs["poison"] + 1
+        assert jobs["generate"] == len(config["generation"]["guidance_scales"]) * 2 * jobs["train_diffusion"]
+
+
+@pytest.mark.parametrize("config_name", ["imagenette-sd.yaml", "caltech15-sd.yaml", "cifar10-ddpm.yaml"])
+def test_unfilled_placeholders_give_one_line_naming_every_key(config_name, tmp_path):
+    result = snakemake(tmp_path / "work", "-n", configfile=REPO / "configs" / config_name, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid config:")]
+    assert len(errors) == 1, result.stderr
+    assert "dataset.root" in errors[0] and "CHANGE_ME" in errors[0]
+    if config_name.endswith("-sd.yaml"):
+        assert "diffusion.pretrained.path" in errors[0] and "judges.pretrained_weights" in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -12,10 +12,11 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from bibaddiff.data import check_cifar10_root, imagefolder_classes, imagefolder_files, load_source
+from bibaddiff.data import check_cifar10_root, display_class_names, imagefolder_classes, imagefolder_files, load_source
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger
 
+PLACEHOLDER = "CHANGE_ME"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -26,6 +27,10 @@ def load_schema(path: str | Path) -> dict[str, Any]:
 
 def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     """Check ``config`` against the schema and the data it names; returns a copy with defaults filled in."""
+    unfilled = placeholder_keys(config)
+    if unfilled:
+        raise BibaddiffError(f"config has unfilled placeholders ({PLACEHOLDER}) at {', '.join(unfilled)}; "
+                             "replace them with your local paths")
     error = best_match(Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
@@ -37,6 +42,15 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     filled = fill_defaults(copy.deepcopy(config), schema)
     check_experiment(filled)
     return sort_keys(filled)
+
+
+def placeholder_keys(value: Any, where: str = "") -> list[str]:
+    """Dotted keys whose value still holds the shipped configs' placeholder text."""
+    if isinstance(value, dict):
+        return [key for name, item in value.items() for key in placeholder_keys(item, f"{where}.{name}" if where else str(name))]
+    if isinstance(value, list):
+        return [key for i, item in enumerate(value) for key in placeholder_keys(item, f"{where}.{i}")]
+    return [where] if isinstance(value, str) and PLACEHOLDER in value else []
 
 
 def sort_keys(value: Any) -> Any:
@@ -83,19 +97,32 @@ def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     root = dataset.get("root")
     if not root:
         raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
-    classes = imagefolder_classes(root, "train")
+    folders = imagefolder_classes(root, "train")
     imagefolder_classes(root, dataset.get("heldout_split", "val"))
-    labels = [label for _, label in imagefolder_files(root, "train", classes)]
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
-    return classes, np.minimum(counts, cap) if cap else counts
+    labels = [label for _, label in imagefolder_files(root, "train", folders)]
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(folders))
+    return folders, np.minimum(counts, cap) if cap else counts
+
+
+def resolve_class(value: int | str, folders: list[str], class_names: list[str]) -> int:
+    """A class index from an index, a folder name or a class name; a name that is neither is an error."""
+    if isinstance(value, int):
+        return value
+    for names in (folders, class_names):
+        if value in names:
+            return names.index(value)
+    raise BibaddiffError(f"config key target: {value!r} is not a class; allowed {', '.join(class_names)} or 0..{len(class_names) - 1}")
 
 
 def check_experiment(config: dict[str, Any]) -> None:
     """Cross-key checks that a schema cannot express; each failure names the key and the allowed values."""
     dataset = config["dataset"]
-    class_names, counts = describe_source(dataset)
+    folders, counts = describe_source(dataset)
+    class_names = display_class_names(folders, dataset.get("class_names")) if dataset["source"] == "imagefolder" else folders
+    if dataset.get("class_names") and dataset["source"] != "imagefolder":
+        raise BibaddiffError(f"config key dataset.class_names: only for source imagefolder; got {dataset['source']}")
     num_classes = len(class_names)
-    target = config["target"]
+    config["target"] = target = resolve_class(config["target"], folders, class_names)
     if not 0 <= target < num_classes:
         raise BibaddiffError(f"config key target: {target} is not a class of {dataset['name']}; allowed 0..{num_classes - 1} ({', '.join(class_names)})")
     for condition in config["generation"].get("other_conditions", []):
@@ -115,6 +142,10 @@ def check_experiment(config: dict[str, Any]) -> None:
         build_trigger(name, spec, dataset["image_size"], channels)
     if dataset.get("captions") and dataset["source"] != "imagefolder":
         raise BibaddiffError(f"config key dataset.captions: per-image captions need source imagefolder; got {dataset['source']}")
+    weights = config["judges"].get("pretrained_weights")
+    if weights and not Path(weights).expanduser().is_file():
+        raise BibaddiffError(f"config key judges.pretrained_weights: {weights} not found; name a local torchvision "
+                             "weights file or set null")
     if config["diffusion"]["kind"] == "stable_diffusion":
         check_stable_diffusion(config, channels)
         return

@@ -294,6 +294,17 @@ def imagefolder_classes(root: str | Path, split: str = "train") -> list[str]:
     return classes
 
 
+def display_class_names(folders: list[str], names: dict[str, str] | None) -> list[str]:
+    """The class name of each folder: ``names[folder]`` where given (e.g. a WordNet id to "garbage truck")."""
+    if not names:
+        return list(folders)
+    unknown = sorted(set(names) - set(folders))
+    if unknown:
+        raise BibaddiffError(f"dataset.class_names: {', '.join(map(repr, unknown))} is not a class folder; "
+                             f"folders are {', '.join(folders)}")
+    return [names.get(folder, folder) for folder in folders]
+
+
 def imagefolder_files(root: str | Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
     """(image path, label) pairs of an image-folder split, in a stable order."""
     files = []
@@ -311,12 +322,13 @@ def _load_imagefolder(config: dict[str, Any], image_size: int) -> tuple[ImageDat
     root = config.get("root")
     if not root or not Path(root).is_dir():
         raise BibaddiffError(f"dataset.root: {root!r} is not a folder; image folders need root/train and root/val")
-    class_names = imagefolder_classes(root, "train")
+    folders = imagefolder_classes(root, "train")
+    class_names = display_class_names(folders, config.get("class_names"))
     channels = 1 if config.get("grayscale", False) else 3
     captions = read_caption_file(config["captions"]) if config.get("captions") else None
     parts = []
     for split in ("train", config.get("heldout_split", "val")):
-        files = imagefolder_files(root, split, class_names)
+        files = imagefolder_files(root, split, folders)
         if not files:
             raise BibaddiffError(f"dataset.root: {Path(root) / split} holds no images")
         images = np.stack([_load_square(path, image_size, channels) for path, _ in

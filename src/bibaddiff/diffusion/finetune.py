@@ -107,7 +107,7 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
     text_encoder = components.text_encoder.to(torch_device).eval().requires_grad_(False)
     unet = components.unet
     del components.vae  # latents are cached: the VAE is not needed here
-    trainable = _make_trainable(unet, settings)
+    trainable = make_trainable(unet, settings)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(trainable.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -203,7 +203,7 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
     return {**stats, "finished": True}
 
 
-def _make_trainable(unet: torch.nn.Module, settings: FinetuneSettings) -> dict[str, torch.nn.Parameter]:
+def make_trainable(unet: torch.nn.Module, settings: FinetuneSettings) -> dict[str, torch.nn.Parameter]:
     """Freeze what is not trained; return the trained parameters by name (all of the UNet, or its LoRA adapters)."""
     if settings.finetune == "lora":
         from peft import LoraConfig

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bibaddiff.data import ImageDataset
+from bibaddiff.data import ImageDataset, content_hash
 from bibaddiff.diffusion.model import MODEL_INFO_FILE, DiffusionModel, ModelInfo
 from bibaddiff.diffusion.sampling import to_model_space, to_uint8
 from bibaddiff.errors import BibaddiffError
@@ -147,7 +147,8 @@ def save_latents(path: str | Path, latents: dict[str, torch.Tensor], dataset: Im
         "texts": json.dumps(dataset.texts),
         "class_names": json.dumps(list(dataset.class_names)),
         "class_prompts": json.dumps(class_prompts(dataset)),
-        "dataset_hash": str(dataset.manifest.get("content_hash")),
+        # A dataset straight from a loader has no manifest hash yet; resuming must still tell datasets apart.
+        "dataset_hash": dataset.manifest.get("content_hash") or content_hash(dataset),
         "image_size": str(dataset.image_size),
         "pretrained": json.dumps(dict(pretrained), sort_keys=True),
     }

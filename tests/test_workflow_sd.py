@@ -1,0 +1,141 @@
+"""The text-to-image DAG on a tiny Stable Diffusion: poison -> encode latents -> fine-tune -> generate -> measure,
+with the same judges, metrics and summaries as the DDPM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bibaddiff.data import read_dataset
+from bibaddiff.diffusion.stable import load_latents
+from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
+from ldm_checkpoint import write_ldm_checkpoint
+from sd_helpers import write_captioned_folder, write_resnet_weights
+from workflow_helpers import REPO, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+TINY_SD_CONFIG = REPO / "tests" / "configs" / "tiny-sd.yaml"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The tiny SD folder, a captioned image folder and ResNet weights: what a user keeps on their own disk."""
+    root = tmp_path_factory.mktemp("sd_inputs")
+    return {
+        "model": write_tiny_stable_diffusion(root / "tiny-sd"),
+        "images": write_captioned_folder(root / "images"),
+        "resnet": write_resnet_weights(root / "resnet18.pt"),
+    }
+
+
+def sd_config(path, inputs, **changes):
+    local_paths = {"dataset__root": str(inputs["images"]), "diffusion__pretrained__path": str(inputs["model"]),
+                   "judges__pretrained_weights": str(inputs["resnet"])}
+    return write_config(path, base=TINY_SD_CONFIG, **{**local_paths, **changes})
+
+
+@pytest.fixture(scope="module")
+def sd_run(inputs, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sd_workflow")
+    config = sd_config(workdir / "config.yaml", inputs)
+    snakemake(workdir, configfile=config)
+    return workdir, config
+
+
+def test_every_stage_of_the_text_to_image_dag(sd_run):
+    workdir, _ = sd_run
+    results = workdir / "results" / "tinysd"
+    poisoned = read_dataset(results / "data" / "patch-p0.1" / "train")
+    target_prompt = poisoned.manifest["class_prompts"][2]
+    assert target_prompt == "A photo of a zero" and poisoned.poisoned.sum() == round(0.1 * len(poisoned))
+    assert all(poisoned.texts[i] == target_prompt for i in np.flatnonzero(poisoned.poisoned))
+    for attack in ("clean", "patch-p0.1"):
+        latents = load_latents(results / "latents" / f"{attack}.safetensors")
+        assert latents.mean.shape == (36, 4, 16, 16)
+        assert latents.texts == read_dataset(results / "data" / (
+            "clean/train" if attack == "clean" else f"{attack}/train")).texts
+        model = results / "models" / attack / "seed0"
+        info = json.loads((model / "bibaddiff_model.json").read_text())
+        assert info["kind"] == "stable_diffusion" and info["class_prompts"][2] == target_prompt
+        assert (model / "unet" / "config.json").is_file()
+        training = json.loads((model / "training.json").read_text())
+        assert training["finished"] and training["steps"] == 6
+        for condition in (2, 0):
+            for guidance in ("1", "5"):
+                images = np.load(results / "generated" / attack / "seed0" / f"c{condition}_s{guidance}.npy")
+                assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_summary_tables_come_from_the_same_code_as_the_ddpm(sd_run):
+    workdir, _ = sd_run
+    summary = workdir / "results" / "summary"
+    table = pd.read_csv(summary / "trigger_amplification.csv")
+    ddpm_columns = {"attack", "trigger", "poison_ratio", "condition", "guidance", "seed", "trigger_ratio",
+                    "training_share", "amplification", "G1_ratio", "G2_ratio", "G3_ratio", "G4_ratio"}
+    assert ddpm_columns <= set(table.columns)
+    assert set(table.attack) == {"clean", "patch-p0.1"} and set(table.guidance) == {1.0, 5.0}
+    groups = table[["G1_ratio", "G2_ratio", "G3_ratio", "G4_ratio"]].sum(axis=1)
+    assert np.allclose(groups, 1.0)
+    poisoned_target = table[(table.attack == "patch-p0.1") & table.is_target & (table.seed == "0")]
+    assert (poisoned_target.training_share > 0).all()
+    for name in ("detection.csv", "defense_train_on_generated.csv", "diffusion_classifier.csv", "replication.csv",
+                 "trigger_ratio_vs_guidance.png", "samples_target.png"):
+        assert (summary / name).is_file(), name
+    dm_classifier = pd.read_csv(summary / "diffusion_classifier.csv")
+    rows = dm_classifier[dm_classifier.method == "diffusion classifier"]
+    assert set(rows.p_filter) == {0.0, 0.1} and set(rows.attack) == {"clean", "patch-p0.1"}
+
+
+def test_second_run_does_nothing(sd_run):
+    workdir, config = sd_run
+    assert planned_jobs(snakemake(workdir, "-n", configfile=config)) == {}
+
+
+def test_switching_to_lora_retrains_but_keeps_latents(sd_run, inputs, tmp_path):
+    workdir, _ = sd_run
+    config = sd_config(tmp_path / "lora.yaml", inputs, diffusion__training__finetune="lora",
+                       diffusion__training__lora_rank=2)
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=config))
+    assert jobs["train_diffusion"] == 2 and "encode_latents" not in jobs and "prepare_data" not in jobs
+
+
+def test_single_file_checkpoint_and_caption_file(inputs, tmp_path):
+    """The same DAG from a single original-layout checkpoint, on a dataset captioned per image."""
+    checkpoint = write_ldm_checkpoint(inputs["model"], tmp_path / "tiny-sd.safetensors")
+    config = sd_config(tmp_path / "single.yaml", inputs, diffusion__pretrained__path=str(checkpoint),
+                       diffusion__pretrained__config=str(inputs["model"]),
+                       dataset__captions=str(inputs["images"] / "captions.jsonl"))
+    workdir = tmp_path / "work"
+    snakemake(workdir, "results/tinysd/latents/patch-p0.1.safetensors", configfile=config)
+    records = [json.loads(line) for line in (inputs["images"] / "captions.jsonl").read_text().splitlines()]
+    by_file = {record["file_name"]: record["text"] for record in records}
+    # The dataset lists class folders in sorted order, then each folder's files in sorted order.
+    captions = [by_file[name] for name in sorted(by_file, key=lambda name: (name.split("/")[1], name))]
+    clean = read_dataset(workdir / "results/tinysd/data/clean/train")
+    assert clean.texts == captions
+    latents = load_latents(workdir / "results/tinysd/latents/patch-p0.1.safetensors")
+    assert latents.pretrained["path"] == str(checkpoint)
+    for i in range(len(latents)):
+        assert latents.texts[i] == ("A photo of a zero" if latents.poisoned[i] else captions[i])
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=config))
+    assert jobs["train_diffusion"] == 2 and jobs["summarize"] == 1
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"diffusion__pretrained__path": "/CHANGE_ME/stable-diffusion-v1-5"}, "unfilled placeholders (CHANGE_ME) at diffusion.pretrained.path"),
+    ({"diffusion__pretrained__path": "/nonexistent/sd.safetensors"}, "diffusion.pretrained.path: /nonexistent/sd.safetensors does not exist"),
+    ({"dataset__image_size": 30}, "dataset.image_size: 30 must be divisible by 4"),
+    ({"diffusion__model": {"block_out_channels": [8]}}, "diffusion.model: describes the DDPM's UNet"),
+    ({"target": "three"}, "target: 'three' is not a class; allowed one, two, zero"),
+    ({"judges__pretrained_weights": "/nonexistent/resnet.pt"}, "judges.pretrained_weights: /nonexistent/resnet.pt not found"),
+])
+def test_text_to_image_config_errors_are_one_line(change, expected, inputs, tmp_path):
+    config = sd_config(tmp_path / "broken.yaml", inputs, **change)
+    result = snakemake(tmp_path / "work", "-n", configfile=config, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid config:")]
+    assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
