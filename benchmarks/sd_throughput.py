@@ -6,7 +6,7 @@ ones with ``--size tiny``, to check this script on a CPU). Speed and memory do n
 
 Training variants time the loop body of :func:`bibaddiff.diffusion.finetune.finetune_stable_diffusion` (frozen fp32
 text encoder on token ids, UNet under accelerate's bf16 autocast, MSE noise loss, AdamW, gradient clipping, EMA),
-with the trained parameters chosen by the library's own ``make_trainable`` (full UNet or peft LoRA). With cached
+with the library's own ``UNetTrainer`` step (full UNet or peft LoRA). With cached
 latents each step draws ``mean + std * noise`` from stored VAE latents, as the library does; without, each step
 encodes 512 px images with the VAE first, which is what caching saves. Generation runs the workflow's
 :func:`bibaddiff.diffusion.sampling.generate_images` (DDIM through ``sample_ddim``, conditional and unconditional
@@ -44,9 +44,8 @@ if (REPO_ROOT / "src" / "bibaddiff").is_dir():
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from bibaddiff.diffusion.finetune import FinetuneSettings, make_trainable  # noqa: E402
+from bibaddiff.diffusion.finetune import FinetuneSettings, UNetTrainer  # noqa: E402
 from bibaddiff.diffusion.sampling import generate_images, to_model_space, to_uint8  # noqa: E402
 from bibaddiff.diffusion.stable import PromptConditionedUNet  # noqa: E402
 from bibaddiff.utils import select_device, set_threads, write_json  # noqa: E402
@@ -238,7 +237,6 @@ VARIANT_NAMES = tuple(v.name for v in TRAINING_VARIANTS) + (GENERATION_VARIANT,)
 
 def measure_training(variant: TrainingVariant, shapes: ModelShapes, options: argparse.Namespace, accelerator: Any,
                      device: torch.device, parameter_counts: dict[str, int]) -> dict[str, Any]:
-    from diffusers.training_utils import EMAModel
 
     # The library's defaults (learning rate, weight decay, EMA decay, clipping, LoRA rank 4 on to_q/k/v/out.0).
     settings = FinetuneSettings(finetune=variant.finetune, gradient_checkpointing=variant.gradient_checkpointing,
@@ -254,16 +252,9 @@ def measure_training(variant: TrainingVariant, shapes: ModelShapes, options: arg
     parameter_counts.setdefault("unet", count_parameters(unet))
     parameter_counts.setdefault("text_encoder", count_parameters(text_encoder))
     scheduler = build_noise_schedule(shapes)
-    trainable = make_trainable(unet, settings)
-    if settings.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trainable.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    lr_warmup_steps = max(1, settings.warmup_steps)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / lr_warmup_steps))
-    ema = EMAModel(list(trainable.values()), decay=settings.ema_decay)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema.to(device)
-    unet.train()
+    # The library's own step: noise, loss, backward, clipping, AdamW, EMA (full UNet or its LoRA adapters).
+    trainer = UNetTrainer(unet, scheduler, settings, accelerator)
+    trainer.prepare()
 
     # A pool several batches deep, so that batches are gathered by index as the library does, not reused whole.
     pool_size = 4 * batch
@@ -288,10 +279,9 @@ def measure_training(variant: TrainingVariant, shapes: ModelShapes, options: arg
             return (mean + std * torch.randn_like(mean)) * scale
 
     vocab_size = shapes.text_encoder["vocab_size"]
-    trained = list(trainable.values())
 
     def training_step() -> float:
-        # The loop body of finetune_stable_diffusion; token ids stand in for the tokenizer's output.
+        # finetune_stable_diffusion's loop body; token ids stand in for the tokenizer's output.
         index = torch.randint(0, pool_size, (batch,), generator=generator)
         if variant.cached_latents:
             clean = latent_mean[index].float() + latent_std[index].float() * torch.randn(
@@ -299,22 +289,9 @@ def measure_training(variant: TrainingVariant, shapes: ModelShapes, options: arg
         else:
             clean = encode_in_step(index)
         token_ids = torch.randint(0, vocab_size, (batch, shapes.prompt_length), generator=generator)
-        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
         with torch.no_grad():
             hidden = text_encoder(token_ids.to(device))[0]
-        with accelerator.autocast():
-            prediction = unet(noisy.to(device), timesteps.to(device), encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction.float(), noise.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(trained, settings.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(trained)
-        return loss.item()
+        return trainer.step(clean, hidden, generator)
 
     setup_seconds = time.perf_counter() - setup_started
     durations, losses = [], []
@@ -332,7 +309,7 @@ def measure_training(variant: TrainingVariant, shapes: ModelShapes, options: arg
         "gradient_checkpointing": variant.gradient_checkpointing,
         "latents": "cached" if variant.cached_latents else "vae_encode_per_step",
         "batch_size": batch,
-        "trained_parameters": sum(p.numel() for p in trained),
+        "trained_parameters": sum(p.numel() for p in trainer.trainable.values()),
         "setup_seconds": setup_seconds,
         **step_statistics(durations, options.warmup, batch),
         "last_loss": losses[-1],

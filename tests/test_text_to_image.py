@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +359,18 @@ def test_generated_training_set_has_the_requested_counts(sd_model):
     assert generated.poisoned.shape == (3,)
     np.testing.assert_array_equal(generated.images[generated.labels == 0],
                                   sd_model.generate(0, 2.0, 2, 2, seed=3, batch_size=2))
+
+
+def test_two_processes_under_accelerate_launch(latent_file, pretrained, tmp_path):
+    """The train_diffusion rule's command line for a multi-GPU setting, here with two CPU processes."""
+    settings = {"kind": "stable_diffusion", "training": {**FINETUNE, "steps": 4, "batch_size": 4}, "pretrained": pretrained}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+               "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               "-m", "bibaddiff.diffusion.train_cli", "--train-data", str(latent_file), "--output", str(tmp_path / "ddp"),
+               "--state-dir", str(tmp_path / "ddp.state"), "--settings", json.dumps(settings), "--seed", "0",
+               "--device", "cpu", "--threads", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((tmp_path / "ddp" / "training.json").read_text())
+    assert stats["processes"] == 2 and stats["steps"] == 4
+    assert load_diffusion_model(tmp_path / "ddp").kind == "stable_diffusion"

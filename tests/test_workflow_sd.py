@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from bibaddiff.data import read_dataset
 from bibaddiff.diffusion.stable import load_latents

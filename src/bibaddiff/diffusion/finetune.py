@@ -101,19 +101,9 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
     components = load_components(pretrained)
     components.latent_size(latents.image_size)
     scheduler = components.scheduler
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise BibaddiffError(f"cannot fine-tune a model with prediction_type {prediction_type!r}")
     text_encoder = components.text_encoder.to(torch_device).eval().requires_grad_(False)
-    unet = components.unet
     del components.vae  # latents are cached: the VAE is not needed here
-    trainable = make_trainable(unet, settings)
-    if settings.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trainable.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    warmup = max(1, settings.warmup_steps)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    ema = EMAModel(list(trainable.values()), decay=settings.ema_decay)
+    trainer = UNetTrainer(components.unet, scheduler, settings, accelerator)
     generator = torch.Generator().manual_seed(seed if rank == 0 else process_seed(seed, rank, 0))
 
     fingerprint = _fingerprint(latents, pretrained, settings, seed)
@@ -122,12 +112,7 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
-            with torch.no_grad():
-                for name, value in state["unet"].items():
-                    trainable[name].copy_(value)
-            optimizer.load_state_dict(state["optimizer"])
-            lr_schedule.load_state_dict(state["lr_schedule"])
-            ema.load_state_dict(state["ema"])
+            trainer.load_state(state)
             step, losses = int(state["step"]), list(state["losses"])
             torch.set_rng_state(state["torch_rng"])
             generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(process_seed(seed, rank, step))
@@ -135,9 +120,7 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
         else:
             log.warning("ignoring %s: it was written for other latents, base model, seed, settings or process count", state_path)
 
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema.to(torch_device)
-    unet.train()
+    trainer.prepare()
     texts = list(latents.texts)
     start_step, started = step, time.perf_counter()
     last_step = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
@@ -149,34 +132,19 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
             latents.mean[index].shape, generator=generator)
         dropped = (torch.rand(local_batch, generator=generator) < settings.label_dropout).tolist()
         captions = ["" if drop else texts[i] for i, drop in zip(index.tolist(), dropped)]
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (local_batch,), generator=generator)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(clean, noise, timesteps)
-        hidden = _encode_captions(components.tokenizer, text_encoder, captions, torch_device)
-        with accelerator.autocast():
-            prediction = unet(noisy.to(torch_device), timesteps.to(torch_device), encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction.float(), target.to(torch_device))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(list(trainable.values()), settings.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(list(trainable.values()))
+        hidden = encode_captions(components.tokenizer, text_encoder, captions, torch_device)
+        losses.append(trainer.step(clean, hidden, generator))
         step += 1
-        losses.append(loss.item())
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step % settings.checkpoint_every == 0 or step == last_step) and accelerator.is_main_process:
-            weights = {name: value.detach().cpu() for name, value in trainable.items()}
-            save_training_state(state_path, fingerprint, processes, step, weights, optimizer, lr_schedule, ema,
-                                generator, losses)
+            save_training_state(state_path, fingerprint, processes, step, trainer.weights(), trainer.optimizer,
+                                trainer.lr_schedule, trainer.ema, generator, losses)
     bar.close()
     accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - started
-    model = accelerator.unwrap_model(unet)
+    model = accelerator.unwrap_model(trainer.unet)
     stats = {
         "steps": step,
         "target_steps": settings.steps,
@@ -190,17 +158,78 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
         "threads": torch.get_num_threads(),
         "seed": seed,
         "settings": asdict(settings),
-        "trained_parameters": sum(p.numel() for p in trainable.values()),
+        "trained_parameters": sum(p.numel() for p in trainer.trainable.values()),
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch_device.type == "cuda" else None,
     }
     if step < settings.steps:
         return {**stats, "finished": False}
     if accelerator.is_main_process:
-        ema.copy_to(list(trainable.values()))
+        trainer.ema.copy_to(list(trainer.trainable.values()))
         _save_finetuned(Path(output_dir), model, scheduler, latents, pretrained, settings)
         write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": downsample(losses, 200)})
     accelerator.wait_for_everyone()
     return {**stats, "finished": True}
+
+
+class UNetTrainer:
+    """The UNet's optimisation step: noise and timesteps, the noise-prediction (or velocity) loss, backward,
+    gradient clipping, AdamW with warm-up, and EMA of the trained parameters (all of them, or the LoRA adapters).
+
+    Build it, restore a saved state with :meth:`load_state` if there is one, then :meth:`prepare` and :meth:`step`.
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, settings: FinetuneSettings, accelerator: Any):
+        prediction_type = scheduler.config.prediction_type
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise BibaddiffError(f"cannot fine-tune a model with prediction_type {prediction_type!r}")
+        self.unet, self.scheduler, self.settings, self.accelerator = unet, scheduler, settings, accelerator
+        self.trainable = make_trainable(unet, settings)
+        if settings.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=settings.learning_rate,
+                                           weight_decay=settings.weight_decay)
+        warmup = max(1, settings.warmup_steps)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.ema = EMAModel(list(self.trainable.values()), decay=settings.ema_decay)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, value in state["unet"].items():
+                self.trainable[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.ema.load_state_dict(state["ema"])
+
+    def prepare(self) -> None:
+        self.unet, self.optimizer = self.accelerator.prepare(self.unet, self.optimizer)
+        self.ema.to(self.accelerator.device)
+        self.unet.train()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: value.detach().cpu() for name, value in self.trainable.items()}
+
+    def step(self, clean: torch.Tensor, hidden: torch.Tensor, generator: torch.Generator) -> float:
+        """One step on clean latents (B, C, h, w) and text hidden states; returns the loss."""
+        device, scheduler = self.accelerator.device, self.scheduler
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps.to(clean.device))
+        if scheduler.config.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = scheduler.get_velocity(clean, noise, timesteps.to(clean.device))
+        with self.accelerator.autocast():
+            prediction = self.unet(noisy.to(device), timesteps.to(device), encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction.float(), target.to(device).float())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        trained = list(self.trainable.values())
+        if self.accelerator.sync_gradients:
+            self.accelerator.clip_grad_norm_(trained, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.step(trained)
+        return loss.item()
 
 
 def make_trainable(unet: torch.nn.Module, settings: FinetuneSettings) -> dict[str, torch.nn.Parameter]:
@@ -220,7 +249,7 @@ def make_trainable(unet: torch.nn.Module, settings: FinetuneSettings) -> dict[st
 
 
 @torch.no_grad()
-def _encode_captions(tokenizer: Any, text_encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
+def encode_captions(tokenizer: Any, text_encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
     tokens = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
                        return_tensors="pt")
     return text_encoder(tokens.input_ids.to(device))[0]
