@@ -374,3 +374,22 @@ def test_two_processes_under_accelerate_launch(latent_file, pretrained, tmp_path
     stats = json.loads((tmp_path / "ddp" / "training.json").read_text())
     assert stats["processes"] == 2 and stats["steps"] == 4
     assert load_diffusion_model(tmp_path / "ddp").kind == "stable_diffusion"
+
+
+@pytest.mark.parametrize("base", ["folder", "single_file"])
+def test_full_finetuned_model_uses_its_own_unet_over_either_base(base, full_finetune, tiny_sd, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(full_finetune[0], model_dir)
+    if base == "single_file":
+        checkpoint = write_ldm_checkpoint(tiny_sd, tmp_path / "base.safetensors")
+        info_path = model_dir / "bibaddiff_model.json"
+        info = json.loads(info_path.read_text())
+        info["pretrained"] = {"path": str(checkpoint), "config": str(tiny_sd)}
+        info_path.write_text(json.dumps(info))
+    model = load_diffusion_model(model_dir)
+    saved = load_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    loaded = model.denoiser.unet.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[key], loaded[key]) for key in saved)
+    base_unet = load_file(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.equal(base_unet[key], loaded[key]) for key in base_unet)

@@ -80,12 +80,17 @@ def check_pretrained(pretrained: dict[str, Any] | None) -> tuple[Path, Path | No
     return path, config
 
 
-def load_components(pretrained: dict[str, Any]) -> StableDiffusionComponents:
-    """UNet, VAE, text encoder, tokenizer and noise schedule from a local diffusers folder or a single file."""
+def load_components(pretrained: dict[str, Any], unet: Any = None) -> StableDiffusionComponents:
+    """UNet, VAE, text encoder, tokenizer and noise schedule from a local diffusers folder or a single file.
+
+    A given ``unet`` (a fine-tuned one) is used instead of the base model's, which is then not loaded at all.
+    """
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     path, config = check_pretrained(pretrained)
     options = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    if unet is not None:
+        options["unet"] = unet
     try:
         if path.is_dir():
             pipeline = StableDiffusionPipeline.from_pretrained(path, feature_extractor=None, **options)
@@ -233,10 +238,10 @@ def load_text_to_image_model(directory: str | Path, device: torch.device | str =
 
     directory = Path(directory)
     info_json = read_json(directory / MODEL_INFO_FILE)
-    components = load_components(info_json["pretrained"])
     if (directory / "unet").is_dir():
-        components.unet = UNet2DConditionModel.from_pretrained(directory / "unet")
+        components = load_components(info_json["pretrained"], unet=UNet2DConditionModel.from_pretrained(directory / "unet"))
     elif (directory / LORA_WEIGHTS_FILE).is_file():
+        components = load_components(info_json["pretrained"])
         components.unet = _unet_with_lora(components, directory)
     else:
         raise BibaddiffError(f"{directory}: neither a unet/ folder nor {LORA_WEIGHTS_FILE}")
