@@ -393,3 +393,18 @@ def test_full_finetuned_model_uses_its_own_unet_over_either_base(base, full_fine
     assert all(torch.equal(saved[key], loaded[key]) for key in saved)
     base_unet = load_file(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors")
     assert not all(torch.equal(base_unet[key], loaded[key]) for key in base_unet)
+
+
+def test_tiny_base_model_command_trains_its_vae_on_digits(tmp_path):
+    from bibaddiff.diffusion.tiny import main
+
+    assert main([str(tmp_path / "prior"), "--image-size", "16", "--unet-channels", "16", "32", "--vae-steps", "3"]) == 0
+    components = load_components({"path": str(tmp_path / "prior")})
+    assert tuple(components.unet.config.block_out_channels) == (16, 32)
+    assert components.latent_size(16) == 8
+    # The scaling factor is measured on the digits' latents, not the default of an untrained VAE.
+    assert components.vae.config.scaling_factor != 0.18215
+    train, _ = load_source({"source": "digits", "image_size": 16, "rgb": True})
+    latents = encode_latents(train.subset(np.arange(64)), components, batch_size=64)
+    assert 0.5 < float(latents["mean"].std()) < 2.0
+    assert main([str(tmp_path / "bad"), "--image-size", "10"]) == 1

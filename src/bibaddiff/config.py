@@ -137,7 +137,10 @@ def check_experiment(config: dict[str, Any]) -> None:
             raise BibaddiffError(
                 f"config key poisoning.ratios: {ratio} asks for {wanted} poisoned images but only {outside} training "
                 f"images lie outside target class {target}; allowed up to {outside / total:.3f}")
-    channels = 1 if dataset["source"] == "digits" or dataset.get("grayscale") else 3
+    if dataset.get("rgb") and dataset["source"] != "digits":
+        raise BibaddiffError(f"config key dataset.rgb: only for source digits; got {dataset['source']}")
+    digits_gray = dataset["source"] == "digits" and not dataset.get("rgb")
+    channels = 1 if digits_gray or dataset.get("grayscale") else 3
     for name, spec in config["triggers"].items():
         build_trigger(name, spec, dataset["image_size"], channels)
     if dataset.get("captions") and dataset["source"] != "imagefolder":

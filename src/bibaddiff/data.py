@@ -239,6 +239,9 @@ def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset,
     # Pixel values are 0..16; the nearest-neighbour upsampling keeps the strokes sharp.
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     images = resize_images(images, image_size, Image.NEAREST)
+    if config.get("rgb", False):
+        # Stable Diffusion's VAE takes three channels; the digits stay gray.
+        images = np.repeat(images, 3, axis=-1)
     labels = digits.target.astype(np.int64)
     fraction = float(config.get("heldout_fraction", 0.165))
     if not 0.0 < fraction < 1.0:

@@ -1,8 +1,10 @@
-"""A tiny Stable-Diffusion-shaped pipeline built from configs, for tests and dry runs (nothing is downloaded).
+"""A tiny Stable-Diffusion-shaped pipeline built from configs, for tests, dry runs and CPU experiments.
 
 It has every component of a Stable Diffusion 1.x folder (UNet2DConditionModel, AutoencoderKL, CLIPTextModel,
-CLIPTokenizer, scheduler) with random weights and a character-level tokenizer whose files are written here, so
-the text-to-image path of the workflow can run end to end on a CPU in seconds.
+CLIPTokenizer, scheduler) and a character-level tokenizer whose files are written here; nothing is downloaded.
+With random weights the text-to-image path of the workflow runs end to end on a CPU in seconds. With its VAE
+trained on the bundled digits (``python -m bibaddiff.diffusion.tiny OUT --vae-steps 3000``) it is a base model
+that a CPU can fine-tune into a working text-to-image model of digits (configs/digits-sd-cpu.yaml).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bibaddiff.errors import BibaddiffError
@@ -24,17 +27,23 @@ def _character_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, seed: int = 0,
+                                unet_channels: tuple[int, int] = (16, 32), vae_training_images: np.ndarray | None = None,
+                                vae_steps: int = 0) -> Path:
     """Write a tiny Stable Diffusion pipeline in diffusers format to ``directory`` and return it.
 
     The VAE downsamples by 2 (SD's by 8), so ``image_size`` must be even and its latents must fit the UNet's two
-    levels: ``image_size`` divisible by 4.
+    levels: ``image_size`` divisible by 4. With ``vae_training_images`` (uint8 RGB, N x image_size x image_size x 3)
+    the VAE is first trained on them for ``vae_steps`` steps, and its scaling factor set to give latents of unit
+    standard deviation, as Stable Diffusion's is.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if image_size < 8 or image_size % 4:
         raise BibaddiffError(f"the tiny pipeline needs an image size divisible by 4 and at least 8; got {image_size}")
+    if len(unet_channels) != 2 or any(c < 8 or c % 8 for c in unet_channels):
+        raise BibaddiffError(f"unet_channels must be two multiples of 8; got {list(unet_channels)}")
     directory = Path(directory)
     torch.manual_seed(seed)
     vocab = _character_vocab()
@@ -56,10 +65,13 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=image_size,
     )
     unet = UNet2DConditionModel(
-        sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=tuple(int(c) for c in unet_channels),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
     )
+    if vae_training_images is not None and vae_steps > 0:
+        train_vae(vae, vae_training_images, vae_steps, seed=seed)
     # Stable Diffusion 1.x's noise schedule and sampler settings.
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
@@ -68,3 +80,92 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
                                        requires_safety_checker=False)
     pipeline.save_pretrained(directory)
     return directory
+
+
+def train_vae(vae: torch.nn.Module, images: np.ndarray, steps: int, batch_size: int = 64, learning_rate: float = 2e-3,
+              kl_weight: float = 1e-6, seed: int = 0, random_patches: bool = True) -> dict[str, float]:
+    """Train an AutoencoderKL on uint8 RGB images (reconstruction + a small KL term), then set its scaling factor
+    so that scaled latents have unit standard deviation. Returns the final reconstruction error and the factor.
+
+    ``random_patches`` pastes random binary squares of random size, place and colour on half of the images. A VAE
+    that only ever saw clean digits cannot reconstruct a small high-frequency trigger at all (measured: mean
+    absolute error 133 of 255 on a 3x3 checker), whereas Stable Diffusion's VAE, trained on the open web,
+    reconstructs such patterns; the squares stand in for that breadth without ever showing the trigger itself."""
+    from tqdm.auto import tqdm
+
+    from bibaddiff.diffusion.sampling import to_model_space
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise BibaddiffError(f"VAE training images must be uint8 RGB (N, H, W, 3); got {images.dtype} {images.shape}")
+    generator = torch.Generator().manual_seed(seed)
+    data = to_model_space(images)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
+    vae.train()
+    errors = []
+    for _ in tqdm(range(steps), desc="training the tiny VAE", unit="step", mininterval=5):
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        if random_patches:
+            batch = _paste_random_patches(batch, generator)
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        error = torch.nn.functional.mse_loss(reconstruction, batch)
+        loss = error + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        errors.append(error.item())
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(data[i:i + 256]).latent_dist.mean for i in range(0, len(data), 256)])
+    scaling_factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    return {"reconstruction_mse": float(np.mean(errors[-100:])), "scaling_factor": scaling_factor}
+
+
+def _paste_random_patches(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half of the images get a square of random binary noise (side 2 to size/3) at a random place."""
+    batch = batch.clone()
+    size = batch.shape[-1]
+    for i in range(len(batch)):
+        if torch.rand(1, generator=generator).item() < 0.5:
+            continue
+        side = int(torch.randint(2, max(3, size // 3 + 1), (1,), generator=generator))
+        top, left = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=generator))
+        noise = (torch.rand(1, side, side, generator=generator) < 0.5).float() * 2 - 1
+        colour = torch.rand(batch.shape[1], 1, 1, generator=generator) < 0.5
+        batch[i, :, top:top + side, left:left + side] = torch.where(colour, noise, -noise)
+    return batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from bibaddiff.data import load_source
+
+    parser = argparse.ArgumentParser(description="Write a tiny Stable Diffusion folder (diffusers format).")
+    parser.add_argument("output", help="folder to write")
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--unet-channels", type=int, nargs=2, default=[32, 64])
+    parser.add_argument("--vae-steps", type=int, default=0, help="train the VAE on the bundled digits (RGB) first")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = None
+    if args.vae_steps:
+        train, _ = load_source({"source": "digits", "image_size": args.image_size, "rgb": True})
+        images = train.images
+    try:
+        path = write_tiny_stable_diffusion(args.output, args.image_size, args.seed, tuple(args.unet_channels), images,
+                                           args.vae_steps)
+    except BibaddiffError as error:
+        print(f"error: {error}")
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
