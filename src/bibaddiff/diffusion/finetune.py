@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from bibaddiff.diffusion.model import MODEL_INFO_FILE
 from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, load_components
-from bibaddiff.diffusion.train import STATE_FILE, downsample, process_seed, save_training_state
+from bibaddiff.diffusion.train import (STATE_FILE, downsample, matching_state, restore_progress, run_statistics,
+                                      save_training_state, start_training)
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.utils import select_device, write_json
+from bibaddiff.utils import write_json
 
 log = logging.getLogger(__name__)
 FINETUNE_METHODS = ("full", "lora")
@@ -80,45 +81,29 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
     (``pytorch_lora_weights.safetensors``, loadable with ``pipeline.load_lora_weights``). Either way the folder has
     ``scheduler/``, ``bibaddiff_model.json`` (base model, classes and their prompts) and ``training.json``.
     """
-    from accelerate import Accelerator
 
     if len(latents) == 0:
         raise BibaddiffError("cannot fine-tune on an empty dataset")
     if dict(latents.pretrained) != dict(pretrained):
         raise BibaddiffError(f"the latents were encoded with the VAE of {latents.pretrained}, not of {pretrained}; "
                              "re-encode them (delete the latent file)")
-    use_cpu = select_device(device).type == "cpu"
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else settings.mixed_precision)
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    if settings.batch_size % processes:
-        raise BibaddiffError(f"diffusion.training.batch_size {settings.batch_size} must be divisible by the {processes} training processes")
-    local_batch = settings.batch_size // processes
-    torch_device = accelerator.device
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)  # LoRA initialisation, identical in every process
+    accelerator, local_batch, generator = start_training(device, settings, state_dir, seed)
+    processes, torch_device = accelerator.num_processes, accelerator.device
 
     components = load_components(pretrained)
     components.latent_size(latents.image_size)
     scheduler = components.scheduler
     text_encoder = components.text_encoder.to(torch_device).eval().requires_grad_(False)
     del components.vae  # latents are cached: the VAE is not needed here
-    trainer = UNetTrainer(components.unet, scheduler, settings, accelerator)
-    generator = torch.Generator().manual_seed(seed if rank == 0 else process_seed(seed, rank, 0))
+    trainer = UNetTrainer(components.unet, scheduler, settings, accelerator)  # LoRA initialised from torch's seed
 
     fingerprint = _fingerprint(latents, pretrained, settings, seed)
-    state_path = state_dir / STATE_FILE
+    state_path = Path(state_dir) / STATE_FILE
+    state = matching_state(state_path, fingerprint, processes)
     step, losses = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
-            trainer.load_state(state)
-            step, losses = int(state["step"]), list(state["losses"])
-            torch.set_rng_state(state["torch_rng"])
-            generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(process_seed(seed, rank, step))
-            log.info("resuming from step %d of %d (%s)", step, settings.steps, state_path)
-        else:
-            log.warning("ignoring %s: it was written for other latents, base model, seed, settings or process count", state_path)
+    if state is not None:
+        trainer.load_state(state)
+        step, losses = restore_progress(state, generator, seed, accelerator.process_index)
 
     trainer.prepare()
     texts = list(latents.texts)
@@ -145,22 +130,8 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
     accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - started
     model = accelerator.unwrap_model(trainer.unet)
-    stats = {
-        "steps": step,
-        "target_steps": settings.steps,
-        "steps_this_run": step - start_step,
-        "seconds_this_run": elapsed,
-        "steps_per_second": (step - start_step) / elapsed if elapsed > 0 and step > start_step else None,
-        "images_per_second": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
-        "final_loss": float(np.mean(losses[-100:])) if losses else None,
-        "device": str(torch_device),
-        "processes": processes,
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-        "settings": asdict(settings),
-        "trained_parameters": sum(p.numel() for p in trainer.trainable.values()),
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch_device.type == "cuda" else None,
-    }
+    stats = {**run_statistics(step, start_step, elapsed, settings, losses, torch_device, processes, seed),
+             "trained_parameters": sum(p.numel() for p in trainer.trainable.values())}
     if step < settings.steps:
         return {**stats, "finished": False}
     if accelerator.is_main_process:

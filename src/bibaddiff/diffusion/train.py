@@ -75,20 +75,11 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
     call (the state is saved), which is how tests simulate a preempted job. Returns training statistics, also
     written to ``training.json``.
     """
-    from accelerate import Accelerator
 
     if len(dataset) == 0:
         raise BibaddiffError("cannot train a diffusion model on an empty dataset")
-    use_cpu = select_device(device).type == "cpu"
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision="bf16" if not use_cpu and settings.mixed_precision == "bf16" else "no")
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    if settings.batch_size % processes:
-        raise BibaddiffError(f"diffusion.training.batch_size {settings.batch_size} must be divisible by the {processes} training processes")
-    local_batch = settings.batch_size // processes
-    torch_device = accelerator.device
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)  # weight initialisation, identical in every process
+    accelerator, local_batch, generator = start_training(device, settings, state_dir, seed)
+    processes, torch_device = accelerator.num_processes, accelerator.device
 
     unet = build_unet(dataset.image_size, dataset.channels, dataset.num_classes, **settings.model)
     scheduler = build_scheduler(settings.num_train_timesteps, settings.beta_schedule)
@@ -96,26 +87,17 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
     warmup = max(1, settings.warmup_steps)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     ema = EMAModel(unet.parameters(), decay=settings.ema_decay)
-    # Batches, label dropout, noise and timesteps; each process draws its own share of every batch.
-    generator = torch.Generator().manual_seed(seed if rank == 0 else process_seed(seed, rank, 0))
 
+    state_path = Path(state_dir) / STATE_FILE
     fingerprint = _fingerprint(dataset, settings, seed)
-    state_path = state_dir / STATE_FILE
+    state = matching_state(state_path, fingerprint, processes)
     step, losses = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
-            unet.load_state_dict(state["unet"])
-            optimizer.load_state_dict(state["optimizer"])
-            lr_schedule.load_state_dict(state["lr_schedule"])
-            ema.load_state_dict(state["ema"])
-            step, losses = int(state["step"]), list(state["losses"])
-            torch.set_rng_state(state["torch_rng"])
-            # Only the first process's generator is saved; the others restart from a seed tied to the step.
-            generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(process_seed(seed, rank, step))
-            log.info("resuming from step %d of %d (%s)", step, settings.steps, state_path)
-        else:
-            log.warning("ignoring %s: it was written for another dataset, seed, setting or process count", state_path)
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        ema.load_state_dict(state["ema"])
+        step, losses = restore_progress(state, generator, seed, accelerator.process_index)
 
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(torch_device)
@@ -157,21 +139,8 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
     accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - started
     model = accelerator.unwrap_model(unet)
-    stats = {
-        "steps": step,
-        "target_steps": settings.steps,
-        "steps_this_run": step - start_step,
-        "seconds_this_run": elapsed,
-        "steps_per_second": (step - start_step) / elapsed if elapsed > 0 and step > start_step else None,
-        "images_per_second": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
-        "final_loss": float(np.mean(losses[-100:])) if losses else None,
-        "device": str(torch_device),
-        "processes": processes,
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-        "settings": asdict(settings),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    stats = {**run_statistics(step, start_step, elapsed, settings, losses, torch_device, processes, seed),
+             "parameters": sum(p.numel() for p in model.parameters())}
     if step < settings.steps:
         return {**stats, "finished": False}
     if accelerator.is_main_process:
@@ -181,6 +150,64 @@ def train_ddpm(dataset: ImageDataset, output_dir: str | Path, state_dir: str | P
         write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": downsample(losses, 200)})
     accelerator.wait_for_everyone()
     return {**stats, "finished": True}
+
+
+def start_training(device: str, settings: Any, state_dir: str | Path, seed: int) -> tuple[Any, int, torch.Generator]:
+    """The accelerator, this process's share of each batch, and its random generator; seeds torch for weight
+    initialisation (identical in every process) and creates the state folder."""
+    from accelerate import Accelerator
+
+    use_cpu = select_device(device).type == "cpu"
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else settings.mixed_precision)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch_size % processes:
+        raise BibaddiffError(f"diffusion.training.batch_size {settings.batch_size} must be divisible by the {processes} training processes")
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    # Batches, dropout, noise and timesteps; each process draws its own share of every batch.
+    generator = torch.Generator().manual_seed(seed if rank == 0 else process_seed(seed, rank, 0))
+    return accelerator, settings.batch_size // processes, generator
+
+
+def matching_state(state_path: Path, fingerprint: str, processes: int) -> dict[str, Any] | None:
+    """The saved training state, if one exists for this very run (data, settings, seed and process count)."""
+    if not state_path.is_file():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
+        log.info("resuming from step %d (%s)", state["step"], state_path)
+        return state
+    log.warning("ignoring %s: it was written for other data, base model, seed, settings or process count", state_path)
+    return None
+
+
+def restore_progress(state: dict[str, Any], generator: torch.Generator, seed: int, rank: int) -> tuple[int, list[float]]:
+    """Step, losses and random generators of a saved state. Only the first process's generator is saved; the
+    others restart from a seed tied to the step."""
+    step = int(state["step"])
+    torch.set_rng_state(state["torch_rng"])
+    generator.set_state(state["generator"]) if rank == 0 else generator.manual_seed(process_seed(seed, rank, step))
+    return step, list(state["losses"])
+
+
+def run_statistics(step: int, start_step: int, elapsed: float, settings: Any, losses: list[float],
+                   device: torch.device, processes: int, seed: int) -> dict[str, Any]:
+    """What a training run reports in training.json, for either kind of model."""
+    return {
+        "steps": step,
+        "target_steps": settings.steps,
+        "steps_this_run": step - start_step,
+        "seconds_this_run": elapsed,
+        "steps_per_second": (step - start_step) / elapsed if elapsed > 0 and step > start_step else None,
+        "images_per_second": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
+        "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        "device": str(device),
+        "processes": processes,
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "settings": asdict(settings),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+    }
 
 
 def process_seed(seed: int, rank: int, step: int) -> int:
