@@ -131,6 +131,7 @@ def test_single_file_checkpoint_and_caption_file(inputs, tmp_path):
     ({"diffusion__model": {"block_out_channels": [8]}}, "diffusion.model: describes the DDPM's UNet"),
     ({"target": "three"}, "target: 'three' is not a class; allowed one, two, zero"),
     ({"judges__pretrained_weights": "/nonexistent/resnet.pt"}, "judges.pretrained_weights: /nonexistent/resnet.pt not found"),
+    ({"dataset__captions": "/nonexistent/captions.jsonl"}, "dataset.captions: /nonexistent/captions.jsonl not found"),
 ])
 def test_text_to_image_config_errors_are_one_line(change, expected, inputs, tmp_path):
     config = sd_config(tmp_path / "broken.yaml", inputs, **change)

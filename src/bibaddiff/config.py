@@ -145,6 +145,8 @@ def check_experiment(config: dict[str, Any]) -> None:
         build_trigger(name, spec, dataset["image_size"], channels)
     if dataset.get("captions") and dataset["source"] != "imagefolder":
         raise BibaddiffError(f"config key dataset.captions: per-image captions need source imagefolder; got {dataset['source']}")
+    if dataset.get("captions") and not Path(dataset["captions"]).expanduser().is_file():
+        raise BibaddiffError(f"config key dataset.captions: {dataset['captions']} not found")
     weights = config["judges"].get("pretrained_weights")
     if weights and not Path(weights).expanduser().is_file():
         raise BibaddiffError(f"config key judges.pretrained_weights: {weights} not found; name a local torchvision "

@@ -212,7 +212,7 @@ def load_source(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     prompts = caption_labels(np.arange(train.num_classes), train.class_names, template)
     for part in (train, heldout):
         # Per-image captions (a caption file) are kept; every other image gets its class caption.
-        if part.texts is None or part.manifest.get("captions") is None:
+        if part.manifest.get("captions") is None:
             part.texts = caption_labels(part.labels, part.class_names, template)
         part.manifest["class_prompts"] = prompts
     return train, heldout
