@@ -408,3 +408,12 @@ def test_tiny_base_model_command_trains_its_vae_on_digits(tmp_path):
     latents = encode_latents(train.subset(np.arange(64)), components, batch_size=64)
     assert 0.5 < float(latents["mean"].std()) < 2.0
     assert main([str(tmp_path / "bad"), "--image-size", "10"]) == 1
+
+
+def test_corrupt_single_file_gives_one_line_error(tiny_sd, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(BibaddiffError) as error:
+        load_components({"path": str(broken), "config": str(tiny_sd)})
+    message = str(error.value)
+    assert "cannot load Stable Diffusion from" in message and str(broken) in message and "\n" not in message

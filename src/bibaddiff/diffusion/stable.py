@@ -97,7 +97,8 @@ def load_components(pretrained: dict[str, Any], unet: Any = None) -> StableDiffu
         else:
             pipeline = StableDiffusionPipeline.from_single_file(str(path), config=str(config), **options)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise BibaddiffError(f"diffusion.pretrained.path: cannot load Stable Diffusion from {path}: {error}") from None
+        reason = " ".join(str(error).split())  # one line, whatever diffusers wrote
+        raise BibaddiffError(f"diffusion.pretrained.path: cannot load Stable Diffusion from {path}: {reason}") from None
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     return StableDiffusionComponents(pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, scheduler)
 
