@@ -154,9 +154,9 @@ def check_experiment(config: dict[str, Any]) -> None:
     if config["diffusion"]["kind"] == "stable_diffusion":
         check_stable_diffusion(config, channels)
         return
-    from bibaddiff.diffusion.train import TrainSettings
-
-    TrainSettings.from_config(config["diffusion"]["training"], config["diffusion"]["model"])
+    if config["diffusion"]["training"]["mixed_precision"] == "fp16":
+        raise BibaddiffError("config key diffusion.training.mixed_precision: fp16 is for stable_diffusion only; "
+                             "the DDPM trains in bf16 or no")
     blocks = config["diffusion"]["model"].get("block_out_channels", [16, 32, 64])
     if dataset["image_size"] % 2 ** (len(blocks) - 1):
         raise BibaddiffError(
@@ -166,14 +166,12 @@ def check_experiment(config: dict[str, Any]) -> None:
 
 def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
     """The text-to-image settings, checked from the model's config files alone (no weights are loaded)."""
-    from bibaddiff.diffusion.finetune import FinetuneSettings
-    from bibaddiff.diffusion.stable import check_pretrained
+    from bibaddiff.diffusion.pretrained import check_pretrained
 
     diffusion = config["diffusion"]
     if channels != 3:
         raise BibaddiffError("config key diffusion.kind: stable_diffusion needs RGB images; "
                              f"dataset source {config['dataset']['source']} is grayscale")
-    FinetuneSettings.from_config(diffusion["training"])
     path, config_dir = check_pretrained(diffusion["pretrained"])
     folder = path if path.is_dir() else config_dir
     vae_factor = _downsampling(folder / "vae" / "config.json")

@@ -1,8 +1,20 @@
 """Diffusion models: the class-conditional DDPM and fine-tuned Stable Diffusion, resumable training and guided
-DDIM sampling behind one interface (DiffusionModel)."""
+DDIM sampling behind one interface (DiffusionModel).
 
-from bibaddiff.diffusion.model import DiffusionModel, build_unet, load_diffusion_model, load_model, ModelInfo
-from bibaddiff.diffusion.sampling import combine_guidance, sample_ddim, generate_images, to_uint8, to_model_space
+Exports are imported on first use, so that light submodules (``pretrained``) do not load diffusers.
+"""
 
-__all__ = ["DiffusionModel", "build_unet", "load_diffusion_model", "load_model", "ModelInfo", "combine_guidance", "sample_ddim", "generate_images",
-           "to_uint8", "to_model_space"]
+from importlib import import_module
+
+_EXPORTS = {
+    "DiffusionModel": "model", "build_unet": "model", "load_diffusion_model": "model", "load_model": "model",
+    "ModelInfo": "model", "combine_guidance": "sampling", "sample_ddim": "sampling", "generate_images": "sampling",
+    "to_uint8": "sampling", "to_model_space": "sampling",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"bibaddiff.diffusion.{_EXPORTS[name]}"), name)
