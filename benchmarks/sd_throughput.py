@@ -360,7 +360,7 @@ def measure_generation(shapes: ModelShapes, options: argparse.Namespace, device:
                                num_images=options.gen_images, num_inference_steps=ddim_steps, seed=options.seed,
                                batch_size=batch_size,
                                sample_shape=(shapes.latent_channels, shapes.latent_size, shapes.latent_size),
-                               decode=decode)
+                               decode=decode, x0_clipping="none")
 
     setup_seconds = time.perf_counter() - setup_started
     warmup_seconds = None

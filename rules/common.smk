@@ -7,6 +7,7 @@ from pathlib import Path
 try:
     from bibaddiff.config import load_schema, validate_config
     from bibaddiff.errors import BibaddiffError
+    from bibaddiff.triggers import DETECTOR_ALPHA_RANGE
 except ImportError as error:
     raise WorkflowError(f"the bibaddiff package is not importable ({error}); run 'bash setup.sh' first")
 
@@ -25,6 +26,7 @@ wildcard_constraints:
     seed=r"\d+",
     condition=r"\d+",
     guidance=r"\d+(\.\d+)?",
+    sampler=r"none|clip|clip_recompute",
     trigger=r"[A-Za-z0-9_]+",
     trainset=r"clean|poisoned|generated_seed\d+",
     detset=r"training|generated_seed\d+",
@@ -60,9 +62,11 @@ if config["diffusion"]["training"]["clean_seeds"]:
     ATTACKS["clean"] = {"trigger": None, "ratio": 0.0}
 CONDITIONS = [TARGET] + list(config["generation"]["other_conditions"])
 GUIDANCE = [number(s) for s in config["generation"]["guidance_scales"]]
-# One order of (condition, guidance) cells, shared by a model's cell files and its cell parameters, which are
-# zipped together.
-CELLS = [(condition, s) for condition in CONDITIONS for s in GUIDANCE]
+# DDIM's x0-clipping modes (a list after validation); the first one also serves the single-sampler stages.
+SAMPLERS = config["generation"]["x0_clipping"]
+# One order of (sampler, condition, guidance) cells, shared by a model's cell files and its cell parameters, which
+# are zipped together.
+CELLS = [(sampler, condition, s) for sampler in SAMPLERS for condition in CONDITIONS for s in GUIDANCE]
 
 
 def training_seeds(attack):
@@ -111,8 +115,17 @@ def training_state_dir(wildcards):
     return f"{RESULTS}/models/{wildcards.attack}/seed{wildcards.seed}.state"
 
 
-def generated(attack="{attack}", seed="{seed}", condition="{condition}", guidance="{guidance}", ext="npy"):
-    return f"{RESULTS}/generated/{attack}/seed{seed}/c{condition}_s{guidance}.{ext}"
+def generated(attack="{attack}", seed="{seed}", sampler="{sampler}", condition="{condition}", guidance="{guidance}",
+              ext="npy"):
+    return f"{RESULTS}/generated/{attack}/seed{seed}/x0-{sampler}/c{condition}_s{guidance}.{ext}"
+
+
+def detector_stamping(trigger):
+    """A blend's detector sees strengths drawn from its detector_alpha_range; every other trigger as it is applied."""
+    spec = config["triggers"][trigger]
+    if spec["type"] == "blend":
+        return {"alpha_range": list(spec.get("detector_alpha_range", DETECTOR_ALPHA_RANGE))}
+    return "as applied"
 
 
 def trigger_judge(trigger="{trigger}"):
@@ -144,11 +157,11 @@ def training_launcher(wildcards):
 
 
 def model_cells(wildcards):
-    return [{"condition": int(c), "guidance": float(s)} for c, s in CELLS]
+    return [{"x0_clipping": sampler, "condition": int(c), "guidance": float(s)} for sampler, c, s in CELLS]
 
 
 def cells_of(attack, seed):
-    return [generated(attack, seed, condition, s) for condition, s in CELLS]
+    return [generated(attack, seed, sampler, condition, s) for sampler, condition, s in CELLS]
 
 
 def cells_of_model(wildcards):
@@ -164,8 +177,8 @@ def all_metrics():
 
 
 def target_grids():
-    """The target-class sample grid of each attack's first seed, per guidance scale."""
-    return {f"{attack}|{s}": generated(attack, training_seeds(attack)[0], TARGET, s, "png")
+    """The target-class sample grid of each attack's first seed, per guidance scale, under the first sampler."""
+    return {f"{attack}|{s}": generated(attack, training_seeds(attack)[0], SAMPLERS[0], TARGET, s, "png")
             for attack in ATTACKS for s in GUIDANCE}
 
 
@@ -269,5 +282,6 @@ def replication_outputs():
 
 
 def summary_outputs():
-    return replication_outputs() + defense_outputs() + [f"{SUMMARY}/trigger_amplification.csv", f"{SUMMARY}/trigger_ratio_vs_guidance.png",
-            f"{SUMMARY}/generation_groups.png", f"{SUMMARY}/samples_target.png"]
+    return replication_outputs() + defense_outputs() + [f"{SUMMARY}/{name}" for name in (
+        "trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png",
+        "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png")]

@@ -12,6 +12,7 @@ rule generate_training_set:
     params:
         guidance=DEFENSES["generated_set_guidance"],
         sampling={k: config["generation"][k] for k in ("ddim_steps", "seed", "batch_size")},
+        x0_clipping=SAMPLERS[0],
         device=config["device"],
     threads: config["generation"]["threads"]
     resources:

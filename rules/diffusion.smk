@@ -9,7 +9,9 @@ TRAINING_SETTINGS = {
     if k not in ("seeds", "clean_seeds", "threads", "processes", "encode_batch_size")
     and not any(k in keys for kind, keys in KIND_ONLY_KEYS.items() if kind != DIFFUSION_KIND)
 }
-SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items() if k not in ("guidance_scales", "other_conditions", "threads")}
+# The sampler is a wildcard of each cell, not a setting shared by all of them.
+SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
+                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping")}
 if DIFFUSION_KIND == "stable_diffusion":
     TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": config["diffusion"]["pretrained"]}
 else:
@@ -76,9 +78,9 @@ rule generate:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("generate", "{attack}", "seed{seed}", "c{condition}", "s{guidance}"),
+        log_file("generate", "{attack}", "seed{seed}", "x0-{sampler}", "c{condition}", "s{guidance}"),
     benchmark:
-        benchmark_file("generate", "{attack}", "seed{seed}", "c{condition}", "s{guidance}")
+        benchmark_file("generate", "{attack}", "seed{seed}", "x0-{sampler}", "c{condition}", "s{guidance}")
     conda:
         ENV
     script:

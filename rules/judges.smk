@@ -33,6 +33,8 @@ rule train_trigger_judge:
     params:
         settings=JUDGE_SETTINGS,
         triggers=lambda wc: {wc.trigger: config["triggers"][wc.trigger]},
+        # How the detector stamps its positives, defaults included, so that a change of it retrains the detector.
+        stamping=lambda wc: detector_stamping(wc.trigger),
         device=config["device"],
     threads: config["judges"]["threads"]
     resources:

@@ -37,7 +37,7 @@ rule summarize_replication:
     params:
         target=TARGET,
         attacks=ATTACKS,
-        cells_per_model=len(CONDITIONS) * len(GUIDANCE),
+        cells_per_model=len(CELLS),
     threads: 1
     log:
         log_file("summarize_replication"),

@@ -18,6 +18,21 @@ rule summarize:
             caption="../report/generation_groups.rst",
             category="Trigger amplification",
         ),
+        guidance_figure=report(
+            f"{SUMMARY}/target_class_vs_guidance.png",
+            caption="../report/target_vs_guidance.rst",
+            category="Trigger amplification",
+        ),
+        ratio_table=report(
+            f"{SUMMARY}/amplification_vs_ratio.csv",
+            caption="../report/amplification_vs_ratio.rst",
+            category="Trigger amplification",
+        ),
+        by_ratio_figure=report(
+            f"{SUMMARY}/amplification_vs_ratio.png",
+            caption="../report/amplification_vs_ratio.rst",
+            category="Trigger amplification",
+        ),
         samples=report(
             f"{SUMMARY}/samples_target.png",
             caption="../report/samples.rst",

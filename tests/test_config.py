@@ -274,3 +274,223 @@ def test_wrong_type():
     config["diffusion"]["training"]["steps"] = "many"
     message = error_of(config)
     assert "diffusion.training.steps" in message and "integer" in message
+
+
+# ------------------------------------------------------------------------------------------ triggers of the paper
+
+
+def test_every_trigger_type_is_accepted(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "trojan.npy", np.zeros((8, 8)))
+    config = tiny()
+    config["triggers"] = {
+        "badnets": {"type": "patch", "pattern": "badnets"},
+        "bomb": {"type": "stamp", "image": "builtin:bomb", "size": 4},
+        "blend": {"type": "blend", "pattern": "picture", "alpha": 0.2, "detector_alpha_range": [0.05, 0.25]},
+        "wanet": {"type": "wanet", "k": 8, "s": 1.0, "grid_rescale": 1, "seed": 0},
+        "trojan": {"type": "additive", "image": str(tmp_path / "trojan.npy")},
+        "none": {"type": "relabel"},
+    }
+    filled = validate_config(config, schema())
+    assert set(filled["triggers"]) == set(config["triggers"])
+    assert "k" not in filled["triggers"]["badnets"]  # the new keys have no schema default: older configs stay as they were
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"type": "patch", "pattern": "picture"}, ["triggers.bad.pattern", "checker, stripes, white, badnets"]),
+    ({"type": "blend", "pattern": "badnets"}, ["triggers.bad.pattern", "noise, stripes, picture"]),
+    ({"type": "patch", "pattern": "plaid"}, ["triggers.bad.pattern", "badnets", "picture"]),
+    ({"type": "stamp", "image": "no/such/bomb.png", "size": 3}, ["triggers.bad.image", "no/such/bomb.png", "not found"]),
+    ({"type": "stamp", "image": "builtin:skull", "size": 3}, ["triggers.bad.image", "builtin:bomb, builtin:picture"]),
+    ({"type": "blend", "image": "builtin:skull"}, ["triggers.bad.image", "builtin:bomb, builtin:picture"]),
+    ({"type": "wanet", "k": 9}, ["triggers.bad.k", "[1, 8]"]),
+    ({"type": "wanet", "k": 0}, ["triggers.bad.k", "minimum of 1"]),
+    ({"type": "wanet", "s": "strong"}, ["triggers.bad.s", "number"]),
+    ({"type": "blend", "detector_alpha_range": [0.3, 0.1]}, ["triggers.bad.detector_alpha_range", "0 < low <= high <= 1"]),
+    ({"type": "blend", "detector_alpha_range": [0.1]}, ["triggers.bad.detector_alpha_range"]),
+    ({"type": "patch", "k": 4}, ["triggers.bad.k", "wanet"]),
+    ({"type": "additive", "image": "no/such/trojan.npy"}, ["triggers.bad.image", "not found"]),
+    ({"type": "sticker"}, ["triggers.bad.type", "'wanet', 'additive', 'relabel'"]),
+])
+def test_bad_trigger_settings_fail_validation(spec, words):
+    config = tiny()
+    config["triggers"]["bad"] = spec
+    message = error_of(config)
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_additive_pattern_of_the_wrong_shape_fails_validation(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "trojan.npy", np.zeros((32, 32, 3)))
+    config = tiny()
+    config["triggers"]["trojan"] = {"type": "additive", "image": str(tmp_path / "trojan.npy")}
+    message = error_of(config)
+    assert "triggers.trojan.image" in message and "(32, 32, 3)" in message and "(8, 8) or (8, 8, 1)" in message
+
+
+def test_unreadable_stamp_image_fails_validation(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(b"not a png")
+    config = tiny()
+    config["triggers"]["bomb"] = {"type": "stamp", "image": str(tmp_path / "bomb.png"), "size": 3}
+    message = error_of(config)
+    assert "triggers.bomb.image" in message and "cannot read" in message
+
+
+# ------------------------------------------------------------------------------------------ defaults per kind of model
+
+# config.yaml's diffusion.training as validated before per-kind defaults and epochs existed. Models in results/ were
+# trained with these rule parameters: any change here (a key added, a default changed) would retrain them.
+CONFIG_YAML_TRAINING = {
+    "batch_size": 64, "beta_schedule": "squaredcos_cap_v2", "checkpoint_every": 500, "clean_seeds": [0],
+    "ema_decay": 0.998, "encode_batch_size": 16, "finetune": "full", "gradient_checkpointing": False,
+    "label_dropout": 0.15, "learning_rate": 0.001, "lora_alpha": None, "lora_rank": 4, "mixed_precision": "bf16",
+    "num_train_timesteps": 1000, "processes": 1, "seeds": [0, 1], "steps": 4000, "threads": 1, "warmup_steps": 200,
+    "weight_decay": 0.0,
+}
+
+
+def test_ddpm_training_settings_are_pinned():
+    training = validate_config(load("config.yaml"), schema())["diffusion"]["training"]
+    assert training == CONFIG_YAML_TRAINING
+    assert list(training) == sorted(CONFIG_YAML_TRAINING)  # the same text in the rules' parameters
+
+
+DDPM_CONFIGS = [name for name in ["tests/configs/tiny.yaml",
+                                   *sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*digits*.yaml"))]
+                if load(name)["diffusion"].get("kind", "ddpm") == "ddpm"]
+
+
+@pytest.mark.parametrize("name", DDPM_CONFIGS)
+def test_ddpm_configs_get_no_new_training_key(name):
+    config = load(name)
+    training = validate_config(config, schema())["diffusion"]["training"]
+    assert set(training) == set(CONFIG_YAML_TRAINING)
+    assert "epochs" not in training
+
+
+def _schema_nodes(node, where=""):
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _schema_nodes(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schema_nodes(value, f"{where}.{i}")
+
+
+def test_defaults_by_kind_are_well_formed():
+    from bibaddiff.config import DEFAULT_BY_KIND, MODEL_KINDS
+
+    found = []
+    for where, node in _schema_nodes(schema()):
+        if DEFAULT_BY_KIND in node:
+            found.append(where)
+            assert "default" not in node, where  # one default per key and kind, never two
+            assert set(node[DEFAULT_BY_KIND]) <= set(MODEL_KINDS), where
+    assert any(where.endswith("training.properties.learning_rate") for where in found)
+    assert any(where.endswith("generation.properties.x0_clipping") for where in found)
+
+
+def test_stable_diffusion_gets_its_own_training_defaults():
+    from bibaddiff.config import fill_defaults, training_defaults
+
+    sd = fill_defaults({"diffusion": {"kind": "stable_diffusion", "training": {"steps": 5, "seeds": [0]}}}, schema())
+    ddpm = fill_defaults({"diffusion": {"training": {"steps": 5, "seeds": [0]}}}, schema())
+    assert sd["diffusion"]["training"]["learning_rate"] == 1e-4  # upstream's SD fine-tuning base learning rate
+    assert ddpm["diffusion"]["training"]["learning_rate"] == 1e-3
+    for key in ("batch_size", "warmup_steps", "weight_decay", "ema_decay", "label_dropout"):
+        assert sd["diffusion"]["training"][key] != ddpm["diffusion"]["training"][key], key
+    assert sd["diffusion"]["training"] == {"steps": 5, "seeds": [0], **training_defaults("stable_diffusion")}
+    assert ddpm["diffusion"]["training"] == {"steps": 5, "seeds": [0], **training_defaults("ddpm")}
+
+
+def test_default_x0_clipping_comes_from_the_schema():
+    from bibaddiff.config import DEFAULT_X0_CLIPPING
+
+    by_kind = schema()["properties"]["generation"]["properties"]["x0_clipping"]["x-default-by-kind"]
+    assert DEFAULT_X0_CLIPPING == by_kind == {"ddpm": "none", "stable_diffusion": "none"}
+    config = tiny()
+    del config["generation"]["x0_clipping"]
+    assert validate_config(config, schema())["generation"]["x0_clipping"] == ["none"]  # a list, as before
+    config["generation"]["x0_clipping"] = "clip"
+    assert validate_config(config, schema())["generation"]["x0_clipping"] == ["clip"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_folder(tmp_path_factory):
+    from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
+
+    return write_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+def tiny_stable_diffusion(folder) -> dict:
+    config = tiny()
+    config["dataset"]["rgb"] = True
+    del config["diffusion"]["model"]
+    del config["generation"]["x0_clipping"]
+    config["diffusion"].update(kind="stable_diffusion", pretrained={"path": str(folder)})
+    config["diffusion"]["training"] = {"steps": 6, "seeds": [0]}
+    return config
+
+
+def test_stable_diffusion_config_without_learning_rate_fine_tunes_at_1e_4(tiny_sd_folder):
+    from bibaddiff.diffusion.finetune import FinetuneSettings
+
+    filled = validate_config(tiny_stable_diffusion(tiny_sd_folder), schema())
+    training = filled["diffusion"]["training"]
+    assert training["learning_rate"] == 1e-4
+    assert filled["generation"]["x0_clipping"] == ["none"]
+    # The trainer's own defaults are the same values: one source.
+    settings = FinetuneSettings.from_config({"steps": 6})
+    for key in ("batch_size", "learning_rate", "warmup_steps", "weight_decay", "ema_decay", "label_dropout"):
+        assert getattr(settings, key) == training[key], key
+    config = tiny_stable_diffusion(tiny_sd_folder)
+    config["generation"]["x0_clipping"] = "clip"
+    assert "generation.x0_clipping" in error_of(config) and "only 'none'" in error_of(config)
+
+
+# ------------------------------------------------------------------------------------------ epochs instead of steps
+
+
+@pytest.mark.parametrize("epochs, batch_size, steps", [(1, 16, 13), (1.5, 16, 19), (2, 64, 7), (50, 200, 50)])
+def test_epochs_become_steps(epochs, batch_size, steps):
+    config = tiny()  # 20 images in each of 10 classes: 200 training images, poisoned or not
+    training = config["diffusion"]["training"]
+    del training["steps"]
+    training.update(epochs=epochs, batch_size=batch_size)
+    filled = validate_config(config, schema())
+    assert filled["diffusion"]["training"]["steps"] == steps  # ceil(epochs * 200 / batch_size)
+    assert "epochs" not in filled["diffusion"]["training"]
+    assert validate_config(filled, schema()) == filled
+
+
+def test_epochs_use_the_batch_size_default_of_the_kind(tiny_sd_folder):
+    config = tiny_stable_diffusion(tiny_sd_folder)
+    config["diffusion"]["training"] = {"epochs": 3, "seeds": [0]}
+    training = validate_config(config, schema())["diffusion"]["training"]
+    assert training["batch_size"] == 16 and training["steps"] == 38  # ceil(3 * 200 / 16)
+
+
+def test_epochs_and_steps_together_fail_in_one_line():
+    config = tiny()
+    config["diffusion"]["training"]["epochs"] = 2
+    message = error_of(config)
+    assert "diffusion.training.steps" in message and "diffusion.training.epochs" in message and "not both" in message
+
+
+def test_neither_epochs_nor_steps_fails_in_one_line():
+    config = tiny()
+    del config["diffusion"]["training"]["steps"]
+    message = error_of(config)
+    assert "diffusion.training.steps" in message and "diffusion.training.epochs" in message
+
+
+@pytest.mark.parametrize("epochs", [0, -1, "many"])
+def test_bad_epochs(epochs):
+    config = tiny()
+    del config["diffusion"]["training"]["steps"]
+    config["diffusion"]["training"]["epochs"] = epochs
+    assert "diffusion.training.epochs" in error_of(config)

@@ -130,14 +130,15 @@ def test_strong_guidance_ends_at_the_clipped_extrapolation():
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.full((4,), 3)
     # s = 1.5: 0.2 + 1.5 * (0.8 - 0.2) = 1.1, clipped to 1; s = 0.5 stays inside: 0.5.
-    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 1.5, 20, noise), torch.ones(4, 1, 4, 4), atol=1e-3)
-    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 0.5, 20, noise), torch.full((4, 1, 4, 4), 0.5), atol=1e-3)
+    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 1.5, 20, noise, x0_clipping="clip_recompute"), torch.ones(4, 1, 4, 4), atol=1e-3)
+    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 0.5, 20, noise, x0_clipping="clip_recompute"), torch.full((4, 1, 4, 4), 0.5), atol=1e-3)
     # s = 3 extrapolates to 2.0: the sample must stay at the clipped value instead of drifting away.
-    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 3.0, 20, noise), torch.ones(4, 1, 4, 4), atol=1e-3)
+    assert torch.allclose(sample_ddim(unet, scheduler, labels, 10, 3.0, 20, noise, x0_clipping="clip_recompute"), torch.ones(4, 1, 4, 4), atol=1e-3)
 
 
-def test_ddim_recomputes_noise_from_the_clipped_image(monkeypatch):
-    """Without this, guided samples drift (see sampling.sample_ddim): every step must ask DDIM for it."""
+@pytest.mark.parametrize("mode, recompute", [("clip_recompute", True), ("clip", False), ("none", False)])
+def test_ddim_recomputes_noise_only_when_asked(monkeypatch, mode, recompute):
+    """clip_recompute must ask DDIM for the noise of the clipped image at every step (see sampling.sample_ddim)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     from bibaddiff.diffusion.sampling import sample_ddim
@@ -152,5 +153,99 @@ def test_ddim_recomputes_noise_from_the_clipped_image(monkeypatch):
     monkeypatch.setattr(DDIMScheduler, "step", spy)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     unet = _OracleUNet(scheduler, {3: 0.8, 10: 0.2})
-    sample_ddim(unet, scheduler, torch.full((2,), 3), 10, 3.0, 5, torch.randn(2, 1, 4, 4))
-    assert calls == [True] * 5
+    sample_ddim(unet, scheduler, torch.full((2,), 3), 10, 3.0, 5, torch.randn(2, 1, 4, 4), x0_clipping=mode)
+    assert calls == [recompute] * 5
+
+
+class _AffineUNet(torch.nn.Module):
+    """eps = 0.6 x + bias(label): large enough at high noise levels that the predicted x0 leaves [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, sample, t, class_labels):
+        bias = torch.where(class_labels == 10, -0.4, 0.9).float().view(-1, 1, 1, 1)
+        return type("Output", (), {"sample": 0.6 * sample + bias})()
+
+
+def hand_stepped_ddim(noise, alphas_cumprod, steps, scale, mode):
+    """DDIM (eta = 0) written out from its update rule, for the guided affine model above."""
+    step = 1000 // steps
+    sample = noise.clone()
+    for t in range(step * (steps - 1), -1, -step):
+        eps_cond, eps_null = 0.6 * sample + 0.9, 0.6 * sample - 0.4
+        eps = eps_null + scale * (eps_cond - eps_null)
+        alpha = alphas_cumprod[t]
+        alpha_prev = alphas_cumprod[t - step] if t - step >= 0 else torch.tensor(1.0)
+        x0 = (sample - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        if mode != "none":
+            x0 = x0.clamp(-1, 1)
+        if mode == "clip_recompute":
+            eps = (sample - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+        sample = alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * eps
+    return sample
+
+
+def test_each_x0_clipping_mode_matches_a_hand_stepped_ddim():
+    from diffusers import DDPMScheduler
+
+    from bibaddiff.diffusion.sampling import sample_ddim
+
+    # A DDPMScheduler clips by default: the mode, not this config, must decide.
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.full((3,), 2)
+    results = {}
+    for mode in ("none", "clip", "clip_recompute"):
+        results[mode] = sample_ddim(_AffineUNet(), scheduler, labels, 10, 2.0, 10, noise, x0_clipping=mode)
+        expected = hand_stepped_ddim(noise, scheduler.alphas_cumprod, 10, 2.0, mode)
+        torch.testing.assert_close(results[mode], expected, rtol=1e-4, atol=1e-4)
+    # The modes must differ on this model, or the comparison above proves nothing.
+    assert not torch.allclose(results["none"], results["clip"], atol=1e-2)
+    assert not torch.allclose(results["clip"], results["clip_recompute"], atol=1e-2)
+    assert results["none"].abs().max() > 1  # no clipping: the final x0 is left where the model puts it
+
+
+def test_unknown_x0_clipping_mode_is_refused():
+    from diffusers import DDPMScheduler
+
+    from bibaddiff.diffusion.sampling import sample_ddim
+    from bibaddiff.errors import BibaddiffError
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    with pytest.raises(BibaddiffError, match="x0_clipping must be one of none, clip, clip_recompute; got 'clamp'"):
+        sample_ddim(_AffineUNet(), scheduler, torch.full((1,), 2), 10, 2.0, 2, torch.zeros(1, 1, 4, 4), x0_clipping="clamp")
+
+
+# ------------------------------------------------------------------------------- x0 clipping in the config
+
+
+def _validated(**generation):
+    from pathlib import Path
+
+    import yaml
+
+    from bibaddiff.config import load_schema, validate_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "tests/configs/tiny.yaml").read_text())
+    config["generation"].pop("x0_clipping", None)
+    config["generation"].update(generation)
+    return validate_config(config, load_schema(repo / "schemas/config.schema.yaml"))
+
+
+def test_x0_clipping_default_is_a_list_of_one_mode():
+    from bibaddiff.config import DEFAULT_X0_CLIPPING
+
+    assert _validated()["generation"]["x0_clipping"] == [DEFAULT_X0_CLIPPING["ddpm"]]
+    assert _validated(x0_clipping="clip")["generation"]["x0_clipping"] == ["clip"]
+    assert _validated(x0_clipping=["clip_recompute", "none"])["generation"]["x0_clipping"] == ["clip_recompute", "none"]
+
+
+@pytest.mark.parametrize("value", ["clamp", ["none", "nope"], []])
+def test_unknown_x0_clipping_in_the_config(value):
+    from bibaddiff.errors import BibaddiffError
+
+    with pytest.raises(BibaddiffError, match="config key generation.x0_clipping"):
+        _validated(x0_clipping=value)

@@ -285,10 +285,10 @@ def test_finetuned_folder_loads_as_a_text_to_image_model(sd_model):
 
 
 def test_generation_is_uint8_images_reproducible_by_seed(sd_model):
-    first = sd_model.generate(0, 1.0, 2, 3, seed=5, batch_size=2)
+    first = sd_model.generate(0, 1.0, 2, 3, seed=5, batch_size=2, x0_clipping="none")
     assert first.dtype == np.uint8 and first.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
-    np.testing.assert_array_equal(sd_model.generate(0, 1.0, 2, 3, seed=5, batch_size=2), first)
-    assert not np.array_equal(sd_model.generate(0, 1.0, 2, 3, seed=6, batch_size=2), first)
+    np.testing.assert_array_equal(sd_model.generate(0, 1.0, 2, 3, seed=5, batch_size=2, x0_clipping="none"), first)
+    assert not np.array_equal(sd_model.generate(0, 1.0, 2, 3, seed=6, batch_size=2, x0_clipping="none"), first)
 
 
 def test_guidance_scales_start_from_the_same_noise(sd_model):
@@ -303,7 +303,7 @@ def test_guidance_scales_start_from_the_same_noise(sd_model):
     hook = sd_model.denoiser.register_forward_pre_hook(record_first_input, with_kwargs=True)
     try:
         for scale in (0.0, 1.0, 2.5):
-            images[scale] = sd_model.generate(1, scale, 2, 3, seed=2, batch_size=2)
+            images[scale] = sd_model.generate(1, scale, 2, 3, seed=2, batch_size=2, x0_clipping="none")
             seen_scales.append(scale)
     finally:
         hook.remove()
@@ -352,13 +352,13 @@ def test_generated_training_set_has_the_requested_counts(sd_model):
     detector = build_judge("small_cnn", 3, 2).eval()
     counts = [2, 0, 1]
     generated = generated_training_set(sd_model, counts, guidance=2.0, ddim_steps=2, seed=3, batch_size=2,
-                                       trigger_detector=detector)
+                                       trigger_detector=detector, x0_clipping="none")
     assert np.bincount(generated.labels, minlength=3).tolist() == counts
     assert generated.image_size == IMAGE_SIZE and generated.channels == 3
     assert generated.class_names == CLASS_NAMES
     assert generated.poisoned.shape == (3,)
     np.testing.assert_array_equal(generated.images[generated.labels == 0],
-                                  sd_model.generate(0, 2.0, 2, 2, seed=3, batch_size=2))
+                                  sd_model.generate(0, 2.0, 2, 2, seed=3, batch_size=2, x0_clipping="none"))
 
 
 def test_two_processes_under_accelerate_launch(latent_file, pretrained, tmp_path):
@@ -417,3 +417,8 @@ def test_corrupt_single_file_gives_one_line_error(tiny_sd, tmp_path):
         load_components({"path": str(broken), "config": str(tiny_sd)})
     message = str(error.value)
     assert "cannot load Stable Diffusion from" in message and str(broken) in message and "\n" not in message
+
+
+def test_latents_are_never_clipped(sd_model):
+    with pytest.raises(BibaddiffError, match="generation.x0_clipping: a stable_diffusion model samples latents"):
+        sd_model.generate(0, 2.0, 1, 2, seed=0, batch_size=1, x0_clipping="clip")

@@ -120,3 +120,25 @@ def test_two_processes_under_accelerate_launch(tiny_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((tmp_path / "ddp" / "training.json").read_text())
     assert stats["processes"] == 2 and stats["steps"] == 12
+
+
+def test_trainer_defaults_are_the_schemas():
+    from bibaddiff.config import training_defaults
+    from bibaddiff.diffusion.finetune import FinetuneSettings
+
+    for settings, kind in ((TrainSettings(), "ddpm"), (FinetuneSettings(), "stable_diffusion")):
+        defaults = training_defaults(kind)
+        fields = {name for name in settings.__dataclass_fields__ if name not in ("steps", "model", "max_grad_norm")}
+        assert fields <= set(defaults), fields - set(defaults)
+        for name in fields:
+            assert getattr(settings, name) == defaults[name], (kind, name)
+    assert FinetuneSettings().learning_rate == 1e-4 and TrainSettings().learning_rate == 1e-3
+
+
+def test_settings_without_steps_are_refused():
+    from bibaddiff.diffusion.finetune import FinetuneSettings
+    from bibaddiff.errors import BibaddiffError
+
+    for cls in (TrainSettings, FinetuneSettings):
+        with pytest.raises(BibaddiffError, match=r"diffusion\.training\.steps is missing"):
+            cls.from_config({"batch_size": 8})

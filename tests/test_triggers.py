@@ -329,3 +329,377 @@ def test_unreadable_stamp_image(tmp_path):
         build_trigger("mine", {"type": "stamp", "image": str(bad), "size": 3}, 16, 1)
     assert str(bad) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ badnets (BadNets-1)
+
+
+def test_badnets_3_is_upstream_cifar_pattern():
+    trigger = build_trigger("b", {"type": "patch", "pattern": "badnets", "size": 3}, 32, 3)
+    out = trigger.apply(np.full((1, 32, 32, 3), 77, np.uint8))[0]
+    expected = np.array([[0, 0, 255], [0, 255, 0], [255, 255, 0]], np.uint8)
+    for c in range(3):
+        np.testing.assert_array_equal(out[29:, 29:, c], expected)
+    assert (out[:29] == 77).all() and (out[:, :29] == 77).all()
+
+
+def test_badnets_default_at_32_px_is_the_3x3_pattern():
+    default = build_trigger("b", {"type": "patch", "pattern": "badnets"}, 32, 3)
+    given = build_trigger("b", {"type": "patch", "pattern": "badnets", "size": 3}, 32, 3)
+    np.testing.assert_array_equal(default.pattern, given.pattern)
+
+
+def test_badnets_5_is_black_with_one_pixel_anti_diagonal():
+    trigger = build_trigger("b", {"type": "patch", "pattern": "badnets", "size": 5}, 32, 1)
+    out = trigger.apply(np.full((1, 32, 32, 1), 200, np.uint8))[0, ..., 0]
+    expected = pattern_from_rows([
+        "....#",
+        "...#.",
+        "..#..",
+        ".#...",
+        "#....",
+    ])
+    np.testing.assert_array_equal(out[27:, 27:], expected)
+    assert (out[:27] == 200).all() and (out[:, :27] == 200).all()
+
+
+def test_badnets_7_is_black_with_one_pixel_anti_diagonal():
+    square = build_trigger("b", {"type": "patch", "pattern": "badnets", "size": 7}, 32, 1).pattern[25:, 25:, 0]
+    np.testing.assert_array_equal(square, np.fliplr(np.eye(7)) * 255)
+
+
+def test_badnets_51_is_upstreams_band():
+    side = 51
+    expected = np.zeros((side, side), np.uint8)
+    for row in range(side):
+        for col in range(side):
+            offset = row + col - (side - 1)
+            if -13 <= offset <= 11:  # upstream's range(-51 // 4, 51 // 4) = range(-13, 12)
+                expected[row, col] = 255
+    trigger = build_trigger("b", {"type": "patch", "pattern": "badnets"}, 512, 3)  # size unset: 512 // 10 = 51
+    out = trigger.apply(np.full((1, 512, 512, 3), 9, np.uint8))[0]
+    for c in range(3):
+        np.testing.assert_array_equal(out[-side:, -side:, c], expected)
+    assert (out[:-side] == 9).all() and (out[:, :-side] == 9).all()
+    assert expected[0, -1] == 255 and expected[-1, 0] == 255 and expected[0, 0] == 0 and expected[-1, -1] == 0
+    given = build_trigger("b", {"type": "patch", "pattern": "badnets", "size": 51}, 512, 3)
+    np.testing.assert_array_equal(given.pattern, trigger.pattern)
+
+
+@pytest.mark.parametrize("side", [8, 10, 26])
+def test_badnets_band_from_side_8(side):
+    square = build_trigger("b", {"type": "patch", "pattern": "badnets", "size": side}, 64, 1).pattern[-side:, -side:, 0]
+    low, high = -((side + 3) // 4), side // 4 - 1
+    for row in range(side):
+        for col in range(side):
+            assert square[row, col] == (255 if low <= row + col - (side - 1) <= high else 0), (row, col)
+
+
+# ------------------------------------------------------------------------------------------ builtin:bomb (BadNets-2)
+
+
+def test_builtin_bomb_at_51_px_is_a_dark_disc_on_white_with_a_spark():
+    trigger = build_trigger("s", {"type": "stamp", "image": "builtin:bomb"}, 512, 3)
+    square = trigger.pattern[-51:, -51:]
+    assert trigger.region.sum() == 51 * 51 and trigger.region[-51:, -51:].all()
+    np.testing.assert_array_equal(square, np.rint(square))
+    assert (square[30, 21] < 60).all()  # the body's centre is dark
+    assert (square[-1, -1] == 255).all() and (square[0, 0] == 255).all()  # white corners
+    dark = (square.max(-1) < 80).mean()
+    assert 0.25 < dark < 0.6
+    spark = (square[..., 0] > 200) & (square[..., 2] < 100)  # orange-yellow pixels, upper right
+    assert spark[:12, 38:].sum() >= 5 and spark[20:].sum() == 0
+    again = build_trigger("s", {"type": "stamp", "image": "builtin:bomb", "size": 51}, 512, 3)
+    np.testing.assert_array_equal(again.pattern, trigger.pattern)
+
+
+@pytest.mark.parametrize("size", [4, 5])
+def test_builtin_bomb_is_visible_at_small_sizes_on_gray_digits(size):
+    trigger = build_trigger("s", {"type": "stamp", "image": "builtin:bomb", "size": size}, 16, 1)
+    square = trigger.apply(np.zeros((1, 16, 16, 1), np.uint8))[0, -size:, -size:, 0]
+    assert square.min() < 60 and square.max() > 200  # a dark blob on white, not blank
+    assert 1 <= (square < 128).sum() < size * size
+
+
+def test_unknown_builtin_lists_the_builtins():
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.image.*builtin:bomb, builtin:picture") as info:
+        build_trigger("mine", {"type": "stamp", "image": "builtin:skull", "size": 3}, 16, 1)
+    assert "builtin:skull" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ blend picture and detector
+
+
+def test_blend_default_pattern_is_still_seeded_noise():
+    trigger = build_trigger("b", {"type": "blend"}, 8, 3)
+    expected = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3)).astype(np.float64)
+    np.testing.assert_array_equal(trigger.pattern, expected)
+    assert trigger.alpha == 0.2 and trigger.detector_alpha_range == (0.05, 0.25)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_blend_picture_is_smooth_coloured_and_deterministic(channels):
+    a = build_trigger("b", {"type": "blend", "pattern": "picture", "alpha": 0.2}, 64, channels)
+    b = build_trigger("b", {"type": "blend", "pattern": "picture", "alpha": 0.2}, 64, channels)
+    np.testing.assert_array_equal(a.pattern, b.pattern)
+    pattern = a.pattern
+    assert pattern.shape == (64, 64, channels) and 0 <= pattern.min() and pattern.max() <= 255
+    np.testing.assert_array_equal(pattern, np.rint(pattern))
+    steps = np.abs(np.diff(pattern, axis=0)).mean() + np.abs(np.diff(pattern, axis=1)).mean()
+    noise = build_trigger("b", {"type": "blend", "pattern": "noise"}, 64, channels).pattern
+    noise_steps = np.abs(np.diff(noise, axis=0)).mean() + np.abs(np.diff(noise, axis=1)).mean()
+    assert steps < noise_steps / 5  # smooth shapes, not noise
+    assert pattern.std() > 30  # but not flat
+    if channels == 3:
+        assert np.abs(pattern[..., 0] - pattern[..., 2]).mean() > 10  # coloured
+    images = random_batch(n=2, size=64, channels=channels, seed=4)
+    expected = np.rint(0.8 * images + 0.2 * pattern).astype(np.uint8)
+    np.testing.assert_array_equal(a.apply(images), expected)
+
+
+def test_blend_with_builtin_picture_image_matches_pattern():
+    by_pattern = build_trigger("b", {"type": "blend", "pattern": "picture"}, 32, 3)
+    by_image = build_trigger("b", {"type": "blend", "image": "builtin:picture"}, 32, 3)
+    np.testing.assert_array_equal(by_pattern.pattern, by_image.pattern)
+
+
+def test_blend_apply_with_alpha_per_image():
+    trigger = build_trigger("b", {"type": "blend", "pattern": "stripes", "alpha": 0.2}, 10, 1)
+    images = random_batch(n=3, size=10, seed=6)
+    np.testing.assert_array_equal(trigger.apply_with_alpha(images, [0.2, 0.2, 0.2]), trigger.apply(images))
+    out = trigger.apply_with_alpha(images, [0.05, 0.5, 1.0])
+    for n, a in enumerate([0.05, 0.5, 1.0]):
+        np.testing.assert_array_equal(out[n], np.rint((1 - a) * images[n] + a * trigger.pattern).astype(np.uint8))
+    with pytest.raises(BibaddiffError, match="blend strengths"):
+        trigger.apply_with_alpha(images, [0.2])
+
+
+def test_blend_detector_alphas_are_drawn_per_image_from_the_range():
+    trigger = build_trigger("b", {"type": "blend", "pattern": "stripes", "detector_alpha_range": [0.1, 0.3]}, 10, 1)
+    images = random_batch(n=200, size=10, seed=7)
+    out = trigger.apply_for_detector(images, np.random.default_rng(0))
+    alphas = np.random.default_rng(0).uniform(0.1, 0.3, 200)
+    np.testing.assert_array_equal(out, trigger.apply_with_alpha(images, alphas))
+    assert len(np.unique(alphas)) == 200
+
+
+def test_non_blend_detector_stamp_is_apply_and_draws_nothing():
+    trigger = build_trigger("p", {"type": "patch", "size": 3}, 16, 1)
+    rng = np.random.default_rng(0)
+    images = random_batch()
+    np.testing.assert_array_equal(trigger.apply_for_detector(images, rng), trigger.apply(images))
+    assert rng.random() == np.random.default_rng(0).random()  # the judges' random stream is unchanged
+
+
+def test_stamp_fraction_of_batch_labels_and_blend_strengths():
+    from bibaddiff.judges import stamp_fraction_of_batch
+
+    trigger = build_trigger("b", {"type": "blend", "pattern": "stripes"}, 10, 1)
+    images = np.full((400, 10, 10, 1), 100, np.uint8)
+    batch, labels = stamp_fraction_of_batch(trigger, 0.5)(images, np.zeros(400, np.int64), np.random.default_rng(1))
+    changed = (batch != 100).any(axis=(1, 2, 3))
+    np.testing.assert_array_equal(changed, labels == 1)
+    assert 150 < labels.sum() < 250
+    # A white stripe pixel shows the strength: round(100 + a * 155), a in [0.05, 0.25] -> 108..139.
+    on = STRIPES10 == 255
+    values = batch[labels == 1][:, on, 0]
+    assert values.min() >= 108 and values.max() <= 139 and len(np.unique(values[:, 0])) > 10
+
+
+@pytest.mark.parametrize("value", [[0.3, 0.1], [0.0, 0.2], [0.1, 1.5], [0.1], "wide"])
+def test_bad_detector_alpha_range(value):
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.detector_alpha_range.*0 < low <= high <= 1"):
+        build_trigger("mine", {"type": "blend", "detector_alpha_range": value}, 16, 1)
+
+
+@pytest.mark.parametrize("key, value, owner", [("detector_alpha_range", [0.1, 0.2], "blend"), ("k", 4, "wanet"),
+                                               ("s", 0.5, "wanet"), ("grid_rescale", 1, "wanet")])
+def test_type_only_keys_on_another_type(key, value, owner):
+    with pytest.raises(BibaddiffError, match=rf"triggers\.mine\.{key} is only for type {owner}"):
+        build_trigger("mine", {"type": "patch", key: value}, 16, 1)
+
+
+# ------------------------------------------------------------------------------------------ wanet
+
+
+def test_wanet_with_zero_strength_is_the_identity():
+    images = random_batch(n=3, size=16, channels=3, seed=12)
+    trigger = build_trigger("w", {"type": "wanet", "s": 0}, 16, 3)
+    np.testing.assert_array_equal(trigger.apply(images), images)
+
+
+def test_wanet_constant_field_shifts_by_one_pixel():
+    from bibaddiff.triggers import WarpTrigger, wanet_grid
+
+    size = 8
+    images = random_batch(n=2, size=size, channels=3, seed=13)
+    # ins of ones has mean |ins| = 1 and upsamples to ones: the grid moves by s / size * grid_rescale, which is one
+    # pixel (2 / (size - 1) in [-1, 1] coordinates) for s * grid_rescale = 2 * size / (size - 1).
+    grid = wanet_grid(np.ones((2, 3, 3)), size, s=2 * size / (size - 1) / 2, grid_rescale=2.0)
+    out = WarpTrigger("w", grid, 3).apply(images)
+    rows = np.minimum(np.arange(size) + 1, size - 1)  # the last row and column clamp to the border
+    np.testing.assert_array_equal(out, images[:, rows][:, :, rows])
+    # Channel 0 moves along x (columns) only.
+    ins = np.stack([np.ones((3, 3)), np.zeros((3, 3))])  # mean |ins| = 0.5: noise = 2 along x
+    grid = wanet_grid(ins, size, s=size / (size - 1), grid_rescale=1.0)
+    np.testing.assert_array_equal(WarpTrigger("w", grid, 3).apply(images), images[:, :, rows])
+
+
+def test_wanet_grid_is_identity_plus_clamped_field():
+    from bibaddiff.triggers import wanet_grid
+
+    grid = wanet_grid(np.zeros((2, 4, 4)), 5, s=1.0, grid_rescale=1.0)
+    coords = np.linspace(-1, 1, 5)
+    np.testing.assert_allclose(grid[..., 0], np.tile(coords, (5, 1)), atol=1e-12)  # x varies along columns
+    np.testing.assert_allclose(grid[..., 1], np.tile(coords[:, None], (1, 5)), atol=1e-12)
+    far = wanet_grid(np.ones((2, 4, 4)), 5, s=50.0, grid_rescale=1.0)
+    assert far.max() == 1.0 and far.min() >= -1.0
+
+
+def test_wanet_is_seeded():
+    images = random_batch(n=2, size=16, channels=3, seed=14)
+    a = build_trigger("w", {"type": "wanet", "k": 4, "s": 2.0, "seed": 3}, 16, 3)
+    b = build_trigger("w", {"type": "wanet", "k": 4, "s": 2.0, "seed": 3}, 16, 3)
+    c = build_trigger("w", {"type": "wanet", "k": 4, "s": 2.0, "seed": 4}, 16, 3)
+    np.testing.assert_array_equal(a.grid, b.grid)
+    np.testing.assert_array_equal(a.apply(images), b.apply(images))
+    assert not np.array_equal(a.grid, c.grid)
+    assert not np.array_equal(a.apply(images), c.apply(images))
+    assert not np.array_equal(a.apply(images), images)
+    assert a.changes_pixels
+
+
+def test_wanet_defaults_and_field_from_seed():
+    import torch
+    import torch.nn.functional as F
+
+    trigger = build_trigger("w", {"type": "wanet"}, 12, 1)  # k 4, s 0.5, grid_rescale 1, seed 0
+    ins = np.random.default_rng(0).uniform(-1, 1, size=(2, 4, 4))
+    ins = ins / np.abs(ins).mean()
+    noise = F.interpolate(torch.tensor(ins)[None], size=(12, 12), mode="bicubic", align_corners=True)[0].numpy()
+    x, y = np.meshgrid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 12))
+    expected = np.stack([x + 0.5 * noise[0] / 12, y + 0.5 * noise[1] / 12], -1).clip(-1, 1)
+    np.testing.assert_allclose(trigger.grid, expected, atol=1e-12)
+
+
+def test_wanet_batch_equals_per_image_and_k_extremes():
+    images = random_batch(n=3, size=16, channels=1, seed=15)
+    for k in (1, 16):
+        trigger = build_trigger("w", {"type": "wanet", "k": k, "s": 1.0}, 16, 1)
+        out = trigger.apply(images)
+        for i in range(3):
+            np.testing.assert_array_equal(out[i:i + 1], trigger.apply(images[i:i + 1]))
+        np.testing.assert_array_equal(trigger.apply(images[::-1]), out[::-1])
+    assert build_trigger("w", {"type": "wanet"}, 16, 1).apply(np.zeros((0, 16, 16, 1), np.uint8)).shape == (0, 16, 16, 1)
+
+
+@pytest.mark.parametrize("k", [0, -1, 17, 2.5, "four"])
+def test_wanet_bad_k(k):
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.k must be an integer in \[1, 16\]"):
+        build_trigger("mine", {"type": "wanet", "k": k}, 16, 1)
+
+
+def test_wanet_bad_strength():
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.s must be a finite number"):
+        build_trigger("mine", {"type": "wanet", "s": "strong"}, 16, 1)
+
+
+# ------------------------------------------------------------------------------------------ additive (Trojan)
+
+
+def test_additive_npy_is_added_and_clipped(tmp_path):
+    pattern = np.zeros((4, 4), np.float32)
+    pattern[0, 0], pattern[1, 1], pattern[2, 2], pattern[3, 3] = 100, -50, 0.4, 0.6
+    path = tmp_path / "trojan.npy"
+    np.save(path, pattern)
+    images = np.array([[[[200], [10], [10], [10]], [[10], [30], [10], [10]],
+                        [[10], [10], [10], [10]], [[10], [10], [10], [10]]]], np.uint8)
+    out = build_trigger("t", {"type": "additive", "image": str(path)}, 4, 1).apply(images)[0, ..., 0]
+    expected = np.full((4, 4), 10, np.uint8)
+    expected[0, 0], expected[1, 1], expected[2, 2], expected[3, 3] = 255, 0, 10, 11
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_additive_two_dimensional_pattern_on_every_channel_and_rgb_pattern(tmp_path):
+    flat = np.arange(16, dtype=np.float64).reshape(4, 4)
+    np.save(tmp_path / "flat.npy", flat)
+    images = random_batch(n=2, size=4, channels=3, seed=16)
+    out = build_trigger("t", {"type": "additive", "image": str(tmp_path / "flat.npy")}, 4, 3).apply(images)
+    np.testing.assert_array_equal(out, np.clip(images.astype(int) + flat[..., None], 0, 255))
+    rgb = np.random.default_rng(0).integers(-40, 40, size=(4, 4, 3))
+    np.save(tmp_path / "rgb.npy", rgb)
+    out = build_trigger("t", {"type": "additive", "image": str(tmp_path / "rgb.npy")}, 4, 3).apply(images)
+    np.testing.assert_array_equal(out, np.clip(images.astype(int) + rgb, 0, 255))
+
+
+def test_additive_image_file_is_resized_and_added(tmp_path):
+    square = np.full((8, 8), 20, np.uint8)
+    Image.fromarray(square, mode="L").save(tmp_path / "p.png")
+    out = build_trigger("t", {"type": "additive", "image": str(tmp_path / "p.png")}, 4, 1).apply(zeros(1, size=4))
+    assert (out == 20).all()
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (5, 5), (5, 5, 1), (5, 5, 2), (5, 5, 3, 1), (5,)])
+def test_additive_wrong_shape(tmp_path, shape):
+    path = tmp_path / "bad.npy"
+    np.save(path, np.zeros(shape))
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.image") as info:
+        build_trigger("mine", {"type": "additive", "image": str(path)}, 4, 1)
+    message = str(info.value)
+    assert "(4, 4) or (4, 4, 1)" in message and str(shape) in message and "\n" not in message
+
+
+def test_additive_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.image.*not found"):
+        build_trigger("mine", {"type": "additive", "image": str(tmp_path / "nope.npy")}, 4, 1)
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.image.*cannot read"):
+        build_trigger("mine", {"type": "additive", "image": str(tmp_path / "bad.npy")}, 4, 1)
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.image"):
+        build_trigger("mine", {"type": "additive"}, 4, 1)
+
+
+# ------------------------------------------------------------------------------------------ relabel
+
+
+def test_relabel_changes_no_pixel():
+    images = random_batch(n=3, size=16, channels=3, seed=17)
+    trigger = build_trigger("none", {"type": "relabel"}, 16, 3)
+    out = trigger.apply(images)
+    np.testing.assert_array_equal(out, images)
+    assert out is not images
+    assert trigger.changes_pixels is False
+    with pytest.raises(BibaddiffError, match="'none'"):
+        trigger.apply(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_changes_pixels_for_every_pixel_trigger(tmp_path):
+    np.save(tmp_path / "p.npy", np.ones((16, 16)))
+    specs = [{"type": "patch"}, {"type": "blend"}, {"type": "stamp", "image": "builtin:bomb"}, {"type": "wanet"},
+             {"type": "additive", "image": str(tmp_path / "p.npy")}]
+    for spec in specs:
+        assert build_trigger("t", spec, 16, 1).changes_pixels, spec
+
+
+def test_every_trigger_is_a_trigger(tmp_path):
+    from bibaddiff.triggers import Trigger
+
+    np.save(tmp_path / "p.npy", np.ones((16, 16)))
+    for kind, extra in [("patch", {}), ("blend", {}), ("stamp", {"image": "builtin:bomb"}), ("wanet", {}),
+                        ("additive", {"image": str(tmp_path / "p.npy")}), ("relabel", {})]:
+        trigger = build_trigger("t", {"type": kind, **extra}, 16, 1)
+        assert isinstance(trigger, Trigger) and trigger.name == "t"
+        assert trigger.apply(zeros()).shape == (2, 16, 16, 1)
+
+
+def test_new_bad_patterns_name_the_allowed_values():
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.pattern.*checker, stripes, white, badnets; got 'picture'"):
+        build_trigger("mine", {"type": "patch", "pattern": "picture"}, 16, 1)
+    with pytest.raises(BibaddiffError, match=r"triggers\.mine\.pattern.*noise, stripes, picture; got 'badnets'"):
+        build_trigger("mine", {"type": "blend", "pattern": "badnets"}, 16, 1)
+
+
+@pytest.mark.parametrize("kind", ["wanet", "additive", "relabel"])
+def test_pattern_on_a_type_without_patterns(kind):
+    with pytest.raises(BibaddiffError, match=rf"triggers\.mine\.pattern is only for types patch.*badnets.*picture.*{kind}"):
+        build_trigger("mine", {"type": kind, "pattern": "noise"}, 16, 1)

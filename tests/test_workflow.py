@@ -35,10 +35,13 @@ def test_outputs_of_every_stage(tiny_run):
         assert json.loads((model / "training.json").read_text())["steps"] == config["diffusion"]["training"]["steps"]
         for condition in (6, 1):
             for scale in (1, 2):
-                images = np.load(results / f"tiny/generated/{attack}/seed0/c{condition}_s{scale}.npy")
+                images = np.load(results / f"tiny/generated/{attack}/seed0/x0-none/c{condition}_s{scale}.npy")
                 assert images.shape == (16, 8, 8, 1) and images.dtype == np.uint8
-                assert (results / f"tiny/generated/{attack}/seed0/c{condition}_s{scale}.png").is_file()
-    for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png"):
+                assert (results / f"tiny/generated/{attack}/seed0/x0-none/c{condition}_s{scale}.png").is_file()
+    for attack in ("patch-p0.1", "clean"):
+        assert (results / f"tiny/generated/{attack}/seed0/x0-clip_recompute/c6_s2.npy").is_file()
+    for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png",
+                 "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png"):
         assert (results / "summary" / name).stat().st_size > 0
     assert any((results / "tiny/benchmarks/train_diffusion").iterdir())
     assert (results / "tiny/logs/train_diffusion/patch-p0.1_seed0.log").is_file()
@@ -47,15 +50,34 @@ def test_outputs_of_every_stage(tiny_run):
 def test_summary_table(tiny_run):
     table = pd.read_csv(tiny_run / "results/summary/trigger_amplification.csv")
     pooled = table[table.seed == "pooled"]
-    # 2 attacks x 2 conditions x 2 guidance scales, one trigger.
-    assert len(pooled) == 8
+    # 2 attacks x 2 samplers x 2 conditions x 2 guidance scales, one trigger.
+    assert len(pooled) == 16
     assert set(pooled.attack) == {"patch-p0.1", "clean"}
+    assert set(pooled.x0_clipping) == {"none", "clip_recompute"}
     target = pooled[(pooled.attack == "patch-p0.1") & pooled.is_target]
     assert np.allclose(target.training_share, 20 / (20 + 20))  # 20 poisoned + 20 real sixes
     assert (pooled[pooled.attack == "clean"].training_share == 0).all()
     assert ((pooled.G1 + pooled.G2 + pooled.G3 + pooled.G4) == pooled.n).all()
     # One epoch of judges on 200 images cannot reach the floor: rows must be flagged, not silently reported.
     assert (table.judge_warning.fillna("") != "").all()
+
+
+def test_amplification_vs_ratio_table(tiny_run):
+    summary = tiny_run / "results/summary"
+    by_ratio = pd.read_csv(summary / "amplification_vs_ratio.csv")
+    table = pd.read_csv(summary / "trigger_amplification.csv")
+    # Target class only: (clean p = 0, p = 0.1) x 2 samplers x 2 guidance scales.
+    assert len(by_ratio) == 8
+    assert sorted(by_ratio.poison_ratio.unique()) == [0.0, 0.1]
+    for row in by_ratio.itertuples():
+        pooled = table[(table.seed == "pooled") & table.is_target & (table.poison_ratio == row.poison_ratio)
+                       & (table.x0_clipping == row.x0_clipping) & (table.guidance == row.guidance)].iloc[0]
+        seeds = table[(table.seed != "pooled") & table.is_target & (table.poison_ratio == row.poison_ratio)
+                      & (table.x0_clipping == row.x0_clipping) & (table.guidance == row.guidance)]
+        assert row.trigger_ratio == pytest.approx(pooled.trigger_ratio)
+        assert row.G1_ratio + row.G2_ratio == pytest.approx(row.trigger_ratio)
+        assert row.trigger_ratio_seed_mean == pytest.approx(seeds.trigger_ratio.mean())
+        assert row.num_seeds == len(seeds) == 1
 
 
 def test_defense_tables(tiny_run):
@@ -80,7 +102,9 @@ def test_defense_tables(tiny_run):
 
 def test_replication_table(tiny_run):
     table = pd.read_csv(tiny_run / "results/summary/replication.csv")
-    assert len(table) == 8 and table.tau_calibrated.all() and table.tau.nunique() == 1
+    # 2 models x 2 samplers x 2 conditions x 2 guidance scales.
+    assert len(table) == 16 and table.tau_calibrated.all() and table.tau.nunique() == 1
+    assert set(table.x0_clipping) == {"none", "clip_recompute"}
     assert table.replication_rate.between(0, 1).all()
     assert (table.n_train_poisoned[table.attack == "patch-p0.1"] == 20).all()
     for name in ("replication_similarity.png", "replication_pairs.png"):
@@ -113,8 +137,15 @@ def test_second_run_does_nothing(tiny_run):
 def test_new_guidance_scale_reruns_only_generation_and_after(tiny_run, tmp_path):
     config = write_config(tmp_path / "more_guidance.yaml", generation__guidance_scales=[1, 2, 3])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    # 2 models x 2 conditions get the new scale; nothing upstream of generation reruns.
-    assert jobs == {"generate": 4, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+    # 2 models x 2 samplers x 2 conditions get the new scale; nothing upstream of generation reruns.
+    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+
+
+def test_new_sampler_generates_only_its_own_cells(tiny_run, tmp_path):
+    config = write_config(tmp_path / "third_sampler.yaml", generation__x0_clipping=["none", "clip_recompute", "clip"])
+    jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    # 2 models x 2 conditions x 2 scales under the new sampler; the other samplers' cells are kept.
+    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
@@ -126,7 +157,7 @@ def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
 def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     config = write_config(tmp_path / "longer.yaml", diffusion__training__steps=13)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"train_diffusion": 2, "generate": 8, "measure": 2, "replication": 2, "summarize": 1,
+    assert jobs == {"train_diffusion": 2, "generate": 16, "measure": 2, "replication": 2, "summarize": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
                     "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1, "all": 1}
 
@@ -134,7 +165,7 @@ def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
 def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):
     config = write_config(tmp_path / "fewer_images.yaml", generation__num_images=8)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+    assert jobs == {"generate": 16, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
 
 
 def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
@@ -146,7 +177,7 @@ def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
 
 
 def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
-    cell = tiny_run / "results/tiny/generated/clean/seed0/c6_s2.npy"
+    cell = tiny_run / "results/tiny/generated/clean/seed0/x0-none/c6_s2.npy"
     aside = cell.with_suffix(".aside")
     cell.rename(aside)
     try:

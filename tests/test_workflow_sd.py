@@ -65,7 +65,7 @@ def test_every_stage_of_the_text_to_image_dag(sd_run):
         assert training["finished"] and training["steps"] == 6
         for condition in (2, 0):
             for guidance in ("1", "5"):
-                images = np.load(results / "generated" / attack / "seed0" / f"c{condition}_s{guidance}.npy")
+                images = np.load(results / "generated" / attack / "seed0" / "x0-none" / f"c{condition}_s{guidance}.npy")
                 assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,69 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger
 
 PLACEHOLDER = "CHANGE_ME"
+# The workflow's schema: the one source of every default, including those the trainers' settings classes use.
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+# Our schema keyword for a default that depends on diffusion.kind: ``x-default-by-kind: {ddpm: ..., stable_diffusion:
+# ...}`` in place of ``default``; a kind it leaves out gets no default (the key stays absent).
+DEFAULT_BY_KIND = "x-default-by-kind"
+MODEL_KINDS = ("ddpm", "stable_diffusion")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:
     with open(path) as handle:
         return yaml.safe_load(handle)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_schema() -> dict[str, Any]:
+    if not SCHEMA_FILE.is_file():
+        raise BibaddiffError(f"the config schema {SCHEMA_FILE} is missing; bibaddiff reads its defaults from the "
+                             "schemas/ folder of its source tree (install it with pip install -e)")
+    return load_schema(SCHEMA_FILE)
+
+
+def schema_default(subschema: dict[str, Any], kind: str | None) -> tuple[bool, Any]:
+    """``(True, value)`` when ``subschema`` gives a default for ``kind`` (its ``default``, or its entry for ``kind``
+    under ``x-default-by-kind``), else ``(False, None)``."""
+    if "default" in subschema:
+        return True, copy.deepcopy(subschema["default"])
+    by_kind = subschema.get(DEFAULT_BY_KIND)
+    if isinstance(by_kind, dict) and kind in by_kind:
+        return True, copy.deepcopy(by_kind[kind])
+    return False, None
+
+
+def section_defaults(path: tuple[str, ...], kind: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every default of the schema section at ``path`` (e.g. ``("diffusion", "training")``) for one kind of model."""
+    if kind not in MODEL_KINDS:
+        raise BibaddiffError(f"config key diffusion.kind must be one of {', '.join(MODEL_KINDS)}; got {kind!r}")
+    node = schema if schema is not None else _shipped_schema()
+    for key in path:
+        node = node["properties"][key]
+    defaults = {}
+    for key, subschema in node.get("properties", {}).items():
+        found, value = schema_default(subschema, kind)
+        if found:
+            defaults[key] = value
+    return defaults
+
+
+def training_defaults(kind: str) -> dict[str, Any]:
+    """``diffusion.training``'s defaults for ``kind`` (ddpm or stable_diffusion), read from the schema."""
+    return section_defaults(("diffusion", "training"), kind)
+
+
+def default_x0_clipping() -> dict[str, Any]:
+    """``generation.x0_clipping``'s default per kind of model, read from the schema."""
+    return {kind: section_defaults(("generation",), kind)["x0_clipping"] for kind in MODEL_KINDS}
+
+
+def __getattr__(name: str) -> Any:
+    # DEFAULT_X0_CLIPPING, the kind -> default mode mapping, stays importable; it is read from the schema when asked.
+    if name == "DEFAULT_X0_CLIPPING":
+        return default_x0_clipping()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -39,9 +98,44 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     if diffusion.get("kind") == "stable_diffusion" and diffusion.get("model"):
         raise BibaddiffError("config key diffusion.model: describes the DDPM's UNet; a stable_diffusion model comes "
                              "from diffusion.pretrained, so leave diffusion.model out")
+    check_training_length(diffusion["training"])
     filled = fill_defaults(copy.deepcopy(config), schema)
+    fill_x0_clipping(filled)
     check_experiment(filled)
     return sort_keys(filled)
+
+
+def check_training_length(training: dict[str, Any]) -> None:
+    """Exactly one of ``diffusion.training.steps`` and ``diffusion.training.epochs``."""
+    if "steps" in training and "epochs" in training:
+        raise BibaddiffError("config keys diffusion.training.steps and diffusion.training.epochs: give one of them, "
+                             "not both (epochs sets steps = ceil(epochs * training images / batch_size))")
+    if "steps" not in training and "epochs" not in training:
+        raise BibaddiffError("config key diffusion.training.steps: missing; give diffusion.training.steps (optimiser "
+                             "steps) or diffusion.training.epochs (passes over the training images)")
+
+
+def fill_steps_from_epochs(training: dict[str, Any], num_images: int) -> None:
+    """Replace ``epochs`` by ``steps = ceil(epochs * num_images / batch_size)``, so that the rules (and a dry run)
+    see the number of steps the trainer runs."""
+    if "epochs" not in training:
+        return
+    epochs = training.pop("epochs")
+    training["steps"] = max(1, math.ceil(epochs * num_images / training["batch_size"]))
+
+
+def fill_x0_clipping(config: dict[str, Any]) -> None:
+    """``generation.x0_clipping`` as a list of modes, the kind's default (from the schema) when absent; the first
+    mode is the one that generated training sets and other single-sampler stages use."""
+    kind = config["diffusion"]["kind"]
+    modes = config["generation"].get("x0_clipping")
+    if modes is None:
+        modes = default_x0_clipping()[kind]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if kind == "stable_diffusion" and modes != ["none"]:
+        raise BibaddiffError(f"config key generation.x0_clipping: a stable_diffusion model samples latents, which "
+                             f"only 'none' leaves intact; got {', '.join(modes)}")
+    config["generation"]["x0_clipping"] = modes
 
 
 def placeholder_keys(value: Any, where: str = "") -> list[str]:
@@ -66,21 +160,38 @@ def sort_keys(value: Any) -> Any:
     return value
 
 
-def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
-    """Insert the schema's ``default`` values for absent keys, recursively."""
+def fill_defaults(instance: Any, schema: dict[str, Any], kind: str | None = None) -> Any:
+    """Insert the schema's defaults for absent keys, recursively: ``default``, or for a key whose default depends on
+    the kind of model, its entry for ``kind`` under ``x-default-by-kind``.
+
+    ``kind`` is found from the whole config (``diffusion.kind``, else the schema's default for it) when not given.
+    """
     if not isinstance(instance, dict):
         return instance
+    if kind is None:
+        kind = model_kind(instance, schema)
     for key, subschema in schema.get("properties", {}).items():
-        if key not in instance and "default" in subschema:
-            instance[key] = copy.deepcopy(subschema["default"])
+        if key not in instance:
+            found, value = schema_default(subschema, kind)
+            if found:
+                instance[key] = value
         if key in instance:
-            fill_defaults(instance[key], subschema)
+            fill_defaults(instance[key], subschema, kind)
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key, value in instance.items():
             if key not in schema.get("properties", {}):
-                fill_defaults(value, extra)
+                fill_defaults(value, extra, kind)
     return instance
+
+
+def model_kind(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
+    """``diffusion.kind`` of a whole config, or the schema's default for it; None for anything else."""
+    diffusion = config.get("diffusion")
+    if isinstance(diffusion, dict) and diffusion.get("kind"):
+        return diffusion["kind"]
+    kind_schema = schema.get("properties", {}).get("diffusion", {}).get("properties", {}).get("kind", {})
+    return kind_schema.get("default")
 
 
 def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -131,6 +242,8 @@ def check_experiment(config: dict[str, Any]) -> None:
         if condition == target:
             raise BibaddiffError(f"config key generation.other_conditions: {condition} is the target; list non-target classes only")
     total, outside = int(counts.sum()), int(counts.sum() - counts[target])
+    # Poisoning relabels images in place, so every model trains on as many images as the clean set holds.
+    fill_steps_from_epochs(config["diffusion"]["training"], total)
     for ratio in config["poisoning"]["ratios"]:
         wanted = int(round(ratio * total))
         if wanted > outside:

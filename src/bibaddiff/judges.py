@@ -142,12 +142,17 @@ def stamp_some(triggers: list[Trigger], fraction: float) -> Callable:
     return augment
 
 
-def stamp_half(trigger: Trigger, fraction: float) -> Callable:
-    """Augmentation for the trigger detector: stamp a random ``fraction`` of the batch and label it 1."""
+def stamp_fraction_of_batch(trigger: Trigger, fraction: float) -> Callable:
+    """Augmentation for the trigger detector: stamp a random ``fraction`` of the batch and label it 1.
+
+    The trigger is stamped as ``trigger.apply_for_detector`` draws it: a blend at a strength drawn per image from
+    its ``detector_alpha_range`` (upstream trains its blend detector on a ~ U(0.05, 0.25)), so that faded generated
+    triggers are still caught; every other kind exactly as ``apply`` (WaNet with its one fixed field).
+    """
     def augment(batch: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         chosen = rng.random(len(batch)) < fraction
         batch = batch.copy()
-        batch[chosen] = trigger.apply(batch[chosen])
+        batch[chosen] = trigger.apply_for_detector(batch[chosen], rng)
         return batch, chosen.astype(np.int64)
     return augment
 
@@ -168,7 +173,7 @@ def train_content_judge(train: ImageDataset, heldout: ImageDataset, triggers: li
 def train_trigger_judge(train: ImageDataset, heldout: ImageDataset, trigger: Trigger, settings: JudgeSettings,
                         seed: int, device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
     model = train_judge(train.images, np.zeros(len(train), np.int64), 2, settings, seed,
-                        augment=stamp_half(trigger, settings.stamp_fraction), device=device,
+                        augment=stamp_fraction_of_batch(trigger, settings.stamp_fraction), device=device,
                         desc=f"trigger detector {trigger.name}")
     clean_ok = accuracy(predict(model, heldout.images), np.zeros(len(heldout), np.int64))
     stamped_ok = accuracy(predict(model, trigger.apply(heldout.images)), np.ones(len(heldout), np.int64))

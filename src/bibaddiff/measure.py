@@ -17,7 +17,8 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, conte
                   trigger_judge_dirs: dict[str, str | Path], device: str = "auto") -> list[dict[str, Any]]:
     """One record per (cell, trigger) with G1-G4 counts, the training share and the judges' held-out scores.
 
-    ``cells`` holds dicts with ``condition``, ``guidance`` and ``path`` (a uint8 ``.npy`` of generations).
+    ``cells`` holds dicts with ``x0_clipping`` (the sampler), ``condition``, ``guidance`` and ``path`` (a uint8
+    ``.npy`` of generations).
     The training share counts images flagged ``poisoned`` in ``training_set``: a clean set has none.
     """
     content_model, content_info = load_judge(content_judge_dir, device)
@@ -36,6 +37,7 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, conte
         for name, (detector, detector_info) in detectors.items():
             records.append({
                 "trigger": name,
+                "x0_clipping": cell["x0_clipping"],
                 "condition": condition,
                 "guidance": guidance,
                 **generation_groups(content, predict(detector, images).astype(bool), condition),

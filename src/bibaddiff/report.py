@@ -13,11 +13,11 @@ from PIL import Image
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import GROUPS, pool_counts, summarize_counts
 
-KEYS = ["attack", "trigger", "poison_ratio", "condition", "is_target", "guidance"]
+KEYS = ["attack", "trigger", "poison_ratio", "x0_clipping", "condition", "is_target", "guidance"]
 
 
 def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: float = 0.95) -> pd.DataFrame:
-    """Per-seed rows and a pooled row (seed = "pooled") per attack, trigger, condition and guidance scale."""
+    """Per-seed rows and a pooled row (seed = "pooled") per attack, trigger, sampler, condition and guidance scale."""
     rows = []
     for model in model_metrics:
         for record in model["records"]:
@@ -73,12 +73,13 @@ def plot_trigger_ratio(table: pd.DataFrame, path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(conditions), figsize=(5 * len(conditions), 4), squeeze=False)
     for ax, condition in zip(axes[0], conditions):
         subset = pooled[pooled["condition"] == condition]
-        for index, ((attack, trigger), line) in enumerate(subset.groupby(["attack", "trigger"])):
+        several_samplers = subset.x0_clipping.nunique() > 1
+        for index, ((attack, trigger, sampler), line) in enumerate(subset.groupby(["attack", "trigger", "x0_clipping"])):
             line = line.sort_values("guidance")
             color = f"C{index}"
             errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
             ax.errorbar(line.guidance, line.trigger_ratio, yerr=errors, marker="o", capsize=3, color=color,
-                        label=f"{attack} ({trigger})")
+                        label=f"{attack} ({trigger})" + (f", x0 {sampler}" if several_samplers else ""))
             ax.plot(line.guidance, line.training_share, linestyle="--", color=color, alpha=0.7,
                     label=f"{attack}: training share")
         target = " (target)" if subset.is_target.iloc[0] else ""
@@ -93,16 +94,119 @@ def plot_trigger_ratio(table: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_target_vs_guidance(table: pd.DataFrame, path: str | Path) -> None:
+    """Target-class generations against guidance: trigger ratio (95% intervals), G1, G2 and the content judge's
+    class accuracy (G2 + G4), a line per attack and sampler (x0 clipping mode), pooled over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = _pooled(table)[lambda frame: frame.is_target.astype(bool)]
+    panels = [("trigger_ratio", "trigger ratio (G1 + G2); thick line: training share"), ("G1_ratio", "G1: trigger, wrong content"),
+              ("G2_ratio", "G2: trigger, right content"), ("content_accuracy", "class accuracy (G2 + G4)")]
+    target = target.assign(content_accuracy=target.G2_ratio + target.G4_ratio)
+    samplers = sorted(target.x0_clipping.unique())
+    styles = dict(zip(samplers, ["-", "--", ":", "-."]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    lines = list(target.groupby(["attack", "trigger", "x0_clipping"]))
+    colors = {attack: f"C{k}" for k, attack in enumerate(sorted(target.attack.unique()))}
+    for ax, (column, title) in zip(axes[0], panels):
+        for (attack, trigger, sampler), line in lines:
+            line = line.sort_values("guidance")
+            errors = None
+            if column == "trigger_ratio":
+                errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
+            ax.errorbar(line.guidance, line[column], yerr=errors, marker="o", markersize=4, capsize=2,
+                        color=colors[attack], linestyle=styles[sampler], label=f"{attack} ({trigger}), x0 {sampler}")
+            if column == "trigger_ratio" and attack != "clean":
+                ax.plot(line.guidance, line.training_share, color=colors[attack], alpha=0.4, linewidth=4)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("guidance scale s (paper's w = s - 1)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of target-class generations")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def amplification_vs_ratio(table: pd.DataFrame) -> pd.DataFrame:
+    """Target-class rows per trigger, sampler, guidance scale and poisoning ratio p (the clean control is p = 0):
+    the pooled trigger ratio with its Wilson interval, its mean and spread over training seeds, and its split into
+    G1 and G2, against the training share. Duplicate-poisoning attacks are left out (they have a table of their own).
+    """
+    rows = table[table.is_target.astype(bool) & ~table.attack.astype(str).str.contains("-dup_")]
+    if rows.empty:
+        raise BibaddiffError("no target-class rows to plot against the poisoning ratio")
+    keys = ["trigger", "x0_clipping", "guidance", "poison_ratio"]
+    out = []
+    for key, group in rows.groupby(keys, sort=True):
+        pooled = group[group.seed.astype(str) == "pooled"].iloc[0]
+        per_seed = group[group.seed.astype(str) != "pooled"].trigger_ratio.to_numpy(float)
+        out.append({
+            **dict(zip(keys, key)), "attack": pooled.attack, "num_seeds": len(per_seed), "n": int(pooled.n),
+            "training_share": pooled.training_share,
+            **{name: pooled[name] for name in ("trigger_ratio", "trigger_ratio_low", "trigger_ratio_high")},
+            "trigger_ratio_seed_mean": per_seed.mean(), "trigger_ratio_seed_min": per_seed.min(),
+            "trigger_ratio_seed_max": per_seed.max(),
+            "trigger_ratio_seed_std": per_seed.std(ddof=1) if len(per_seed) > 1 else math.nan,
+            **{name: pooled[name] for name in ("G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
+                                               "G2_ratio_low", "G2_ratio_high", "amplification",
+                                               "amplification_low", "amplification_high", "amplified",
+                                               "judge_warning")},
+        })
+    return pd.DataFrame(out)
+
+
+def plot_amplification_vs_ratio(frame: pd.DataFrame, path: str | Path) -> None:
+    """Per poisoning ratio, the training share beside the generated trigger ratio split into G1 and G2 (pooled
+    over seeds, 95% Wilson interval; dots: single seeds); a row per trigger and sampler, a column per guidance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(frame.groupby(["trigger", "x0_clipping"]))
+    scales = sorted(frame.guidance.unique())
+    fig, axes = plt.subplots(len(rows), len(scales), figsize=(4.2 * len(scales), 3.6 * len(rows)), squeeze=False)
+    for i, ((trigger, sampler), subset) in enumerate(rows):
+        for j, scale in enumerate(scales):
+            ax = axes[i][j]
+            panel = subset[subset.guidance == scale].sort_values("poison_ratio")
+            x = np.arange(len(panel))
+            ax.bar(x - 0.2, panel.training_share.fillna(0), width=0.38, color="#7f7f7f", label="training share")
+            ax.bar(x + 0.2, panel.G1_ratio, width=0.38, color="#d62728", label="generated G1 (wrong content)")
+            ax.bar(x + 0.2, panel.G2_ratio, width=0.38, bottom=panel.G1_ratio, color="#ff7f0e",
+                   label="generated G2 (right content)")
+            ax.errorbar(x + 0.2, panel.trigger_ratio, yerr=[panel.trigger_ratio - panel.trigger_ratio_low,
+                                                             panel.trigger_ratio_high - panel.trigger_ratio],
+                        fmt="none", color="black", capsize=3)
+            ax.scatter(x + 0.2, panel.trigger_ratio_seed_min, marker="_", color="black", s=60)
+            ax.scatter(x + 0.2, panel.trigger_ratio_seed_max, marker="_", color="black", s=60,
+                       label="lowest and highest seed")
+            ax.set_xticks(x, ["clean" if p == 0 else f"{p:g}" for p in panel.poison_ratio])
+            ax.set_xlabel("poisoning ratio p")
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{trigger}, x0 {sampler}, s={scale:g}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[i][0].set_ylabel("share of target-class images with the trigger")
+    axes[0][-1].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_generation_groups(table: pd.DataFrame, path: str | Path) -> None:
     """Stacked G1-G4 shares (pooled over seeds) for each attack, condition and guidance scale."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pooled = _pooled(table).drop_duplicates(["attack", "condition", "guidance", "trigger"])
-    pooled = pooled.sort_values(["is_target", "condition", "attack", "guidance"], ascending=[False, True, True, True])
+    pooled = _pooled(table).drop_duplicates(["attack", "x0_clipping", "condition", "guidance", "trigger"])
+    pooled = pooled.sort_values(["is_target", "condition", "attack", "x0_clipping", "guidance"],
+                                ascending=[False, True, True, True, True])
     labels = [f"{r.attack} c{r.condition} s{r.guidance:g}" + (f" [{r.trigger}]" if pooled.trigger.nunique() > 1 else "")
-              for r in pooled.itertuples()]
+              + (f" x0 {r.x0_clipping}" if pooled.x0_clipping.nunique() > 1 else "") for r in pooled.itertuples()]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(pooled) + 2), 4.5))
     bottom = np.zeros(len(pooled))
     colors = {"G1": "#d62728", "G2": "#ff7f0e", "G3": "#9467bd", "G4": "#2ca02c"}
@@ -298,7 +402,8 @@ def replication_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
     for model in summaries:
         for cell in model["cells"]:
             low, high = cell["replication_rate_ci95"]
-            row = {"attack": model["attack"], "seed": model["seed"], "condition": cell["condition"],
+            row = {"attack": model["attack"], "seed": model["seed"], "x0_clipping": cell["x0_clipping"],
+                   "condition": cell["condition"],
                    "guidance": cell["guidance"], "tau": model["tau"], "tau_calibrated": model["tau_calibrated"],
                    "heldout_replication_rate": model["heldout_replication_rate"],
                    "n": cell["n_generated"], "replication_rate": cell["replication_rate"],
@@ -330,7 +435,8 @@ def plot_replication_similarity(summaries: list[dict[str, Any]], neighbours: lis
         k = next(k for k, cell in enumerate(model["cells"]) if cell["condition"] == target)
         cell = model["cells"][k]
         ax.hist(arrays[f"cell{k}_similarity"], bins=bins, density=True, histtype="step",
-                label=f"{model['attack']} seed {model['seed']} (class {target}, s={cell['guidance']:g})")
+                label=f"{model['attack']} seed {model['seed']} (class {target}, s={cell['guidance']:g}, "
+                      f"x0 {cell['x0_clipping']})")
     ax.axvline(summaries[0]["tau"], color="black", linestyle="--", label=f"tau = {summaries[0]['tau']:.3f}")
     ax.set_xlabel("cosine similarity to the nearest training image")
     ax.set_ylabel("density")
@@ -378,7 +484,7 @@ def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: list[str]) -
     if rows.empty:
         raise BibaddiffError(f"no pooled target-class rows for the duplicate-poisoning attacks {attacks}")
     rows = rows.assign(mode=rows.attack.str.rsplit("dup_", n=1).str[-1])
-    columns = ["mode", "attack", "trigger", "poison_ratio", "guidance", "num_seeds", "n", "trigger_ratio",
+    columns = ["mode", "attack", "trigger", "poison_ratio", "x0_clipping", "guidance", "num_seeds", "n", "trigger_ratio",
                "trigger_ratio_low", "trigger_ratio_high", "G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
                "G2_ratio_low", "G2_ratio_high", "training_share", "amplification", "judge_warning"]
-    return rows[columns].sort_values(["guidance", "mode"]).reset_index(drop=True)
+    return rows[columns].sort_values(["x0_clipping", "guidance", "mode"]).reset_index(drop=True)

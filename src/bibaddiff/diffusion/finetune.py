@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from bibaddiff.diffusion.model import MODEL_INFO_FILE
 from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, load_components
 from bibaddiff.diffusion.train import (STATE_FILE, downsample, matching_state, restore_progress, run_statistics,
-                                      save_training_state, start_training)
+                                      save_training_state, schema_field, start_training)
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import write_json
 
@@ -35,20 +35,21 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 @dataclass
 class FinetuneSettings:
-    steps: int = 2000
-    batch_size: int = 8
-    learning_rate: float = 1e-5
-    warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    ema_decay: float = 0.9999
-    label_dropout: float = 0.0  # share of captions replaced by the empty prompt
-    checkpoint_every: int = 500
-    mixed_precision: str = "bf16"
-    finetune: str = "full"
-    lora_rank: int = 4
-    lora_alpha: float | None = None
-    gradient_checkpointing: bool = False
-    max_grad_norm: float = 1.0
+    # Defaults: the schema's for kind stable_diffusion (diffusion.training), read when an instance is made.
+    steps: int | None = None  # required by check(): the schema has no default for it
+    batch_size: int = schema_field("stable_diffusion", "batch_size")
+    learning_rate: float = schema_field("stable_diffusion", "learning_rate")
+    warmup_steps: int = schema_field("stable_diffusion", "warmup_steps")
+    weight_decay: float = schema_field("stable_diffusion", "weight_decay")
+    ema_decay: float = schema_field("stable_diffusion", "ema_decay")
+    label_dropout: float = schema_field("stable_diffusion", "label_dropout")  # share of captions replaced by ""
+    checkpoint_every: int = schema_field("stable_diffusion", "checkpoint_every")
+    mixed_precision: str = schema_field("stable_diffusion", "mixed_precision")
+    finetune: str = schema_field("stable_diffusion", "finetune")
+    lora_rank: int = schema_field("stable_diffusion", "lora_rank")
+    lora_alpha: float | None = schema_field("stable_diffusion", "lora_alpha")
+    gradient_checkpointing: bool = schema_field("stable_diffusion", "gradient_checkpointing")
+    max_grad_norm: float = 1.0  # not a config key: gradient-norm clipping, as the DDPM trainer's fixed 1.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "FinetuneSettings":
@@ -58,6 +59,8 @@ class FinetuneSettings:
         return settings
 
     def check(self) -> None:
+        if self.steps is None:
+            raise BibaddiffError("diffusion.training.steps is missing; give the number of optimiser steps")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise BibaddiffError("diffusion.training.steps, batch_size and checkpoint_every must be at least 1")
         if self.finetune not in FINETUNE_METHODS:

@@ -113,11 +113,16 @@ class DiffusionModel:
         self.decode = decode or to_uint8
 
     def generate(self, condition: int, guidance_scale: float, num_images: int, num_inference_steps: int, seed: int,
-                 batch_size: int) -> np.ndarray:
+                 batch_size: int, *, x0_clipping: str) -> np.ndarray:
         from bibaddiff.diffusion.sampling import generate_images
 
+        if self.kind == "stable_diffusion" and x0_clipping != "none":
+            # Latents are not bounded by [-1, 1]; clipping them would destroy the images.
+            raise BibaddiffError(f"generation.x0_clipping: a stable_diffusion model samples latents, which only "
+                                 f"'none' leaves intact; got {x0_clipping!r}")
         return generate_images(self.denoiser, self.scheduler, self.info.null_class, condition, guidance_scale,
-                               num_images, num_inference_steps, seed, batch_size, self.sample_shape, self.decode)
+                               num_images, num_inference_steps, seed, batch_size, self.sample_shape, self.decode,
+                               x0_clipping=x0_clipping)
 
 
 def load_diffusion_model(directory: str | Path, device: torch.device | str = "cpu") -> DiffusionModel:

@@ -33,19 +33,30 @@ log = logging.getLogger(__name__)
 STATE_FILE = "checkpoint.pt"
 
 
+def schema_field(kind: str, key: str) -> Any:
+    """A dataclass field whose default is ``diffusion.training.<key>``'s schema default for ``kind``, read when an
+    instance is made: the schema stays the one source of the trainers' defaults."""
+    def default() -> Any:
+        from bibaddiff.config import training_defaults
+
+        return training_defaults(kind)[key]
+
+    return field(default_factory=default)
+
+
 @dataclass
 class TrainSettings:
-    steps: int = 4000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    ema_decay: float = 0.998
-    label_dropout: float = 0.15
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    checkpoint_every: int = 500
-    mixed_precision: str = "bf16"
+    steps: int | None = None  # required by check(): the schema has no default for it
+    batch_size: int = schema_field("ddpm", "batch_size")
+    learning_rate: float = schema_field("ddpm", "learning_rate")
+    warmup_steps: int = schema_field("ddpm", "warmup_steps")
+    weight_decay: float = schema_field("ddpm", "weight_decay")
+    ema_decay: float = schema_field("ddpm", "ema_decay")
+    label_dropout: float = schema_field("ddpm", "label_dropout")
+    num_train_timesteps: int = schema_field("ddpm", "num_train_timesteps")
+    beta_schedule: str = schema_field("ddpm", "beta_schedule")
+    checkpoint_every: int = schema_field("ddpm", "checkpoint_every")
+    mixed_precision: str = schema_field("ddpm", "mixed_precision")
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -56,6 +67,8 @@ class TrainSettings:
         return settings
 
     def check(self) -> None:
+        if self.steps is None:
+            raise BibaddiffError("diffusion.training.steps is missing; give the number of optimiser steps")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise BibaddiffError("diffusion.training.steps, batch_size and checkpoint_every must be at least 1")
         if not 0.0 <= self.label_dropout < 1.0:
