@@ -80,6 +80,15 @@ def measured_triggers(attack):
     return list(config["triggers"]) if trigger is None else [trigger]
 
 
+# The relabel-only control changes no pixel: it has no trigger detector and no trigger to test a defence with.
+PIXEL_TRIGGERS = [name for name, spec in config["triggers"].items() if spec["type"] != "relabel"]
+
+
+def detected_triggers(attack):
+    """The measured triggers that a trigger detector looks for."""
+    return [trigger for trigger in measured_triggers(attack) if trigger in PIXEL_TRIGGERS]
+
+
 def clean_split(split):
     return f"{RESULTS}/data/clean/{split}"
 
@@ -169,7 +178,7 @@ def cells_of_model(wildcards):
 
 
 def trigger_judges_of_model(wildcards):
-    return {trigger: trigger_judge(trigger) for trigger in measured_triggers(wildcards.attack)}
+    return {trigger: trigger_judge(trigger) for trigger in detected_triggers(wildcards.attack)}
 
 
 def all_metrics():
@@ -188,8 +197,10 @@ def all_cells():
     return [cell for attack in ATTACKS for seed in training_seeds(attack) for cell in cells_of(attack, seed)]
 
 
-# The defences are studied on the plain attacks; the duplicate-poisoning pair is for replication only.
-POISONED_ATTACKS = [attack for attack in ATTACKS if attack != "clean" and not ATTACKS[attack].get("duplicates")]
+# The defences are studied on the plain attacks with a trigger; the duplicate-poisoning pair is for replication
+# only, and the relabel-only control for the attack side only.
+POISONED_ATTACKS = [attack for attack in ATTACKS if attack != "clean" and not ATTACKS[attack].get("duplicates")
+                    and ATTACKS[attack]["trigger"] in PIXEL_TRIGGERS]
 DEFENSES = config["defenses"]
 
 

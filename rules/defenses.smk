@@ -35,7 +35,7 @@ rule train_defense_classifier:
         classifier=directory(defense_classifier()),
     params:
         settings=JUDGE_SETTINGS,
-        triggers=lambda wc: {t: config["triggers"][t] for t in measured_triggers(wc.attack)},
+        triggers=lambda wc: {t: config["triggers"][t] for t in detected_triggers(wc.attack)},
         target=TARGET,
         device=config["device"],
     threads: DEFENSES["threads"]
@@ -83,7 +83,7 @@ rule diffusion_classifier:
         result=diffusion_classifier_file(),
     params:
         settings=DEFENSES["diffusion_classifier"],
-        triggers=lambda wc: {t: config["triggers"][t] for t in measured_triggers(wc.attack)},
+        triggers=lambda wc: {t: config["triggers"][t] for t in detected_triggers(wc.attack)},
         target=TARGET,
         seed=config["judges"]["seed"],
         device=config["device"],

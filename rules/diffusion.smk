@@ -97,7 +97,8 @@ rule measure:
         metrics=metrics_file(),
     params:
         cells=model_cells,
-        triggers=lambda wc: list(trigger_judges_of_model(wc)),
+        triggers=lambda wc: measured_triggers(wc.attack),
+        detected_triggers=lambda wc: detected_triggers(wc.attack),
         target=TARGET,
         ratio=lambda wc: ATTACKS[wc.attack]["ratio"],
         device=config["device"],

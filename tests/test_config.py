@@ -494,3 +494,13 @@ def test_bad_epochs(epochs):
     del config["diffusion"]["training"]["steps"]
     config["diffusion"]["training"]["epochs"] = epochs
     assert "diffusion.training.epochs" in error_of(config)
+
+
+def test_defenses_need_a_trigger_that_changes_pixels():
+    config = tiny()
+    config["triggers"] = {"relabel": {"type": "relabel"}}
+    config["defenses"] = {"enabled": True}
+    message = error_of(config)
+    assert "defenses.enabled" in message and "relabel" in message
+    config["defenses"] = {"enabled": False}
+    validate_config(config, schema())

@@ -286,3 +286,25 @@ def test_config_errors_stop_before_any_job_with_one_line(change, expected, tmp_p
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "work" / "results").exists()
+
+
+def test_relabel_only_control_is_judged_for_content_only(tmp_path):
+    config = write_config(tmp_path / "relabel.yaml", triggers={"patch": {"type": "patch", "pattern": "white", "size": 2},
+                                                              "relabel": {"type": "relabel"}},
+                          generation__x0_clipping="none", generation__guidance_scales=[1],
+                          generation__other_conditions=[], defenses__enabled=False, replication__enabled=False)
+    workdir = tmp_path / "work"
+    snakemake(workdir, configfile=config)
+    table = pd.read_csv(workdir / "results/summary/trigger_amplification.csv")
+    relabel = table[table.trigger == "relabel"]
+    assert set(relabel.attack) == {"relabel-p0.1", "clean"}
+    # No pixel carries a relabelling: its trigger columns are empty, not zero; G1 is the wrong-content share.
+    for column in ("trigger_ratio", "trigger_ratio_low", "amplification", "amplified", "G2", "G3"):
+        assert relabel[column].isna().all(), column
+    assert (relabel.G1 + relabel.G4 == relabel.n).all()
+    assert np.allclose(relabel.G1_ratio, relabel.mismatch_ratio)
+    assert np.allclose(relabel[relabel.attack == "relabel-p0.1"].training_share, 20 / 40)  # 20 relabelled + 20 sixes
+    patch = table[table.trigger == "patch"]
+    assert patch.trigger_ratio.notna().all()
+    assert not (workdir / "results/tiny/judges/trigger-relabel").exists()
+    assert (workdir / "results/tiny/judges/trigger-patch").is_dir()

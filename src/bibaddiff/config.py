@@ -256,6 +256,9 @@ def check_experiment(config: dict[str, Any]) -> None:
     channels = 1 if digits_gray or dataset.get("grayscale") else 3
     for name, spec in config["triggers"].items():
         build_trigger(name, spec, dataset["image_size"], channels)
+    if config.get("defenses", {}).get("enabled") and all(s["type"] == "relabel" for s in config["triggers"].values()):
+        raise BibaddiffError("config key defenses.enabled: the defences test a trigger, and every trigger here is type "
+                             "relabel (no pixel change); add a trigger of another type or set defenses.enabled false")
     if dataset.get("captions") and dataset["source"] != "imagefolder":
         raise BibaddiffError(f"config key dataset.captions: per-image captions need source imagefolder; got {dataset['source']}")
     if dataset.get("captions") and not Path(dataset["captions"]).expanduser().is_file():

@@ -14,15 +14,19 @@ from bibaddiff.metrics import generation_groups, training_share
 
 
 def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, content_judge_dir: str | Path,
-                  trigger_judge_dirs: dict[str, str | Path], device: str = "auto") -> list[dict[str, Any]]:
+                  trigger_judge_dirs: dict[str, str | Path | None], device: str = "auto") -> list[dict[str, Any]]:
     """One record per (cell, trigger) with G1-G4 counts, the training share and the judges' held-out scores.
 
     ``cells`` holds dicts with ``x0_clipping`` (the sampler), ``condition``, ``guidance`` and ``path`` (a uint8
     ``.npy`` of generations).
     The training share counts images flagged ``poisoned`` in ``training_set``: a clean set has none.
+
+    A trigger whose judge is None (the relabel-only control, which changes no pixel) is judged for content only:
+    its record has ``trigger_judged`` False, G1 counts the generations with wrong content, G4 those with the
+    right content, and G2 = G3 = 0; the summary leaves its trigger columns empty.
     """
     content_model, content_info = load_judge(content_judge_dir, device)
-    detectors = {name: load_judge(path, device) for name, path in trigger_judge_dirs.items()}
+    detectors = {name: None if path is None else load_judge(path, device) for name, path in trigger_judge_dirs.items()}
     records = []
     for cell in cells:
         path = Path(cell["path"])
@@ -34,16 +38,25 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, conte
         condition, guidance = int(cell["condition"]), float(cell["guidance"])
         content = predict(content_model, images)
         triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
-        for name, (detector, detector_info) in detectors.items():
+        for name, judge in detectors.items():
+            if judge is None:
+                right = int(np.sum(content == condition))
+                groups = {"G1": len(content) - right, "G2": 0, "G3": 0, "G4": right}
+                detector_accuracy = None
+            else:
+                detector, detector_info = judge
+                groups = generation_groups(content, predict(detector, images).astype(bool), condition)
+                detector_accuracy = detector_info["metrics"]["heldout_accuracy"]
             records.append({
                 "trigger": name,
+                "trigger_judged": judge is not None,
                 "x0_clipping": cell["x0_clipping"],
                 "condition": condition,
                 "guidance": guidance,
-                **generation_groups(content, predict(detector, images).astype(bool), condition),
+                **groups,
                 "training_triggered": triggered,
                 "training_total": total,
                 "content_judge_accuracy": content_info["metrics"]["heldout_accuracy"],
-                "detector_accuracy": detector_info["metrics"]["heldout_accuracy"],
+                "detector_accuracy": detector_accuracy,
             })
     return records

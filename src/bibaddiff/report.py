@@ -14,6 +14,11 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import GROUPS, pool_counts, summarize_counts
 
 KEYS = ["attack", "trigger", "poison_ratio", "x0_clipping", "condition", "is_target", "guidance"]
+# Left empty for a trigger judged for content only (the relabel-only control changes no pixel, so nothing in a
+# generation can carry it); its G1 is the generations with wrong content, its G4 those with the right content.
+TRIGGER_COLUMNS = ["trigger_ratio", "trigger_ratio_low", "trigger_ratio_high", "amplification", "amplification_low",
+                   "amplification_high", "amplified", "G2", "G2_ratio", "G2_ratio_low", "G2_ratio_high", "G3", "G3_ratio",
+                   "G3_ratio_low", "G3_ratio_high"]
 
 
 def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: float = 0.95) -> pd.DataFrame:
@@ -23,11 +28,12 @@ def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: flo
         for record in model["records"]:
             rows.append({
                 "attack": model["attack"], "poison_ratio": float(model["poison_ratio"]), "seed": str(model["seed"]),
-                "is_target": record["condition"] == model["target"], **record,
+                "is_target": record["condition"] == model["target"], "trigger_judged": True, **record,
             })
     if not rows:
         raise BibaddiffError("no metric records to summarise")
     raw = pd.DataFrame(rows)
+    raw["detector_accuracy"] = pd.to_numeric(raw["detector_accuracy"])
     table = []
     for key, group in raw.groupby(KEYS, sort=True):
         shares = group[["training_triggered", "training_total"]].drop_duplicates()
@@ -35,13 +41,19 @@ def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: flo
             raise BibaddiffError(f"seeds of {dict(zip(KEYS, key))} were trained on different datasets")
         triggered, total = (int(v) for v in shares.iloc[0])
         judges = {"content_judge_accuracy": group["content_judge_accuracy"].min(),
-                  "detector_accuracy": group["detector_accuracy"].min()}
+                  "detector_accuracy": group["detector_accuracy"].min(),
+                  "trigger_judged": bool(group["trigger_judged"].all())}
         for _, record in group.iterrows():
             table.append({**dict(zip(KEYS, key)), "seed": record["seed"], **judges,
                           **summarize_counts(record[list(GROUPS)].to_dict(), triggered, total)})
         table.append({**dict(zip(KEYS, key)), "seed": "pooled", "num_seeds": len(group), **judges,
                       **summarize_counts(pool_counts(group.to_dict("records")), triggered, total)})
     frame = pd.DataFrame(table)
+    content_only = ~frame.trigger_judged.astype(bool)
+    if content_only.any():
+        frame["amplified"] = frame["amplified"].astype(object)
+        frame.loc[content_only, "amplified"] = None
+        frame.loc[content_only, [c for c in TRIGGER_COLUMNS if c != "amplified"]] = np.nan
     frame["judge_warning"] = [_judge_warning(row, accuracy_floor) for row in frame.itertuples()]
     first = KEYS + ["seed", "num_seeds", "n", "trigger_ratio", "trigger_ratio_low", "trigger_ratio_high",
                     "training_share", "amplification", "amplification_low", "amplification_high", "amplified",
