@@ -204,6 +204,11 @@ POISONED_ATTACKS = [attack for attack in ATTACKS if attack != "clean" and not AT
 DEFENSES = config["defenses"]
 
 
+def generated_set_balance(wildcards):
+    """The training set whose class counts a generated set copies: the clean one (as upstream) or the poisoned one."""
+    return clean_split("train") if DEFENSES["generated_set_balance"] == "clean" else training_data_of(wildcards.attack)
+
+
 def generated_set(attack="{attack}", seed="{seed}"):
     return f"{RESULTS}/defenses/generated_sets/{attack}/seed{seed}"
 

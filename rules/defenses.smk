@@ -5,12 +5,13 @@
 rule generate_training_set:
     input:
         model=model_dir(),
-        train=training_data,
+        balance=generated_set_balance,
         trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
     output:
         dataset=directory(generated_set()),
     params:
         guidance=DEFENSES["generated_set_guidance"],
+        balance=DEFENSES["generated_set_balance"],
         sampling={k: config["generation"][k] for k in ("ddim_steps", "seed", "batch_size")},
         x0_clipping=SAMPLERS[0],
         device=config["device"],

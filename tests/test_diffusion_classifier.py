@@ -186,3 +186,55 @@ def test_rejects_non_epsilon_scheduler(tiny_unet, images):
     v_scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     with pytest.raises(BibaddiffError, match="v_prediction"):
         diffusion_classify(tiny_unet, v_scheduler, images, CLASSES, 1, [0.0])
+
+
+# ------------------------------------------------------------------------- the paper's weighting and fresh draws
+
+
+def test_fresh_draws_differ_between_images_and_are_shared_by_classes(tiny_unet, scheduler, images):
+    recorder = Recorder(tiny_unet)
+    class_denoising_errors(recorder, scheduler, images, CLASSES, num_draws=3, p_filters=[0.0], seed=0, batch_size=5,
+                           fresh_draws=True)
+    timesteps = torch.cat([c[1] for c in recorder.calls])
+    labels = torch.cat([c[2] for c in recorder.calls])
+    for c in range(1, CLASSES):
+        assert torch.equal(timesteps[labels == c], timesteps[labels == 0])
+    per_draw = timesteps[labels == 0].view(3, len(images))
+    assert not torch.all(per_draw == per_draw[:, :1])  # each image has draws of its own
+
+
+def test_fresh_draws_are_reproducible_and_independent_of_batch_size(tiny_unet, scheduler, images):
+    def run(batch_size, weighting="edm"):
+        return class_denoising_errors(tiny_unet, scheduler, images, CLASSES, num_draws=3, p_filters=[0.0], seed=4,
+                                      batch_size=batch_size, fresh_draws=True, weighting=weighting)[0.0]
+
+    np.testing.assert_allclose(run(64), run(7), rtol=1e-5)
+    assert not np.allclose(run(64), run(64, "uniform"))
+
+
+def test_edm_noise_levels_follow_the_log_normal_and_weight_the_x0_error():
+    from bibaddiff.defenses.diffusion_classifier import noise_levels
+
+    scheduler = build_scheduler()
+    timesteps, weights = noise_levels(scheduler, 20000, "edm", (0, 1000), torch.Generator().manual_seed(0))
+    abar = scheduler.alphas_cumprod[timesteps].double()
+    sigma = ((1 - abar) / abar).sqrt()
+    # log sigma of the chosen timesteps: EDM's P_mean -1.2 and P_std 1.2 (the schedule covers that range).
+    assert sigma.log().mean().item() == pytest.approx(-1.2, abs=0.05)
+    assert sigma.log().std().item() == pytest.approx(1.2, abs=0.05)
+    # lambda(sigma) sigma^2 = (sigma^2 + 0.25) / 0.25: the weight of the squared noise error.
+    torch.testing.assert_close(weights, 1 + sigma ** 2 / 0.25)
+    uniform_t, uniform_w = noise_levels(scheduler, 50, "uniform", (10, 20), torch.Generator().manual_seed(0))
+    assert uniform_t.min() >= 10 and uniform_t.max() < 20 and torch.all(uniform_w == 1)
+    with pytest.raises(BibaddiffError, match="weighting must be one of uniform, edm; got 'karras'"):
+        noise_levels(scheduler, 1, "karras", (0, 1000), torch.Generator())
+
+
+def test_weighted_mean_of_a_constant_error_is_that_error(scheduler):
+    """Weights are normalised per image: an error that is the same at every noise level stays what it is."""
+    fake, images = _built_case(scheduler)
+    for weighting in ("uniform", "edm"):
+        errors = class_denoising_errors(fake, scheduler, images, 3, num_draws=5, p_filters=[0.0], seed=1,
+                                        weighting=weighting, fresh_draws=True)[0.0]
+        np.testing.assert_allclose(errors[:, 1], 0.25, rtol=1e-6)  # 0.5 everywhere, squared
+        np.testing.assert_allclose(errors[:, 2], 9.0, rtol=1e-6)

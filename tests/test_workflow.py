@@ -94,8 +94,11 @@ def test_defense_tables(tiny_run):
     # 2 models x 2 p_filters, plus the standard classifier trained on the poisoned set.
     assert by_method == {"diffusion classifier": 4, "standard classifier (poisoned set)": 1}
     generated = read_dataset(tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0")
-    poisoned = read_dataset(tiny_run / "results/tiny/data/patch-p0.1/train")
-    assert np.array_equal(np.bincount(generated.labels, minlength=10), np.bincount(poisoned.labels, minlength=10))
+    clean = read_dataset(tiny_run / "results/tiny/data/clean/train")
+    # The clean training set's balance, as upstream: one generation per clean training image.
+    assert np.array_equal(np.bincount(generated.labels, minlength=10), np.bincount(clean.labels, minlength=10))
+    assert json.loads((tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0/manifest.json").read_text()
+                      )["config"]["balance"] == "clean"
     for name in ("detection_auroc.png", "defense_train_on_generated.png", "diffusion_classifier_asr.png"):
         assert (summary / name).stat().st_size > 0
 

@@ -25,7 +25,9 @@ def main(snakemake):
     started = time.perf_counter()
     predictions = diffusion_classify(model.denoiser, model.scheduler, np.concatenate(images), model.info.num_classes,
                                      s["num_draws"], s["p_filters"], (s["t_min"], s["t_max"]), p.seed, s["batch_size"],
-                                     encode=None if model.kind == "ddpm" else model.encode)
+                                     encode=None if model.kind == "ddpm" else model.encode, weighting=s["weighting"],
+                                     fresh_draws=s["fresh_draws"],
+                                     **{k: s[k] for k in ("p_mean", "p_std", "sigma_data")})
     seconds = time.perf_counter() - started
     rows = []
     for p_filter, predicted in predictions.items():

@@ -9,6 +9,19 @@ prediction then does not depend on which other images are classified with it.
 p_filter discards the largest p_filter share of the pixel-wise squared errors of each (image, draw, class) before
 averaging. A trigger is a few pixels that the target condition denoises unusually well or badly; dropping the
 worst pixels stops them from deciding the class (the paper's robust diffusion classifier).
+
+Two weightings of the draws:
+
+- ``uniform``: timesteps uniform in [t_min, t_max), every draw weighted 1 (the noise-prediction error as trained).
+- ``edm``: the paper's (EDM, Karras et al. 2022, as upstream's ``edm/pred.py`` uses it): noise levels
+  sigma ~ log-normal(P_mean, P_std), and the x0 error weighted by lambda(sigma) = (sigma^2 + sigma_d^2) /
+  (sigma sigma_d)^2. On our DDPM, x_t / sqrt(abar_t) = x0 + sigma_t eps with sigma_t = sqrt((1 - abar_t) / abar_t),
+  so each sigma maps to the timestep whose sigma_t is nearest, and the x0 error of an epsilon model is
+  sigma_t^2 (eps_theta - eps)^2: the weighted x0 error is (1 + sigma_t^2 / sigma_d^2) times the squared noise error.
+  A positive factor per draw leaves p_filter's choice of pixels unchanged; it weights the draws against each other.
+
+With ``fresh_draws`` every image gets draws of its own (the paper's: 100 per image) instead of draws shared by all
+images; every class of one image still sees the same draws.
 """
 
 from __future__ import annotations
@@ -23,7 +36,11 @@ from tqdm.auto import tqdm
 from bibaddiff.diffusion.sampling import to_model_space
 from bibaddiff.errors import BibaddiffError
 
-__all__ = ["diffusion_classify", "class_denoising_errors", "draw_timesteps_and_noise"]
+__all__ = ["diffusion_classify", "class_denoising_errors", "draw_timesteps_and_noise", "noise_levels",
+           "WEIGHTINGS"]
+WEIGHTINGS = ("uniform", "edm")
+# EDM's training distribution of noise levels and its data standard deviation (Karras et al. 2022, Table 1).
+EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA = -1.2, 1.2, 0.5
 
 
 def _check_p_filters(p_filters: Sequence[float]) -> list[float]:
@@ -68,11 +85,33 @@ def draw_timesteps_and_noise(num_draws: int, image_shape: tuple[int, int, int], 
     return timesteps, noise
 
 
+def noise_levels(scheduler: Any, count: int, weighting: str, t_range: tuple[int, int], generator: torch.Generator,
+                 p_mean: float = EDM_P_MEAN, p_std: float = EDM_P_STD,
+                 sigma_data: float = EDM_SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` timesteps and the weight of each draw's squared noise error, under ``weighting`` (see the module
+    docstring); edm's sigmas map to the nearest timestep's sigma_t within ``t_range``."""
+    if weighting not in WEIGHTINGS:
+        raise BibaddiffError(f"defenses.diffusion_classifier.weighting must be one of {', '.join(WEIGHTINGS)}; "
+                             f"got {weighting!r}")
+    t_min, t_max = t_range
+    if weighting == "uniform":
+        return torch.randint(int(t_min), int(t_max), (count,), generator=generator), torch.ones(count, dtype=torch.float64)
+    if not sigma_data > 0 or not p_std > 0:
+        raise BibaddiffError(f"defenses.diffusion_classifier: sigma_data and p_std must be positive; got "
+                             f"{sigma_data}, {p_std}")
+    abar = scheduler.alphas_cumprod[t_min:t_max].double()
+    sigmas = ((1 - abar) / abar).sqrt()
+    wanted = (p_mean + p_std * torch.randn(count, generator=generator, dtype=torch.float64)).exp()
+    nearest = (sigmas[None, :] - wanted[:, None]).abs().argmin(1)
+    return nearest + t_min, 1.0 + sigmas[nearest] ** 2 / sigma_data ** 2
+
+
 @torch.no_grad()
 def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, num_classes: int, num_draws: int,
                            p_filters: Sequence[float], t_range: tuple[int, int] | None = None, seed: int = 0,
                            batch_size: int = 256,
-                           encode: Callable[[np.ndarray], torch.Tensor] | None = None) -> dict[float, np.ndarray]:
+                           encode: Callable[[np.ndarray], torch.Tensor] | None = None, weighting: str = "uniform",
+                           fresh_draws: bool = False, **edm: float) -> dict[float, np.ndarray]:
     """Mean filtered denoising error of every image under every class condition, for each p_filter:
     ``{p_filter: array (N, num_classes)}``.
 
@@ -80,6 +119,8 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
     several costs the same as one. ``t_range`` defaults to all training timesteps. Work items (draw, image, class)
     go through the UNet ``batch_size`` at a time. A latent model passes ``encode`` (uint8 images to its latents,
     called ``batch_size`` images at a time); the errors are then measured on latents, as the model denoises them.
+    ``weighting`` and ``fresh_draws`` are described in the module docstring; ``edm`` takes ``p_mean``, ``p_std`` and
+    ``sigma_data``. The result is the weighted mean over draws.
     """
     p_filters = _check_p_filters(p_filters)
     num_classes = _check_int("num_classes", num_classes, 2)
@@ -111,8 +152,14 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
     else:
         clean = torch.cat([encode(images[start:start + batch_size]).float().cpu()
                            for start in range(0, len(images), batch_size)])
-    timesteps, noise = draw_timesteps_and_noise(num_draws, clean.shape[1:], (t_min, t_max), seed)
     n, pixels = len(images), int(np.prod(clean.shape[1:]))
+    # Draws are indexed (draw, image); shared draws repeat one row for every image.
+    generator = torch.Generator().manual_seed(seed)
+    per_draw = n if fresh_draws else 1
+    timesteps, weights = noise_levels(scheduler, num_draws * per_draw, weighting, (t_min, t_max), generator, **edm)
+    timesteps, weights = timesteps.view(num_draws, per_draw), weights.view(num_draws, per_draw).numpy()
+    noise = torch.randn((num_draws, per_draw, *clean.shape[1:]), generator=generator)
+    weight_sums = weights.sum(0) if fresh_draws else np.full(n, weights.sum())
     # floor(p * P) pixels dropped leaves at least one, since p < 1.
     kept = {p: pixels - int(math.floor(p * pixels)) for p in p_filters}
     needs_sort = any(k < pixels for k in kept.values())
@@ -123,8 +170,9 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
     for start in tqdm(range(0, num_items, batch_size), desc="diffusion classifier", unit="batch"):
         item = torch.arange(start, min(num_items, start + batch_size))
         draw, image, label = item // (n * num_classes), (item // num_classes) % n, item % num_classes
-        eps = noise[draw].to(device)
-        t = timesteps[draw].to(device)
+        column = image if fresh_draws else torch.zeros_like(image)
+        eps = noise[draw, column].to(device)
+        t = timesteps[draw, column].to(device)
         noisy = scheduler.add_noise(clean[image].to(device), eps, t)
         # Full precision on purpose: the class decision compares errors that can differ in the third digit.
         predicted = unet(noisy, t, class_labels=label.to(device)).sample.float()
@@ -133,18 +181,21 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
         running = torch.sort(errors, dim=1).values.cumsum(1).cpu().numpy() if needs_sort else None
         full_mean = errors.mean(1).cpu().numpy()
         rows, cols = image.numpy(), label.numpy()
+        weight = weights[draw.numpy(), column.numpy()]
         for p, keep in kept.items():
             value = full_mean if keep == pixels else running[:, keep - 1] / keep
-            np.add.at(totals[p], (rows, cols), value)
-    return {p: total / num_draws for p, total in totals.items()}
+            np.add.at(totals[p], (rows, cols), weight * value)
+    return {p: total / weight_sums[:, None] for p, total in totals.items()}
 
 
 def diffusion_classify(unet: Any, scheduler: Any, images_uint8: np.ndarray, num_classes: int, num_draws: int,
                        p_filters: Sequence[float], t_range: tuple[int, int] | None = None, seed: int = 0,
                        batch_size: int = 256,
-                       encode: Callable[[np.ndarray], torch.Tensor] | None = None) -> dict[float, np.ndarray]:
+                       encode: Callable[[np.ndarray], torch.Tensor] | None = None, weighting: str = "uniform",
+                       fresh_draws: bool = False, **edm: float) -> dict[float, np.ndarray]:
     """Predicted class of each image for each p_filter: ``{p_filter: int64 array (N,)}``, the argmin over classes
     of :func:`class_denoising_errors` (ties go to the lower class index)."""
     errors = class_denoising_errors(unet, scheduler, images_uint8, num_classes, num_draws, p_filters,
-                                    t_range=t_range, seed=seed, batch_size=batch_size, encode=encode)
+                                    t_range=t_range, seed=seed, batch_size=batch_size, encode=encode,
+                                    weighting=weighting, fresh_draws=fresh_draws, **edm)
     return {p: np.argmin(error, axis=1).astype(np.int64) for p, error in errors.items()}
