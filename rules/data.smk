@@ -42,6 +42,8 @@ rule poison:
 rule poison_duplicates:
     input:
         train=clean_split("train"),
+        heldout=clean_split("heldout"),
+        judge=replication_judge,
     output:
         train=directory(f"{RESULTS}/data/{{attack}}/train"),
     wildcard_constraints:
@@ -51,7 +53,12 @@ rule poison_duplicates:
         trigger=lambda wc: config["triggers"][ATTACKS[wc.attack]["trigger"]],
         mode=lambda wc: ATTACKS[wc.attack]["duplicates"],
         duplicates=DUPLICATES,
+        # The natural design finds duplicates with the replication embedder and threshold.
+        embedder=REPLICATION["embedder"],
+        tau=REPLICATION["tau"],
+        tau_quantile=REPLICATION["tau_quantile"],
         target=TARGET,
+        device=config["device"],
     threads: 1
     log:
         log_file("poison_duplicates", "{attack}"),

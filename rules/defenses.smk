@@ -55,6 +55,7 @@ rule train_defense_classifier:
 rule detect_poison:
     input:
         unpack(detection_inputs),
+        heldout=clean_split("heldout"),
     output:
         detection=detection_file(),
     params:

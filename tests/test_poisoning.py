@@ -200,3 +200,39 @@ def test_written_poisoned_dataset_differs_for_different_seeds(tmp_path):
     assert on_disk["poisoning"]["indices"] == i2.tolist()
     assert on_disk["num_poisoned"] == 6
     assert on_disk["poisoned_per_class"] == [0, 6, 0]
+
+
+# ------------------------------------------------------------------------------ upstream's duplicate poisoning
+
+
+def test_most_duplicated_takes_the_largest_groups_first_and_skips_the_target():
+    from bibaddiff.poisoning import most_duplicated
+
+    labels = np.array([0, 1, 6, 2, 3, 4, 5, 0, 1, 2])
+    groups = [[0, 1], [2, 3, 4], [5, 6, 7, 8]]
+    # Largest group first (5, 6, 7, 8), then (2, 3, 4) without the target image 2, then (0, 1).
+    assert most_duplicated(groups, labels, target=6, top_k=6).tolist() == [5, 6, 7, 8, 3, 4]
+    assert most_duplicated(groups, labels, target=6, top_k=2).tolist() == [5, 6]
+    assert most_duplicated([], labels, target=6, top_k=3).tolist() == []
+    with pytest.raises(BibaddiffError, match="top_k must be a positive integer"):
+        most_duplicated(groups, labels, 6, 0)
+
+
+def test_duplicates_replace_random_picks_at_the_same_ratio():
+    from bibaddiff.poisoning import poison_with_duplicates
+
+    dataset = small_dataset()
+    trigger = checker()
+    target = 0
+    duplicated = np.flatnonzero(dataset.labels != target)[:4]
+    random, random_indices = poison_with_duplicates(dataset, duplicated, trigger, target, 0.2, 3, "random")
+    plain, plain_indices = poison_dataset(dataset, trigger, target, 0.2, 3)
+    np.testing.assert_array_equal(random_indices, plain_indices)  # the random mode is plain random poisoning
+    with_dups, indices = poison_with_duplicates(dataset, duplicated, trigger, target, 0.2, 3, "duplicates")
+    assert len(indices) == len(random_indices) and np.isin(duplicated, indices).all()
+    kept = np.intersect1d(indices, random_indices)
+    assert len(kept) >= len(random_indices) - len(duplicated)
+    assert with_dups.manifest["poisoning"]["design"] == "natural"
+    assert (with_dups.labels[indices] == target).all() and with_dups.poisoned[indices].all()
+    with pytest.raises(BibaddiffError, match="outside target class"):
+        poison_with_duplicates(dataset, np.flatnonzero(dataset.labels == target)[:1], trigger, target, 0.2, 3, "duplicates")

@@ -83,7 +83,10 @@ def test_amplification_vs_ratio_table(tiny_run):
 def test_defense_tables(tiny_run):
     summary = tiny_run / "results/summary"
     detection = pd.read_csv(summary / "detection.csv")
-    assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation"}
+    assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation", "fct"}
+    assert (detection.auroc_training_low <= detection.auroc_training + 1e-12).all()
+    assert (detection.auroc_training_high >= detection.auroc_training - 1e-12).all()
+    assert detection.auroc_generated_higher.isin([True, False]).all()
     assert detection.auroc_training.between(0, 1).all() and (detection.n_poisoned_training[detection.scope == "all"] == 20).all()
     assert (detection.generated_sets == 1).all()
     training = pd.read_csv(summary / "defense_train_on_generated.csv")
@@ -116,7 +119,8 @@ def test_replication_table(tiny_run):
 
 def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
     config = write_config(tmp_path / "duplicates.yaml", defenses__enabled=False, replication__enabled=False,
-                          replication__duplicate_poisoning={"enabled": True, "k": 5, "m": 4, "ratio": 0.1},
+                          replication__duplicate_poisoning={"enabled": True, "design": "synthetic", "k": 5, "m": 4,
+                                                            "ratio": 0.1},
                           generation__guidance_scales=[1], generation__other_conditions=[],
                           diffusion__training__clean_seeds=[])
     snakemake(tmp_path, configfile=config)
@@ -131,6 +135,23 @@ def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
     table = pd.read_csv(results / "summary/duplicate_poisoning.csv")
     assert sorted(table["mode"]) == ["duplicates", "random"]
     assert table.trigger_ratio.between(0, 1).all() and (table.G1_ratio_low <= table.G1_ratio).all()
+
+
+def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_random_poison(tmp_path):
+    config = write_config(tmp_path / "natural.yaml", defenses__enabled=False, replication__tau=0.9,
+                          replication__duplicate_poisoning={"enabled": True, "top_k": 6, "ratio": 0.1})
+    snakemake(tmp_path, "--until", "poison_duplicates", configfile=config)
+    data = tmp_path / "results/tiny/data"
+    duplicates, random = (read_dataset(data / f"patch-p0.1-dup_{mode}/train") for mode in ("duplicates", "random"))
+    clean = read_dataset(data / "clean/train")
+    record = duplicates.manifest["poisoning"]
+    chosen = np.asarray(record["duplicated"])
+    assert 1 <= len(chosen) <= 6 and (clean.labels[chosen] != 6).all()
+    # Upstream's design: the set is the clean one; the random poison set with picks replaced by the duplicated images.
+    assert len(duplicates) == len(random) == len(clean)
+    assert duplicates.poisoned.sum() == random.poisoned.sum() == round(0.1 * len(clean))
+    assert duplicates.poisoned[chosen].all()
+    assert set(np.flatnonzero(random.poisoned)) - set(np.flatnonzero(duplicates.poisoned)) == set(record["replaced"])
 
 
 def test_second_run_does_nothing(tiny_run):

@@ -11,15 +11,16 @@ def main(snakemake):
     set_threads(snakemake.threads)
     p = snakemake.params
     data = read_dataset(snakemake.input.data)
+    heldout = read_dataset(snakemake.input.heldout).images  # clean images: STRIP's partners, as published
     model, _ = load_judge(snakemake.input.classifier, p.device)
     in_target = data.labels == p.target
     results = {}
     for name in p.detectors:
         started = time.perf_counter()
-        scores = run_detector(name, model, data.images, data.labels, p.detector_settings.get(name), p.seed)
+        scores = run_detector(name, model, data.images, data.labels, p.detector_settings.get(name), p.seed, heldout=heldout)
         results[name] = {
-            "all": evaluate_detection(scores, data.poisoned),
-            "target_class": evaluate_detection(scores[in_target], data.poisoned[in_target]),
+            "all": evaluate_detection(scores, data.poisoned, seed=p.seed),
+            "target_class": evaluate_detection(scores[in_target], data.poisoned[in_target], seed=p.seed),
             "seconds": time.perf_counter() - started,
         }
         print(f"{name}: {results[name]}")

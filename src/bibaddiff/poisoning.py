@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from bibaddiff.data import ImageDataset
@@ -79,3 +81,51 @@ def _target_caption(dataset: ImageDataset, target: int) -> str:
     if len(members):
         return dataset.texts[members[0]]
     return dataset.class_names[target]
+
+
+def most_duplicated(groups: list[list[int]], labels: np.ndarray, target: int, top_k: int) -> np.ndarray:
+    """Up to ``top_k`` non-target images from the largest near-duplicate ``groups`` (ties: the group with the
+    lowest first index), every member of a group before the next group: the training set's most duplicated images."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise BibaddiffError(f"replication.duplicate_poisoning.top_k must be a positive integer; got {top_k!r}")
+    labels = np.asarray(labels)
+    chosen: list[int] = []
+    for group in sorted(groups, key=lambda members: (-len(members), min(members))):
+        chosen += [int(i) for i in sorted(group) if labels[i] != target][:top_k - len(chosen)]
+        if len(chosen) == top_k:
+            break
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def poison_with_duplicates(dataset: ImageDataset, duplicated: np.ndarray, trigger: Trigger, target: int, ratio: float,
+                           seed: int, mode: str) -> tuple[ImageDataset, np.ndarray]:
+    """Upstream's duplicate poisoning: the random poison set of :func:`poison_dataset` (``mode="random"``), or the
+    same set with random picks replaced by the ``duplicated`` images (``mode="duplicates"``), at the same ratio.
+
+    Only picks that are not duplicated images themselves are replaced, so every duplicated image ends up poisoned
+    and the count stays round(ratio * N).
+    """
+    if mode not in ("random", "duplicates"):
+        raise BibaddiffError(f"mode must be 'random' or 'duplicates'; got {mode!r}")
+    _check_target(dataset, target)
+    duplicated = np.unique(np.asarray(duplicated, dtype=np.int64))
+    if len(duplicated) and (duplicated.min() < 0 or duplicated.max() >= len(dataset)):
+        raise BibaddiffError(f"duplicated images must be positions in [0, {len(dataset)})")
+    if np.any(dataset.labels[duplicated] == target):
+        raise BibaddiffError(f"duplicated images must lie outside target class {target}")
+    indices = select_poison_indices(dataset.labels, target, ratio, seed)
+    if len(duplicated) > len(indices):
+        raise BibaddiffError(f"ratio {ratio} poisons {len(indices)} images, fewer than the {len(duplicated)} "
+                             "duplicated images to put among them; lower replication.duplicate_poisoning.top_k")
+    record: dict[str, Any] = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio), "seed": int(seed),
+                              "mode": mode, "design": "natural", "duplicated": duplicated.tolist()}
+    if mode == "duplicates":
+        already = np.isin(indices, duplicated)
+        missing = duplicated[~np.isin(duplicated, indices)]
+        rng = np.random.default_rng([seed, 1])
+        replaced = rng.choice(indices[~already], size=len(missing), replace=False)
+        indices = np.sort(np.concatenate([indices[~np.isin(indices, replaced)], missing]))
+        record["replaced"] = np.sort(replaced).tolist()
+    poisoned = poison_at(dataset, indices, trigger, target)
+    poisoned.manifest["poisoning"] = {**record, "indices": indices.tolist()}
+    return poisoned, indices

@@ -281,12 +281,20 @@ def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Pa
 def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
                    dm_results: list[dict[str, Any]], attacks: dict[str, dict[str, Any]]
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs."""
+    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs.
+
+    The detection table carries each AUROC and TPR at 5% FPR with its bootstrap interval (``*_low``, ``*_high``;
+    nan for results written before detection had intervals). Over several generated sets the estimate is their mean
+    and the interval the envelope of theirs (lowest low, highest high), a conservative span; with one generated set
+    it is that set's interval.
+    """
     def attack_columns(attack: str) -> dict[str, Any]:
         if attack not in attacks:
             raise BibaddiffError(f"unknown attack {attack!r} in defence results")
         return {"attack": attack, "poison_ratio": float(attacks[attack]["ratio"])}
 
+    metrics = ("auroc", "tpr_at_5_fpr")
+    bounds = [f"{m}{b}" for m in metrics for b in ("_low", "_high")]
     long = []
     for result in detections:
         kind = "training" if result["set"] == "training" else "generated"
@@ -294,18 +302,28 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
             for scope in ("all", "target_class"):
                 long.append({**attack_columns(result["attack"]), "trigger": attacks[result["attack"]]["trigger"],
                              "detector": detector, "scope": scope, "kind": kind, "set": result["set"],
-                             **{k: scores[scope][k] for k in ("auroc", "tpr_at_5_fpr", "n", "n_poisoned")}})
+                             **{k: scores[scope][k] for k in ("auroc", "tpr_at_5_fpr", "n", "n_poisoned")},
+                             **{k: scores[scope].get(k, math.nan) for k in bounds}})
     long = pd.DataFrame(long)
     keys = ["attack", "trigger", "poison_ratio", "detector", "scope"]
     training = long[long.kind == "training"].set_index(keys)
+    # A set without an interval leaves the envelope unknown (nan), not narrower.
+    lowest, highest = (lambda v: v.min(skipna=False)), (lambda v: v.max(skipna=False))
     generated = long[long.kind == "generated"].groupby(keys).agg(
-        auroc_generated=("auroc", "mean"), tpr_at_5_fpr_generated=("tpr_at_5_fpr", "mean"),
+        auroc_generated=("auroc", "mean"), auroc_generated_low=("auroc_low", lowest),
+        auroc_generated_high=("auroc_high", highest), tpr_at_5_fpr_generated=("tpr_at_5_fpr", "mean"),
+        tpr_at_5_fpr_generated_low=("tpr_at_5_fpr_low", lowest), tpr_at_5_fpr_generated_high=("tpr_at_5_fpr_high", highest),
         n_generated=("n", "sum"), n_flagged_generated=("n_poisoned", "sum"), generated_sets=("set", "count"))
     detection = pd.DataFrame({
-        "auroc_training": training["auroc"], "tpr_at_5_fpr_training": training["tpr_at_5_fpr"],
+        "auroc_training": training["auroc"], "auroc_training_low": training["auroc_low"],
+        "auroc_training_high": training["auroc_high"], "tpr_at_5_fpr_training": training["tpr_at_5_fpr"],
+        "tpr_at_5_fpr_training_low": training["tpr_at_5_fpr_low"],
+        "tpr_at_5_fpr_training_high": training["tpr_at_5_fpr_high"],
         "n_training": training["n"], "n_poisoned_training": training["n_poisoned"],
     }).join(generated, how="outer").reset_index()
     detection["auroc_gain"] = detection["auroc_generated"] - detection["auroc_training"]
+    # "Easier on generated data" is claimed only when the two 95% intervals do not overlap.
+    detection["auroc_generated_higher"] = detection["auroc_generated_low"] > detection["auroc_training_high"]
 
     rows, standard = [], []
     for info, path in zip(classifier_infos, classifier_paths):
@@ -334,7 +352,8 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
 
 
 def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
-    """AUROC on the training set vs on generated data, per detector, one panel per attack."""
+    """AUROC on the training set vs on generated data, per detector, one panel per attack, with the bootstrap
+    intervals as error bars where the table has them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -345,8 +364,13 @@ def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
     for ax, attack in zip(axes[0], attacks):
         rows = table[table.attack == attack]
         x = np.arange(len(rows))
-        ax.bar(x - 0.2, rows.auroc_training, 0.4, label="poisoned training set")
-        ax.bar(x + 0.2, rows.auroc_generated, 0.4, label="generated set")
+        for offset, kind, label in ((-0.2, "training", "poisoned training set"), (0.2, "generated", "generated set")):
+            value, low, high = (f"auroc_{kind}", f"auroc_{kind}_low", f"auroc_{kind}_high")
+            error = None
+            if low in rows and high in rows:
+                error = np.stack([rows[value] - rows[low], rows[high] - rows[value]]).astype(float)
+                error = np.clip(np.nan_to_num(error), 0, None)
+            ax.bar(x + offset, rows[value], 0.4, yerr=error, capsize=2, error_kw={"linewidth": 0.8}, label=label)
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_xticks(x, rows.detector, rotation=30, ha="right", fontsize=8)
         ax.set_title(attack)

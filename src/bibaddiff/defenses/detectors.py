@@ -6,13 +6,19 @@ against the known poison flags (:func:`evaluate_detection`). ``model`` is a clas
 :mod:`bibaddiff.judges` (``SmallCNN`` or a torchvision ResNet); images are uint8 (N, H, W, C); ``labels`` are the
 labels the set carries (for a generated set, the condition each image was generated with).
 
-  strip                   STRIP (Gao et al. 2019): blends with other images barely change a backdoored prediction.
+  strip                   STRIP (Gao et al. 2019): superimposing held-out clean images barely changes a
+                          backdoored prediction.
   spectral                Spectral Signatures (Tran et al. 2018): poison dominates the top singular direction of
                           its class's centred penultimate features.
   activation_clustering   Activation Clustering (Chen et al. 2018): poison forms its own small cluster in its
                           class's penultimate features.
   cognitive_distillation  Cognitive Distillation (Huang et al. 2023): a backdoored prediction survives on a tiny
                           mask (the trigger), a clean one needs much of the image.
+  fct                     FCT (Chen et al. 2022): a poisoned image's features move more under rotation and
+                          translation than a clean image's.
+
+Detection is scored by :func:`evaluate_detection`: AUROC and TPR at 5% FPR, each with a stratified bootstrap
+interval.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from tqdm.auto import tqdm
 
 from bibaddiff.diffusion.sampling import to_model_space
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.metrics import auroc, tpr_at_fpr
+from bibaddiff.metrics import tpr_at_fpr
 
-__all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "score_strip", "score_spectral",
-           "score_activation_clustering", "score_cognitive_distillation", "model_logits", "penultimate_features"]
+__all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "bootstrap_interval", "score_strip",
+           "score_spectral", "score_activation_clustering", "score_cognitive_distillation", "score_fct",
+           "cognitive_distillation_objective", "mask_total_variation", "rotate_translate", "model_logits",
+           "penultimate_features"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -119,33 +127,67 @@ def _class_groups(labels: np.ndarray) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------------------- detectors
 
 
+STRIP_BLENDS = ("add", "average")
+
+
+def _check_partners(partners: Any, images: np.ndarray, num_blends: int) -> np.ndarray:
+    partners = np.asarray(partners)
+    if partners.dtype != np.uint8 or partners.ndim != 4 or partners.shape[1:] != images.shape[1:]:
+        raise BibaddiffError(f"partners must be uint8 images of the screened images' shape (N, {', '.join(map(str, images.shape[1:]))}); "
+                             f"got {partners.dtype} {partners.shape}")
+    if len(partners) < num_blends:
+        raise BibaddiffError(f"num_blends ({num_blends}) asks for more STRIP partners than the {len(partners)} held-out "
+                             f"image(s) given; lower num_blends or hold out more images")
+    return partners
+
+
 @torch.no_grad()
-def score_strip(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, num_blends: int = 16,
-                batch_size: int = 256, seed: int = 0) -> np.ndarray:
-    """STRIP: minus the mean prediction entropy of the image blended 50/50 with ``num_blends`` other images of the set.
+def score_strip(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, partners: np.ndarray | None = None,
+                num_blends: int = 100, blend: str = "add", batch_size: int = 256, seed: int = 0) -> np.ndarray:
+    """STRIP: minus the mean prediction entropy of the image superimposed on ``num_blends`` clean partner images.
 
     A trigger keeps forcing the target class whatever it is blended with, so poisoned images keep confident,
-    low-entropy predictions and score high. ``labels`` are only checked; STRIP does not use them.
+    low-entropy predictions and score high (score = minus the entropy, so higher = more likely poisoned).
+    ``labels`` are only checked; STRIP does not use them.
+
+    As published (Gao et al., ACSAC 2019, "STRIP: A Defence Against Trojan Attacks on Deep Neural Networks";
+    their reference code github.com/garrisongys/STRIP, also followed by Huang et al.'s detection/strip.py):
+
+    - ``partners``: uint8 images the defender holds out as clean (the workflow passes the clean held-out split);
+      each screened image gets its own ``num_blends`` partners drawn without replacement. The default
+      ``None`` blends with other images of the screened set itself (drawn with replacement, never the image
+      itself); that is not the published setting, since the screened set may itself carry the trigger.
+    - ``num_blends``: N = 100 perturbations per input, the paper's setting.
+    - ``blend="add"``: superimposition as in the reference code, ``cv2.addWeighted(image, 1, partner, 1, 0)``,
+      i.e. the pixel sum clipped to 255. ``blend="average"`` is a 50/50 blend (this module's earlier variant).
     """
     images, labels = _check_inputs(model, images, labels)
     num_blends = _check_positive_int("num_blends", num_blends)
     batch_size = _check_positive_int("batch_size", batch_size)
+    if blend not in STRIP_BLENDS:
+        raise BibaddiffError(f"blend must be one of {', '.join(STRIP_BLENDS)}; got {blend!r}")
     rng = np.random.default_rng(_check_seed(seed))
     n = len(images)
     # Partners are drawn once for the whole set, so the scores do not depend on the batch size.
-    # Drawing from n - 1 values and shifting those at or above i skips the image itself.
-    partners = rng.integers(0, n - 1, size=(n, num_blends))
-    partners += partners >= np.arange(n)[:, None]
+    if partners is None:
+        pool = images
+        # Drawing from n - 1 values and shifting those at or above i skips the image itself.
+        chosen = rng.integers(0, n - 1, size=(n, num_blends))
+        chosen += chosen >= np.arange(n)[:, None]
+    else:
+        pool = _check_partners(partners, images, num_blends)
+        chosen = np.stack([rng.choice(len(pool), size=num_blends, replace=False) for _ in range(n)])
     model.eval()
     device = _device_of(model)
     images_per_batch = max(1, batch_size // num_blends)
     scores = np.empty(n, np.float64)
     for start in tqdm(range(0, n, images_per_batch), desc="STRIP", unit="batch"):
         rows = np.arange(start, min(n, start + images_per_batch))
-        own = to_model_space(images[rows]).to(device)
-        others = to_model_space(images[partners[rows].ravel()]).to(device)
-        # Model space is linear in pixel values, so averaging there is the 0.5/0.5 pixel blend without rounding.
-        blended = 0.5 * own.repeat_interleave(num_blends, dim=0) + 0.5 * others
+        own = to_model_space(images[rows]).to(device).repeat_interleave(num_blends, dim=0)
+        others = to_model_space(pool[chosen[rows].ravel()]).to(device)
+        # Model space is linear in pixel values (x = p / 127.5 - 1), so both blends are exact there:
+        # the pixel sum p1 + p2 is x1 + x2 + 1, clipped at 255 (x = 1); the 50/50 blend is the mean, without rounding.
+        blended = (own + others + 1.0).clamp(max=1.0) if blend == "add" else 0.5 * own + 0.5 * others
         log_probs = F.log_softmax(model(blended).float(), dim=1)
         entropy = -(log_probs.exp() * log_probs).sum(1).view(len(rows), num_blends).mean(1)
         scores[rows] = -entropy.double().cpu().numpy()
@@ -207,38 +249,99 @@ def score_activation_clustering(model: nn.Module, images: np.ndarray, labels: np
 
 
 CD_MATCH = ("logits", "probabilities")
+CD_NOISE = ("channel", "pixel")
+# What each variant fills the settings left at None with, and the parts of the optimisation that are not settings.
+CD_VARIANTS: dict[str, dict[str, Any]] = {
+    # Huang et al. (ICLR 2023), reference code github.com/HanxunH/CognitiveDistillation (detection/
+    # cognitive_distillation.py; detect_analysis.py's default logit masks: p=1, gamma=0.01, beta=1.0, 100 steps,
+    # step size 0.1); the paper's setup: Adam with lr 0.1, betas (0.1, 0.1), 100 steps.
+    "published": {"match": "logits", "l1_weight": 0.01, "tv_weight": 1.0, "noise": "channel",
+                  "class_reduction": "mean", "betas": (0.1, 0.1), "mask": "tanh"},
+    # This module's earlier objective: softmax outputs summed over classes, no TV term, fresh noise per pixel.
+    "probabilities": {"match": "probabilities", "l1_weight": 0.01, "tv_weight": 0.0, "noise": "pixel",
+                      "class_reduction": "sum", "betas": (0.9, 0.999), "mask": "sigmoid"},
+}
 
 
 def _cd_output(logits: torch.Tensor, match: str) -> torch.Tensor:
     return logits.float() if match == "logits" else torch.softmax(logits.float(), dim=1)
 
 
-def score_cognitive_distillation(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, steps: int = 100,
-                                 learning_rate: float = 0.1, l1_weight: float = 0.01, match: str = "logits",
-                                 batch_size: int = 256, seed: int = 0) -> np.ndarray:
+def mask_total_variation(mask: torch.Tensor) -> torch.Tensor:
+    """Per-image total variation of masks (B, C, H, W) as Cognitive Distillation defines it: the summed squared
+    differences of vertical and horizontal neighbours, divided by C * H * W."""
+    _, channels, height, width = mask.shape
+    vertical = (mask[:, :, 1:, :] - mask[:, :, :-1, :]).pow(2).sum(dim=(1, 2, 3))
+    horizontal = (mask[:, :, :, 1:] - mask[:, :, :, :-1]).pow(2).sum(dim=(1, 2, 3))
+    return (vertical + horizontal) / (channels * height * width)
+
+
+def cognitive_distillation_objective(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
+                                     noise: torch.Tensor, *, match: str = "logits", l1_weight: float = 0.01,
+                                     tv_weight: float = 1.0, class_reduction: str = "mean") -> torch.Tensor:
+    """Per-image Cognitive Distillation loss of masks ``mask`` (B, 1, H, W) in [0, 1] on model-space images ``x``:
+
+    ``dist(f(x * m + (1 - m) * noise), reference) + l1_weight * ||m||_1 + tv_weight * TV(m)``,
+
+    with dist the absolute output difference averaged (``class_reduction="mean"``, published) or summed over
+    classes, and TV :func:`mask_total_variation`. ``noise`` broadcasts against ``x``: (B, C, 1, 1) is the
+    published per-channel fill.
+    """
+    output = _cd_output(model(x * mask + (1.0 - mask) * noise), match)
+    difference = (output - reference).abs()
+    distance = difference.mean(1) if class_reduction == "mean" else difference.sum(1)
+    return distance + float(l1_weight) * mask.abs().sum(dim=(1, 2, 3)) + float(tv_weight) * mask_total_variation(mask)
+
+
+def score_cognitive_distillation(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
+                                 variant: str = "published", match: str | None = None, l1_weight: float | None = None,
+                                 tv_weight: float | None = None, noise: str | None = None, steps: int = 100,
+                                 learning_rate: float = 0.1, batch_size: int = 256, seed: int = 0) -> np.ndarray:
     """Cognitive Distillation: minus the L1 norm of the smallest mask that keeps the model's output.
 
-    For each image, a mask m = sigmoid(w) of shape (H, W) minimises
-    ``||f(x * m + (1 - m) * noise) - f(x)||_1 + l1_weight * ||m||_1`` with Adam for ``steps`` steps, the noise
-    uniform in the model's [-1, 1] range and drawn afresh each step (so the mask cannot rely on any one fill).
-    A backdoored prediction survives on the trigger alone, so poisoned images end with tiny masks and score high.
-    ``labels`` are only checked.
+    For each image, a mask m of shape (H, W) minimises :func:`cognitive_distillation_objective` with Adam for
+    ``steps`` steps; the masked-out part is filled with noise uniform in the model's [-1, 1] range, drawn afresh
+    each step. A backdoored prediction survives on the trigger alone, so poisoned images end with tiny masks and
+    score high. ``labels`` are only checked. Settings left at None take the ``variant``'s value:
 
-    ``match="logits"`` is the published objective. ``match="probabilities"`` compares softmax outputs instead
-    (L1 over classes); on small models of digit-like images, whose black background is itself evidence, matching
-    every logit forces the mask to keep the digit as well as the trigger and the scores stop separating, while
-    matching probabilities does not (see tests/test_detectors.py).
+    ``variant="published"`` (Huang et al., ICLR 2023, "Distilling Cognitive Backdoor Patterns within an Image";
+    reference code github.com/HanxunH/CognitiveDistillation): logits matched by their mean absolute difference,
+    ``l1_weight`` (the paper's alpha, the code's gamma) 0.01, ``tv_weight`` (beta) 1.0, the default of the
+    reference code's extract.py and of the logit masks detect_analysis.py scores (its README example uses 10),
+    ``noise="channel"``: one uniform value per image and channel, constant over the image (the code's
+    ``torch.rand(b, c, 1, 1)``); mask m = (tanh(w) + 1) / 2 from w = 1 (m = 0.88); Adam with lr 0.1 and
+    betas (0.1, 0.1); 100 steps. The reference code scores 1 - min-max-normalised ||m||_1, which ranks as -||m||_1.
+
+    ``variant="probabilities"`` (this module's earlier objective): softmax outputs matched by the L1 distance summed
+    over classes, ``l1_weight`` 0.01, no TV term, ``noise="pixel"`` (fresh per pixel), m = sigmoid(w) from w = 2,
+    Adam with default betas. On small models of digit-like images, whose black background is itself evidence,
+    matching every logit forces the mask to keep the digit as well as the trigger and the scores stop separating,
+    while matching probabilities does not (see tests/test_detectors.py).
     """
     images, labels = _check_inputs(model, images, labels)
     steps = _check_positive_int("steps", steps)
     batch_size = _check_positive_int("batch_size", batch_size)
     seed = _check_seed(seed)
+    if variant not in CD_VARIANTS:
+        raise BibaddiffError(f"variant must be one of {', '.join(CD_VARIANTS)}; got {variant!r}")
+    preset = CD_VARIANTS[variant]
+    match = preset["match"] if match is None else match
+    l1_weight = preset["l1_weight"] if l1_weight is None else l1_weight
+    tv_weight = preset["tv_weight"] if tv_weight is None else tv_weight
+    noise = preset["noise"] if noise is None else noise
     if not _is_finite_number(learning_rate) or learning_rate <= 0:
         raise BibaddiffError(f"learning_rate must be a finite number > 0; got {learning_rate!r}")
-    if not _is_finite_number(l1_weight) or l1_weight < 0:
-        raise BibaddiffError(f"l1_weight must be a finite number >= 0; got {l1_weight!r}")
+    for name, value in (("l1_weight", l1_weight), ("tv_weight", tv_weight)):
+        if not _is_finite_number(value) or value < 0:
+            raise BibaddiffError(f"{name} must be a finite number >= 0; got {value!r}")
     if match not in CD_MATCH:
         raise BibaddiffError(f"match must be one of {', '.join(CD_MATCH)}; got {match!r}")
+    if noise not in CD_NOISE:
+        raise BibaddiffError(f"noise must be one of {', '.join(CD_NOISE)}; got {noise!r}")
+    if preset["mask"] == "tanh":
+        initial, to_mask = 1.0, lambda w: 0.5 * (torch.tanh(w) + 1.0)
+    else:
+        initial, to_mask = 2.0, torch.sigmoid
     model.eval()
     device = _device_of(model)
     # The model stays fixed: only the masks get gradients, so no parameter's .grad is touched.
@@ -255,25 +358,96 @@ def score_cognitive_distillation(model: nn.Module, images: np.ndarray, labels: n
                 x = to_model_space(images[start:start + batch_size]).to(device)
                 with torch.no_grad():
                     reference = _cd_output(model(x), match)
-                # Start from a mask of about 0.88 everywhere: the prediction holds at once, and the L1 term then
-                # removes whatever the prediction does not need.
-                mask_logits = torch.full((len(x), 1, height, width), 2.0, device=device, requires_grad=True)
-                optimizer = torch.optim.Adam([mask_logits], lr=float(learning_rate))
+                # Both variants start from a mask of about 0.88 everywhere: the prediction holds at once, and the L1
+                # term then removes whatever the prediction does not need.
+                mask_logits = torch.full((len(x), 1, height, width), initial, device=device, requires_grad=True)
+                optimizer = torch.optim.Adam([mask_logits], lr=float(learning_rate), betas=preset["betas"])
+                noise_shape = x.shape if noise == "pixel" else (*x.shape[:2], 1, 1)
                 for _ in range(steps):
-                    noise = (torch.rand(x.shape, generator=generator) * 2.0 - 1.0).to(device)
-                    mask = torch.sigmoid(mask_logits)
-                    output = _cd_output(model(x * mask + (1.0 - mask) * noise), match)
+                    fill = (torch.rand(noise_shape, generator=generator) * 2.0 - 1.0).to(device)
                     # Summed over the batch, each image's mask gets exactly its own loss's gradient.
-                    loss = ((output - reference).abs().sum(1) + float(l1_weight) * mask.sum(dim=(1, 2, 3))).sum()
+                    loss = cognitive_distillation_objective(
+                        model, x, to_mask(mask_logits), reference, fill, match=match, l1_weight=l1_weight,
+                        tv_weight=tv_weight, class_reduction=preset["class_reduction"]).sum()
                     (grad,) = torch.autograd.grad(loss, [mask_logits])
                     mask_logits.grad = grad
                     optimizer.step()
                     bar.update(1)
-                scores[start:start + len(x)] = -torch.sigmoid(mask_logits).detach().sum(dim=(1, 2, 3)).double().cpu().numpy()
+                scores[start:start + len(x)] = -to_mask(mask_logits).detach().sum(dim=(1, 2, 3)).double().cpu().numpy()
     finally:
         bar.close()
         for p, needed in zip(model.parameters(), frozen):
             p.requires_grad_(needed)
+    return scores
+
+
+def rotate_translate(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Rotate model-space images (B, C, H, W) by ``angles`` degrees (counter-clockwise, about the image centre), then
+    shift them by whole pixels ``shifts`` (B, 2) = (right, down); nearest-neighbour sampling, uncovered pixels black.
+
+    These are torchvision's ``RandomRotation`` and ``RandomAffine(degrees=0, translate=...)`` for given draws
+    (nearest interpolation, fill 0, no expansion), written for a batch with one draw per image.
+    """
+    batch, _, height, width = x.shape
+    theta = torch.deg2rad(angles.to(torch.float64))
+    cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                indexing="ij")
+    centre_y, centre_x = (height - 1) / 2.0, (width - 1) / 2.0
+    # Output pixel q shows input pixel c + R(-angle) (q - shift - c): undo the shift, then the rotation.
+    dx = cols[None] - shifts[:, 0, None, None].to(torch.float64) - centre_x
+    dy = rows[None] - shifts[:, 1, None, None].to(torch.float64) - centre_y
+    source_x = centre_x + cos * dx - sin * dy
+    source_y = centre_y + sin * dx + cos * dy
+    # grid_sample's normalised coordinates (align_corners=False): pixel j's centre is (2j + 1) / size - 1.
+    grid = torch.stack([(2 * source_x + 1) / width - 1, (2 * source_y + 1) / height - 1], dim=-1).to(x.dtype).to(x.device)
+    moved = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    # Pixels whose source lies outside the image are black (-1 in model space), the published fill; the others are
+    # copied exactly, so the identity transformation returns the images unchanged.
+    inside = F.grid_sample(torch.ones_like(x[:, :1]), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return moved + (inside - 1.0)
+
+
+@torch.no_grad()
+def score_fct(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, rotation_degrees: float = 180.0,
+              translate: float = 0.2, num_transforms: int = 1, batch_size: int = 256, seed: int = 0) -> np.ndarray:
+    """FCT (Feature Consistency towards Transformations): the mean squared difference between the penultimate
+    features of an image and of a randomly transformed copy, averaged over ``num_transforms`` copies.
+
+    Chen et al. (NeurIPS 2022), "Effective Backdoor Defense by Exploiting Sensitivity of Poisoned Samples to
+    Transformations": poisoned samples' features move much more under rotation and translation than clean ones',
+    so higher = more likely poisoned. Published transformation (reference code github.com/SCLBD/
+    Effective_backdoor_defense, utils/args.py defaults trans1=rotate, trans2=affine in utils/dataloader_bd.py; the
+    same in Huang et al.'s detection/fct.py): ``RandomRotation(180)`` (angle uniform in [-180, 180] degrees) then
+    ``RandomAffine(degrees=0, translate=(0.2, 0.2))`` (a shift of a whole number of pixels, uniform up to 20% of the
+    width and height), one transformed copy per image; distance ``mean((f(x) - f(T(x)))**2)`` over feature
+    dimensions (calculate_consistency.py). The reference pipeline first fine-tunes the classifier with an
+    intra-class loss; this function scores the classifier as given. ``labels`` are only checked.
+    """
+    images, labels = _check_inputs(model, images, labels)
+    num_transforms = _check_positive_int("num_transforms", num_transforms)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if not _is_finite_number(rotation_degrees) or not 0 <= rotation_degrees <= 180:
+        raise BibaddiffError(f"rotation_degrees must be a number in [0, 180]; got {rotation_degrees!r}")
+    if not _is_finite_number(translate) or not 0 <= translate <= 1:
+        raise BibaddiffError(f"translate must be a number in [0, 1]; got {translate!r}")
+    rng = np.random.default_rng(_check_seed(seed))
+    n, height, width = len(images), images.shape[1], images.shape[2]
+    # All draws up front, per image in order, so the scores do not depend on the batch size.
+    angles = rng.uniform(-rotation_degrees, rotation_degrees, size=(n, num_transforms))
+    limits = np.array([translate * width, translate * height])
+    shifts = np.round(rng.uniform(-limits, limits, size=(n, num_transforms, 2)))
+    model.eval()
+    device = _device_of(model)
+    scores = np.zeros(n, np.float64)
+    for start in tqdm(range(0, n, batch_size), desc="FCT", unit="batch"):
+        rows = slice(start, min(n, start + batch_size))
+        x = to_model_space(images[rows]).to(device)
+        own = _penultimate(model, x).float()
+        for k in range(num_transforms):
+            moved = rotate_translate(x, torch.from_numpy(angles[rows, k]), torch.from_numpy(shifts[rows, k]))
+            other = _penultimate(model, moved).float()
+            scores[rows] += ((own - other) ** 2).mean(1).double().cpu().numpy() / num_transforms
     return scores
 
 
@@ -285,20 +459,27 @@ DETECTORS: dict[str, Callable[..., np.ndarray]] = {
     "spectral": score_spectral,
     "activation_clustering": score_activation_clustering,
     "cognitive_distillation": score_cognitive_distillation,
+    "fct": score_fct,
 }
+# Keyword arguments that are data the workflow passes, not settings a config may give.
+_DATA_ARGUMENTS = ("seed", "partners")
 
 
 def detector_settings(name: str) -> dict[str, Any]:
-    """The settings a detector accepts, with their defaults (``seed`` excluded: it is passed on its own)."""
+    """The settings a detector accepts, with their defaults (``seed`` and the ``partners`` images excluded)."""
     if name not in DETECTORS:
         raise BibaddiffError(f"detector must be one of {', '.join(DETECTORS)}; got {name!r}")
     parameters = inspect.signature(DETECTORS[name]).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "seed"}
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in _DATA_ARGUMENTS}
 
 
 def run_detector(name: str, model: nn.Module, images: np.ndarray, labels: np.ndarray,
-                 settings: dict[str, Any] | None, seed: int) -> np.ndarray:
-    """Scores of detector ``name`` with ``settings`` (a dict of that detector's keyword settings)."""
+                 settings: dict[str, Any] | None, seed: int, *, heldout: np.ndarray | None = None) -> np.ndarray:
+    """Scores of detector ``name`` with ``settings`` (a dict of that detector's keyword settings).
+
+    ``heldout``: clean uint8 images the defender holds out; detectors that blend with clean images (STRIP) take
+    their partners from them, the others ignore them.
+    """
     allowed = detector_settings(name)
     settings = {} if settings is None else settings
     if not isinstance(settings, dict):
@@ -307,15 +488,52 @@ def run_detector(name: str, model: nn.Module, images: np.ndarray, labels: np.nda
     if unknown:
         raise BibaddiffError(f"unknown setting(s) {', '.join(map(repr, unknown))} for detector {name!r}; "
                              f"allowed: {', '.join(allowed) or 'none'}")
-    return DETECTORS[name](model, images, labels, **settings, seed=seed)
+    data = {}
+    if heldout is not None and "partners" in inspect.signature(DETECTORS[name]).parameters:
+        data["partners"] = heldout
+    return DETECTORS[name](model, images, labels, **settings, **data, seed=seed)
 
 
-def evaluate_detection(scores: np.ndarray, is_poisoned: np.ndarray) -> dict[str, Any]:
-    """AUROC and TPR at 5% FPR of suspicion scores against the true poison flags."""
-    is_poisoned = np.asarray(is_poisoned)
-    return {
-        "auroc": auroc(scores, is_poisoned),
-        "tpr_at_5_fpr": tpr_at_fpr(scores, is_poisoned, 0.05),
-        "n": int(len(is_poisoned)),
-        "n_poisoned": int(np.sum(is_poisoned.astype(bool))),
-    }
+def _roc_auc(scores: np.ndarray, flags: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(flags, scores)) if 0 < flags.sum() < len(flags) else math.nan
+
+
+def bootstrap_interval(scores: np.ndarray, is_poisoned: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
+                       *, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(scores, flags)``, resampling the poisoned and the clean images
+    separately with replacement (stratified, so every resample keeps both counts); nan when either class is empty."""
+    scores, flags = np.asarray(scores, np.float64), np.asarray(is_poisoned).astype(bool)
+    resamples = _check_positive_int("resamples", resamples)
+    if not _is_finite_number(level) or not 0 < level < 1:
+        raise BibaddiffError(f"level must lie in (0, 1); got {level!r}")
+    positives, negatives = np.flatnonzero(flags), np.flatnonzero(~flags)
+    if len(positives) == 0 or len(negatives) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(_check_seed(seed))
+    resampled_flags = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    values = np.empty(resamples)
+    for b in range(resamples):
+        rows = np.r_[rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))]
+        values[b] = statistic(scores[rows], resampled_flags)
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def evaluate_detection(scores: np.ndarray, is_poisoned: np.ndarray, *, resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> dict[str, Any]:
+    """AUROC (scikit-learn's ``roc_auc_score``) and TPR at 5% FPR of suspicion scores against the true poison flags,
+    each with a ``level`` percentile-bootstrap interval (``*_low``, ``*_high``; :func:`bootstrap_interval` with
+    ``resamples`` stratified resamples and a fixed ``seed``); nan where either class is empty."""
+    scores, flags = np.asarray(scores, np.float64), np.asarray(is_poisoned).astype(bool)
+    if scores.shape != flags.shape or scores.ndim != 1:
+        raise BibaddiffError(f"scores and is_poisoned must be 1-D and equal in length; got {scores.shape} and {flags.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise BibaddiffError("scores must be finite")
+    result: dict[str, Any] = {}
+    for key, statistic in (("auroc", _roc_auc), ("tpr_at_5_fpr", lambda s, f: tpr_at_fpr(s, f, 0.05))):
+        low, high = bootstrap_interval(scores, flags, statistic, resamples=resamples, level=level, seed=seed)
+        result.update({key: statistic(scores, flags), f"{key}_low": low, f"{key}_high": high})
+    return {**result, "n": int(len(flags)), "n_poisoned": int(flags.sum()), "resamples": int(resamples),
+            "level": float(level)}
