@@ -28,8 +28,8 @@ wildcard_constraints:
     guidance=r"\d+(\.\d+)?",
     sampler=r"none|clip|clip_recompute",
     trigger=r"[A-Za-z0-9_]+",
-    trainset=r"clean|poisoned|generated_seed\d+",
-    detset=r"training|generated_seed\d+",
+    trainset=r"clean|poisoned|generated_seed\d+_s\d+(\.\d+)?",
+    detset=r"training|generated_seed\d+_s\d+(\.\d+)?",
 
 
 DATASET = config["dataset"]["name"]
@@ -209,8 +209,17 @@ def generated_set_balance(wildcards):
     return clean_split("train") if DEFENSES["generated_set_balance"] == "clean" else training_data_of(wildcards.attack)
 
 
-def generated_set(attack="{attack}", seed="{seed}"):
-    return f"{RESULTS}/defenses/generated_sets/{attack}/seed{seed}"
+# Each guidance scale of the generated training sets gives a set of its own, with its own rows in every table.
+GENERATED_SET_GUIDANCE = [number(s) for s in DEFENSES["generated_set_guidance"]]
+
+
+def generated_set(attack="{attack}", seed="{seed}", guidance="{guidance}"):
+    return f"{RESULTS}/defenses/generated_sets/{attack}/seed{seed}_s{guidance}"
+
+
+def generated_set_names(attack):
+    """The generated training sets of an attack, as trainset names: generated_seed<k>_s<guidance>."""
+    return [f"generated_seed{seed}_s{s}" for seed in training_seeds(attack) for s in GENERATED_SET_GUIDANCE]
 
 
 def defense_classifier(attack="{attack}", trainset="{trainset}"):
@@ -218,8 +227,8 @@ def defense_classifier(attack="{attack}", trainset="{trainset}"):
 
 
 def defense_trainsets(attack):
-    """Training sets whose classifiers are compared: the clean set, the poisoned set, each seed's generated set."""
-    return ["poisoned"] + [f"generated_seed{seed}" for seed in training_seeds(attack)]
+    """Training sets whose classifiers are compared: the poisoned set and each generated set (seed, guidance)."""
+    return ["poisoned"] + generated_set_names(attack)
 
 
 def trainset_data(attack, trainset):
@@ -227,7 +236,8 @@ def trainset_data(attack, trainset):
         return clean_split("train")
     if trainset == "poisoned":
         return f"{RESULTS}/data/{attack}/train"
-    return generated_set(attack, trainset.removeprefix("generated_seed"))
+    seed, guidance = trainset.removeprefix("generated_seed").split("_s")
+    return generated_set(attack, seed, guidance)
 
 
 def defense_training_data(wildcards):
@@ -250,7 +260,7 @@ def diffusion_classifier_file(attack="{attack}", seed="{seed}"):
 
 def defense_inputs():
     detection = [detection_file(attack, detset) for attack in POISONED_ATTACKS
-                 for detset in ["training"] + [f"generated_seed{s}" for s in training_seeds(attack)]]
+                 for detset in ["training"] + generated_set_names(attack)]
     classifiers = [defense_classifier(attack, trainset) for attack in POISONED_ATTACKS for trainset in defense_trainsets(attack)]
     classifiers.append(defense_classifier("clean", "clean"))
     dm_classifier = [diffusion_classifier_file(attack, seed) for attack in POISONED_ATTACKS + ["clean"]

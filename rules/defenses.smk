@@ -10,7 +10,6 @@ rule generate_training_set:
     output:
         dataset=directory(generated_set()),
     params:
-        guidance=DEFENSES["generated_set_guidance"],
         balance=DEFENSES["generated_set_balance"],
         sampling={k: config["generation"][k] for k in ("ddim_steps", "seed", "batch_size")},
         x0_clipping=SAMPLERS[0],
@@ -19,9 +18,9 @@ rule generate_training_set:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("generate_training_set", "{attack}", "seed{seed}"),
+        log_file("generate_training_set", "{attack}", "seed{seed}", "s{guidance}"),
     benchmark:
-        benchmark_file("generate_training_set", "{attack}", "seed{seed}")
+        benchmark_file("generate_training_set", "{attack}", "seed{seed}", "s{guidance}")
     conda:
         ENV
     script:

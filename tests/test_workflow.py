@@ -90,17 +90,18 @@ def test_defense_tables(tiny_run):
     assert detection.auroc_training.between(0, 1).all() and (detection.n_poisoned_training[detection.scope == "all"] == 20).all()
     assert (detection.generated_sets == 1).all()
     training = pd.read_csv(summary / "defense_train_on_generated.csv")
-    assert list(training.trainset) == ["clean", "poisoned", "generated_seed0"]
+    assert list(training.trainset) == ["clean", "poisoned", "generated_seed0_s1"]
+    assert training.generated_guidance.isna().tolist() == [True, True, False]
     assert training.acc.between(0, 1).all() and training.asr.between(0, 1).all()
     dm = pd.read_csv(summary / "diffusion_classifier.csv")
     by_method = dm.groupby("method").size().to_dict()
     # 2 models x 2 p_filters, plus the standard classifier trained on the poisoned set.
     assert by_method == {"diffusion classifier": 4, "standard classifier (poisoned set)": 1}
-    generated = read_dataset(tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0")
+    generated = read_dataset(tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0_s1")
     clean = read_dataset(tiny_run / "results/tiny/data/clean/train")
     # The clean training set's balance, as upstream: one generation per clean training image.
     assert np.array_equal(np.bincount(generated.labels, minlength=10), np.bincount(clean.labels, minlength=10))
-    assert json.loads((tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0/manifest.json").read_text()
+    assert json.loads((tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0_s1/manifest.json").read_text()
                       )["config"]["balance"] == "clean"
     for name in ("detection_auroc.png", "defense_train_on_generated.png", "diffusion_classifier_asr.png"):
         assert (summary / name).stat().st_size > 0

@@ -101,6 +101,8 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     check_training_length(diffusion["training"])
     filled = fill_defaults(copy.deepcopy(config), schema)
     fill_x0_clipping(filled)
+    guidance = filled["defenses"]["generated_set_guidance"]
+    filled["defenses"]["generated_set_guidance"] = [guidance] if isinstance(guidance, (int, float)) else list(guidance)
     check_experiment(filled)
     return sort_keys(filled)
 

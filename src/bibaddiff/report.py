@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -305,11 +306,12 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
                              **{k: scores[scope][k] for k in ("auroc", "tpr_at_5_fpr", "n", "n_poisoned")},
                              **{k: scores[scope].get(k, math.nan) for k in bounds}})
     long = pd.DataFrame(long)
+    long["generated_guidance"] = [generated_set_guidance(name) for name in long["set"]]
     keys = ["attack", "trigger", "poison_ratio", "detector", "scope"]
     training = long[long.kind == "training"].set_index(keys)
     # A set without an interval leaves the envelope unknown (nan), not narrower.
     lowest, highest = (lambda v: v.min(skipna=False)), (lambda v: v.max(skipna=False))
-    generated = long[long.kind == "generated"].groupby(keys).agg(
+    generated = long[long.kind == "generated"].groupby(keys + ["generated_guidance"], dropna=False).agg(
         auroc_generated=("auroc", "mean"), auroc_generated_low=("auroc_low", lowest),
         auroc_generated_high=("auroc_high", highest), tpr_at_5_fpr_generated=("tpr_at_5_fpr", "mean"),
         tpr_at_5_fpr_generated_low=("tpr_at_5_fpr_low", lowest), tpr_at_5_fpr_generated_high=("tpr_at_5_fpr_high", highest),
@@ -320,7 +322,9 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
         "tpr_at_5_fpr_training_low": training["tpr_at_5_fpr_low"],
         "tpr_at_5_fpr_training_high": training["tpr_at_5_fpr_high"],
         "n_training": training["n"], "n_poisoned_training": training["n_poisoned"],
-    }).join(generated, how="outer").reset_index()
+    }).reset_index().merge(generated.reset_index(), on=keys, how="outer")
+    detection = detection[keys + ["generated_guidance"] + [c for c in detection.columns
+                                                           if c not in keys and c != "generated_guidance"]]
     detection["auroc_gain"] = detection["auroc_generated"] - detection["auroc_training"]
     # "Easier on generated data" is claimed only when the two 95% intervals do not overlap.
     detection["auroc_generated_higher"] = detection["auroc_generated_low"] > detection["auroc_training_high"]
@@ -329,8 +333,8 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
     for info, path in zip(classifier_infos, classifier_paths):
         attack, trainset = Path(path).parts[-2], Path(path).parts[-1]
         for trigger, scores in info["evaluation"].items():
-            row = {"trigger": trigger, "trainset": trainset, "acc": scores["acc"], "asr": scores["asr"],
-                   "n_train": info.get("num_train")}
+            row = {"trigger": trigger, "trainset": trainset, "generated_guidance": generated_set_guidance(trainset),
+                   "acc": scores["acc"], "asr": scores["asr"], "n_train": info.get("num_train")}
             if attack == "clean":
                 # The clean-set classifier is the reference row of every attack that uses this trigger.
                 rows += [{**attack_columns(a), **row} for a, spec in attacks.items() if spec["trigger"] == trigger]
@@ -351,6 +355,12 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
     return detection, training_table.reset_index(drop=True), dm_table.reset_index(drop=True)
 
 
+def generated_set_guidance(name: str) -> float:
+    """The guidance scale in a generated set's name (``generated_seed<k>_s<guidance>``); nan for other sets."""
+    match = re.fullmatch(r"generated_seed\d+_s(\d+(?:\.\d+)?)", str(name))
+    return float(match.group(1)) if match else math.nan
+
+
 def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
     """AUROC on the training set vs on generated data, per detector, one panel per attack, with the bootstrap
     intervals as error bars where the table has them."""
@@ -359,10 +369,12 @@ def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     table = detection[detection.scope == "all"]
-    attacks = sorted(table.attack.unique(), key=lambda a: (table[table.attack == a].poison_ratio.iloc[0], a))
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.8), squeeze=False, sharey=True)
-    for ax, attack in zip(axes[0], attacks):
-        rows = table[table.attack == attack]
+    panels = sorted(table.groupby(["attack", "generated_guidance"], dropna=False).groups,
+                    key=lambda key: (table[table.attack == key[0]].poison_ratio.iloc[0], key[0], key[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, (attack, guidance) in zip(axes[0], panels):
+        rows = table[(table.attack == attack)
+                     & ((table.generated_guidance == guidance) | (table.generated_guidance.isna() & pd.isna(guidance)))]
         x = np.arange(len(rows))
         for offset, kind, label in ((-0.2, "training", "poisoned training set"), (0.2, "generated", "generated set")):
             value, low, high = (f"auroc_{kind}", f"auroc_{kind}_low", f"auroc_{kind}_high")
@@ -373,7 +385,7 @@ def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
             ax.bar(x + offset, rows[value], 0.4, yerr=error, capsize=2, error_kw={"linewidth": 0.8}, label=label)
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_xticks(x, rows.detector, rotation=30, ha="right", fontsize=8)
-        ax.set_title(attack)
+        ax.set_title(attack if pd.isna(guidance) else f"{attack}, generated at s={guidance:g}", fontsize=9)
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("AUROC")
     axes[0][0].legend(fontsize=7)
