@@ -504,3 +504,26 @@ def test_defenses_need_a_trigger_that_changes_pixels():
     assert "defenses.enabled" in message and "relabel" in message
     config["defenses"] = {"enabled": False}
     validate_config(config, schema())
+
+
+@pytest.mark.parametrize("settings, key", [({"cognitive_distillation": {"variant": "karras"}}, "variant"),
+                                           ({"strip": {"blend": "multiply"}}, "blend"),
+                                           ({"strip": {"num_blends": 0}}, "num_blends")])
+def test_bad_detector_settings_stop_before_any_job(settings, key):
+    config = tiny()
+    config["defenses"]["detector_settings"] = settings
+    message = error_of(config)
+    assert "defenses.detector_settings" in message and key in message
+
+
+@pytest.mark.parametrize("value", [[], [-1]])
+def test_bad_generated_set_guidance(value):
+    config = tiny()
+    config["defenses"]["generated_set_guidance"] = value
+    assert "defenses.generated_set_guidance" in error_of(config)
+
+
+def test_generated_set_guidance_number_is_a_list_of_one():
+    config = tiny()
+    config["defenses"]["generated_set_guidance"] = 6
+    assert validate_config(config, schema())["defenses"]["generated_set_guidance"] == [6]
