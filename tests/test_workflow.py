@@ -123,7 +123,7 @@ def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
                           replication__duplicate_poisoning={"enabled": True, "design": "synthetic", "k": 5, "m": 4,
                                                             "ratio": 0.1},
                           generation__guidance_scales=[1], generation__other_conditions=[],
-                          diffusion__training__clean_seeds=[])
+                          generation__x0_clipping="none", diffusion__training__clean_seeds=[])
     snakemake(tmp_path, configfile=config)
     results = tmp_path / "results"
     duplicated = read_dataset(results / "tiny/data/patch-p0.1-dup_duplicates/train")
@@ -295,7 +295,7 @@ def test_unfilled_placeholders_give_one_line_naming_every_key(config_name, tmp_p
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"triggers__patch__type": "warpy"}, "triggers.patch.type: 'warpy' is not one of ['patch', 'blend', 'stamp']"),
+    ({"triggers__patch__type": "warpy"}, "triggers.patch.type: 'warpy' is not one of ['patch', 'blend', 'stamp', 'wanet', 'additive', 'relabel']"),
     ({"poisoning__ratios": [1.0]}, "poisoning.ratios.0: 1.0 is greater than or equal to the maximum of 1"),
     ({"target": 10}, "target: 10 is not a class of tiny; allowed 0..9"),
     ({"poisoning__ratios": [0.95]}, "poisoning.ratios: 0.95 asks for 190 poisoned images but only 180"),
