@@ -408,10 +408,10 @@ def test_stable_diffusion_gets_its_own_training_defaults():
 
 
 def test_default_x0_clipping_comes_from_the_schema():
-    from bibaddiff.config import DEFAULT_X0_CLIPPING
+    from bibaddiff.config import default_x0_clipping
 
     by_kind = schema()["properties"]["generation"]["properties"]["x0_clipping"]["x-default-by-kind"]
-    assert DEFAULT_X0_CLIPPING == by_kind == {"ddpm": "none", "stable_diffusion": "none"}
+    assert default_x0_clipping() == by_kind == {"ddpm": "none", "stable_diffusion": "none"}
     config = tiny()
     del config["generation"]["x0_clipping"]
     assert validate_config(config, schema())["generation"]["x0_clipping"] == ["none"]  # a list, as before

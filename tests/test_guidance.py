@@ -236,9 +236,9 @@ def _validated(**generation):
 
 
 def test_x0_clipping_default_is_a_list_of_one_mode():
-    from bibaddiff.config import DEFAULT_X0_CLIPPING
+    from bibaddiff.config import default_x0_clipping
 
-    assert _validated()["generation"]["x0_clipping"] == [DEFAULT_X0_CLIPPING["ddpm"]]
+    assert _validated()["generation"]["x0_clipping"] == [default_x0_clipping()["ddpm"]]
     assert _validated(x0_clipping="clip")["generation"]["x0_clipping"] == ["clip"]
     assert _validated(x0_clipping=["clip_recompute", "none"])["generation"]["x0_clipping"] == ["clip_recompute", "none"]
 

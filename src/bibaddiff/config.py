@@ -77,13 +77,6 @@ def default_x0_clipping() -> dict[str, Any]:
     return {kind: section_defaults(("generation",), kind)["x0_clipping"] for kind in MODEL_KINDS}
 
 
-def __getattr__(name: str) -> Any:
-    # DEFAULT_X0_CLIPPING, the kind -> default mode mapping, stays importable; it is read from the schema when asked.
-    if name == "DEFAULT_X0_CLIPPING":
-        return default_x0_clipping()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     """Check ``config`` against the schema and the data it names; returns a copy with defaults filled in."""
     unfilled = placeholder_keys(config)
@@ -100,9 +93,10 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
                              "from diffusion.pretrained, so leave diffusion.model out")
     check_training_length(diffusion["training"])
     filled = fill_defaults(copy.deepcopy(config), schema)
-    fill_x0_clipping(filled)
-    guidance = filled["defenses"]["generated_set_guidance"]
-    filled["defenses"]["generated_set_guidance"] = [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+    # Keys that take one value or a list are lists from here on.
+    filled["generation"]["x0_clipping"] = as_list(filled["generation"]["x0_clipping"])
+    filled["defenses"]["generated_set_guidance"] = as_list(filled["defenses"]["generated_set_guidance"])
+    check_x0_clipping(filled)
     check_experiment(filled)
     return sort_keys(filled)
 
@@ -126,18 +120,18 @@ def fill_steps_from_epochs(training: dict[str, Any], num_images: int) -> None:
     training["steps"] = max(1, math.ceil(epochs * num_images / training["batch_size"]))
 
 
-def fill_x0_clipping(config: dict[str, Any]) -> None:
-    """``generation.x0_clipping`` as a list of modes, the kind's default (from the schema) when absent; the first
-    mode is the one that generated training sets and other single-sampler stages use."""
-    kind = config["diffusion"]["kind"]
-    modes = config["generation"].get("x0_clipping")
-    if modes is None:
-        modes = default_x0_clipping()[kind]
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    if kind == "stable_diffusion" and modes != ["none"]:
+def as_list(value: Any) -> list[Any]:
+    """A config value that may be one item or a list of them, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_x0_clipping(config: dict[str, Any]) -> None:
+    """A stable_diffusion model samples latents: no x0 clipping mode but none. (The first mode of the list is the one
+    that generated training sets and other single-sampler stages use.)"""
+    modes = config["generation"]["x0_clipping"]
+    if config["diffusion"]["kind"] == "stable_diffusion" and modes != ["none"]:
         raise BibaddiffError(f"config key generation.x0_clipping: a stable_diffusion model samples latents, which "
                              f"only 'none' leaves intact; got {', '.join(modes)}")
-    config["generation"]["x0_clipping"] = modes
 
 
 def placeholder_keys(value: Any, where: str = "") -> list[str]:
