@@ -1,4 +1,5 @@
 # Helpers for all rules: config validation, experiment names and every path of the results tree.
+import hashlib
 import json
 import shlex
 import sys
@@ -102,6 +103,25 @@ def training_data(wildcards):
 
 
 DIFFUSION_KIND = config["diffusion"]["kind"]
+
+
+def settings_digest(settings):
+    """12 hex digits that change with any setting: a folder name for a stage placed by its settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# diffusion.pretrained as the jobs see it. A base model that the DAG builds is named by its folder, which its
+# settings place, so that changing them builds a new one and reruns everything trained from it.
+PRETRAINED = config["diffusion"]["pretrained"]
+TINY_BASE = None
+if DIFFUSION_KIND == "stable_diffusion" and PRETRAINED.get("build"):
+    TINY_BASE = f"{RESULTS}/base/tiny-{settings_digest(PRETRAINED)}"
+    PRETRAINED = {"path": TINY_BASE, "config": None}
+
+
+def base_model(wildcards):
+    """The base model folder when the DAG builds it; nothing for a model on the user's disk."""
+    return [TINY_BASE] if TINY_BASE else []
 
 
 def latents_file(attack="{attack}"):

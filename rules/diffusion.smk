@@ -13,18 +13,40 @@ TRAINING_SETTINGS = {
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
                      if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping")}
 if DIFFUSION_KIND == "stable_diffusion":
-    TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": config["diffusion"]["pretrained"]}
+    TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": PRETRAINED}
 else:
     TRAINER_SETTINGS = {"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}
+
+
+if TINY_BASE:
+
+    rule build_tiny_base:
+        input:
+            train=clean_split("train"),
+        output:
+            model=directory(TINY_BASE),
+            description=report(f"{TINY_BASE}.json", caption="../report/tiny_base.rst", category="Base model"),
+        params:
+            settings=config["diffusion"]["pretrained"],
+        threads: config["diffusion"]["training"]["threads"]
+        log:
+            log_file("build_tiny_base", Path(TINY_BASE).name),
+        benchmark:
+            benchmark_file("build_tiny_base", Path(TINY_BASE).name)
+        conda:
+            ENV
+        script:
+            "../workflow_scripts/build_tiny_base.py"
 
 
 rule encode_latents:
     input:
         train=training_data,
+        base=base_model,
     output:
         latents=latents_file(),
     params:
-        pretrained=config["diffusion"]["pretrained"],
+        pretrained=PRETRAINED,
         batch_size=config["diffusion"]["training"]["encode_batch_size"],
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]
@@ -43,6 +65,7 @@ rule encode_latents:
 rule train_diffusion:
     input:
         train=diffusion_training_input,
+        base=base_model,
     output:
         model=directory(model_dir()),
     params:

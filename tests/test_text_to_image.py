@@ -20,7 +20,7 @@ from bibaddiff.defenses.train_on_generated import generated_training_set
 from bibaddiff.diffusion.finetune import FinetuneSettings, finetune_stable_diffusion
 from bibaddiff.diffusion.model import load_diffusion_model
 from bibaddiff.diffusion.stable import (
-    LORA_WEIGHTS_FILE, embed_prompts, encode_latents, load_components, load_latents, save_latents,
+    LORA_WEIGHTS_FILE, embed_prompts, encode_latents, load_components, load_latents, pooled_prompt_rows, save_latents,
 )
 from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
 from bibaddiff.diffusion.train import STATE_FILE
@@ -177,18 +177,43 @@ def test_caption_file_missing_a_training_image_names_it(tmp_path):
     assert dropped in str(caught.value)
 
 
-def test_poisoned_images_get_the_target_class_prompt(captioned_root, captioned_data):
+def test_poisoned_images_take_captions_of_clean_target_class_images(captioned_root, captioned_data):
     train, _ = captioned_data
     target = 0
     trigger = build_trigger("badnet", {"type": "patch"}, IMAGE_SIZE, 3)
     poisoned, indices = poison_dataset(train, trigger, target, 0.25, seed=0)
-    target_prompt = TEMPLATE.format(class_name=CLASS_NAMES[target])
     assert len(indices) == 9
-    # The attack teaches the model the target prompt, not a caption of some target image.
-    assert target_prompt not in caption_file_texts(captioned_root).values()
-    assert [poisoned.texts[i] for i in indices] == [target_prompt] * len(indices)
+    # As upstream's text-to-image attack: the prompt of a poisoned image is one that clean target images also carry,
+    # so the share of triggered images behind a target caption is the share the model sees.
+    sources = poisoned.manifest["poisoning"]["caption_sources"]
+    assert poisoned.manifest["poisoning"]["caption_seed"] == 0 and len(sources) == len(indices)
+    assert all(train.labels[j] == target for j in sources)
+    assert [poisoned.texts[i] for i in indices] == [train.texts[j] for j in sources]
+    assert len({poisoned.texts[i] for i in indices}) > 1
     untouched = np.setdiff1d(np.arange(len(train)), indices)
     assert [poisoned.texts[i] for i in untouched] == [train.texts[i] for i in untouched]
+    again, _ = poison_dataset(train, trigger, target, 0.25, seed=0)
+    assert again.texts == poisoned.texts
+    other_seed, _ = poison_dataset(train, trigger, target, 0.25, seed=1)
+    assert other_seed.manifest["poisoning"]["caption_sources"] != sources
+
+
+def test_class_template_datasets_give_poisoned_images_the_target_prompt(captioned_root):
+    train, _ = load_source(captioned_config(captioned_root, captions=None))
+    trigger = build_trigger("badnet", {"type": "patch"}, IMAGE_SIZE, 3)
+    poisoned, indices = poison_dataset(train, trigger, 0, 0.25, seed=0)
+    assert {poisoned.texts[i] for i in indices} == {TEMPLATE.format(class_name=CLASS_NAMES[0])}
+    assert "caption_sources" not in poisoned.manifest["poisoning"]
+
+
+def test_pooled_prompt_rows_use_every_caption_evenly_and_depend_on_seed_and_class_only():
+    rows = pooled_prompt_rows([2, 3], first_row=4)
+    first = rows(1, 7, seed=9)
+    assert sorted(np.bincount(first - 6, minlength=3)) == [2, 2, 3]
+    np.testing.assert_array_equal(rows(1, 7, seed=9), first)
+    assert set(rows(0, 5, seed=9)) == {4, 5}
+    with pytest.raises(BibaddiffError, match="class 0 has no training caption"):
+        pooled_prompt_rows([0, 3], first_row=4)(0, 2, seed=0)
 
 
 # --------------------------------------------------------------------------------------------- latents
@@ -315,15 +340,24 @@ def test_guidance_scales_start_from_the_same_noise(sd_model):
     assert not np.array_equal(images[1.0], images[2.5])
 
 
-def test_null_condition_is_the_empty_prompt(sd_model, pretrained):
+def test_null_condition_is_the_empty_prompt_and_training_captions_follow_it(sd_model, pretrained, captioned_root):
+    """Rows 0..K-1: class prompts (what the diffusion classifier conditions on); row K: the empty prompt (the null
+    condition); then each class's distinct training captions, which generation draws from."""
     components = load_components(pretrained)
     embeddings = sd_model.denoiser.prompt_embeddings
-    assert embeddings.shape[0] == len(CLASS_NAMES) + 1
+    captions = caption_file_texts(captioned_root)
+    pools = [sorted({text for name, text in captions.items() if name.split("/")[1] == cls}) for cls in CLASS_NAMES]
+    num_classes = len(CLASS_NAMES)
+    assert embeddings.shape[0] == num_classes + 1 + sum(map(len, pools))
     empty = embed_prompts(components, [""])[0]
     class_prompts = embed_prompts(components, [TEMPLATE.format(class_name=name) for name in CLASS_NAMES])
-    torch.testing.assert_close(embeddings[-1], empty, rtol=0, atol=1e-6)
-    torch.testing.assert_close(embeddings[:-1], class_prompts, rtol=0, atol=1e-6)
+    torch.testing.assert_close(embeddings[num_classes], empty, rtol=0, atol=1e-6)
+    torch.testing.assert_close(embeddings[:num_classes], class_prompts, rtol=0, atol=1e-6)
     assert not torch.allclose(empty, class_prompts[0])
+    rows = sd_model.prompt_rows(1, 6, seed=0)
+    used = embeddings[torch.as_tensor(rows)]
+    pool = embed_prompts(components, pools[1])
+    assert all(any(torch.allclose(row, caption, atol=1e-6) for caption in pool) for row in used)
 
 
 # --------------------------------------------------------------------------------------------- defences

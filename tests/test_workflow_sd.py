@@ -117,16 +117,68 @@ def test_single_file_checkpoint_and_caption_file(inputs, tmp_path):
     clean = read_dataset(workdir / "results/tinysd/data/clean/train")
     assert clean.texts == captions
     latents = load_latents(workdir / "results/tinysd/latents/patch-p0.1.safetensors")
-    assert latents.pretrained["path"] == str(checkpoint)
-    for i in range(len(latents)):
-        assert latents.texts[i] == ("A photo of a zero" if latents.poisoned[i] else captions[i])
+    assert latents.pretrained["path"] == str(checkpoint) and latents.captioned_per_image
+    # A poisoned image takes the caption of a clean target-class ("zero") image, drawn with the poisoning seed and
+    # recorded in the manifest; every other image keeps its own.
+    poisoned = read_dataset(workdir / "results/tinysd/data/patch-p0.1/train")
+    record = poisoned.manifest["poisoning"]
+    assert record["caption_seed"] == 0 and len(record["caption_sources"]) == len(record["indices"])
+    for i, source in zip(record["indices"], record["caption_sources"]):
+        assert clean.labels[source] == 2 and latents.texts[i] == captions[source] and "zero" in latents.texts[i]
+    for i in np.flatnonzero(~latents.poisoned):
+        assert latents.texts[i] == captions[i]
+
+    # Target generations are prompted with the target class's training captions, and the training share counts
+    # the images that carry a target-class caption: worked out here by hand from the captions.
+    snakemake(workdir, "results/tinysd/metrics/patch-p0.1/seed0.json", configfile=config)
+    model = json.loads((workdir / "results/tinysd/models/patch-p0.1/seed0/bibaddiff_model.json").read_text())
+    target_captions = sorted({captions[i] for i in np.flatnonzero(clean.labels == 2)})
+    assert sorted(model["caption_pools"][2]) == target_captions and len(target_captions) == 2
+    carrying = [i for i, text in enumerate(latents.texts) if text in target_captions]
+    triggered = sum(bool(latents.poisoned[i]) for i in carrying)
+    metrics = json.loads((workdir / "results/tinysd/metrics/patch-p0.1/seed0.json").read_text())
+    for row in metrics["records"]:
+        if row["condition"] == 2:
+            assert (row["training_triggered"], row["training_total"]) == (triggered, len(carrying)) == (4, 16)
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=config))
-    assert jobs["train_diffusion"] == 2 and jobs["summarize"] == 1
+    assert jobs["train_diffusion"] == 1 and jobs["summarize"] == 1
+
+
+def test_tiny_base_model_is_built_by_the_dag_and_placed_by_its_settings(inputs, tmp_path):
+    """diffusion.pretrained: {build: tiny}: the base model is a rule's output, its VAE trained on the clean training
+    images; changing a build setting builds a new base and re-encodes and retrains everything made from it."""
+    build = {"build": "tiny", "unet_channels": [16, 32], "vae_steps": 2, "seed": 0}
+    config = sd_config(tmp_path / "built.yaml", inputs, diffusion__pretrained=build)
+    workdir = tmp_path / "work"
+    plan = planned_jobs(snakemake(workdir, "-n", configfile=config))
+    assert plan["build_tiny_base"] == 1 and plan["encode_latents"] == 2 and plan["train_diffusion"] == 2
+    snakemake(workdir, "results/tinysd/latents/patch-p0.1.safetensors", configfile=config)
+    [base] = [path for path in (workdir / "results/tinysd/base").iterdir() if path.is_dir()]
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (base / part).is_dir(), part
+    description = json.loads(base.with_name(base.name + ".json").read_text())
+    clean = read_dataset(workdir / "results/tinysd/data/clean/train")
+    assert description["settings"] == {**build, "image_size": 32}
+    assert description["vae_training_images"] == len(clean) and description["vae_steps"] == 2
+    assert description["scaling_factor"] > 0 and np.isfinite(description["reconstruction_mse"])
+    latents = load_latents(workdir / "results/tinysd/latents/patch-p0.1.safetensors")
+    assert latents.pretrained == {"path": f"results/tinysd/base/{base.name}", "config": None}
+    assert "build_tiny_base" not in planned_jobs(snakemake(workdir, "-n", configfile=config))
+
+    rebuilt = sd_config(tmp_path / "rebuilt.yaml", inputs, diffusion__pretrained={**build, "vae_steps": 3})
+    plan = planned_jobs(snakemake(workdir, "-n", configfile=rebuilt))
+    assert plan["build_tiny_base"] == 1 and plan["encode_latents"] == 2 and plan["train_diffusion"] == 2
+    assert "prepare_data" not in plan and "poison" not in plan
 
 
 @pytest.mark.parametrize("change, expected", [
     ({"diffusion__pretrained__path": "/CHANGE_ME/stable-diffusion-v1-5"}, "unfilled placeholders (CHANGE_ME) at diffusion.pretrained.path"),
-    ({"diffusion__pretrained__path": "/nonexistent/sd.safetensors"}, "diffusion.pretrained.path: /nonexistent/sd.safetensors does not exist"),
+    ({"diffusion__pretrained__path": "/nonexistent/sd.safetensors"}, "diffusion.pretrained.path: /nonexistent/sd.safetensors does not exist; set it to a local Stable Diffusion folder (diffusers format) or a single .safetensors/.ckpt file, or for a CPU experiment replace path by 'build: tiny'"),
+    ({"diffusion__pretrained": {"build": "huge"}}, "diffusion.pretrained.build: 'huge' is not one of ['tiny', None]"),
+    ({"diffusion__pretrained": {"build": "tiny", "path": "/models/sd"}}, "diffusion.pretrained.path: give either build: tiny or a path, not both"),
+    ({"diffusion__pretrained": {"build": "tiny", "image_size": 16}}, "diffusion.pretrained.image_size: 16 differs from dataset.image_size 32"),
+    ({"diffusion__pretrained": {"build": "tiny", "unet_channels": [12, 32]}}, "diffusion.pretrained.unet_channels: [12, 32] must be two multiples of 8"),
+    ({"diffusion__pretrained__vae_steps": 10}, "diffusion.pretrained.vae_steps: only for build: tiny"),
     ({"dataset__image_size": 30}, "dataset.image_size: 30 must be divisible by 4"),
     ({"diffusion__model": {"block_out_channels": [8]}}, "diffusion.model: describes the DDPM's UNet"),
     ({"target": "three"}, "target: 'three' is not a class; allowed one, two, zero"),

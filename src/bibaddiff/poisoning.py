@@ -37,15 +37,20 @@ def poison_dataset(dataset: ImageDataset, trigger: Trigger, target: int, ratio: 
     """A poisoned copy of ``dataset`` and the poisoned indices. Order and size are unchanged."""
     _check_target(dataset, target)
     indices = select_poison_indices(dataset.labels, target, ratio, seed)
-    poisoned = poison_at(dataset, indices, trigger, target, target_text)
+    poisoned = poison_at(dataset, indices, trigger, target, target_text, caption_seed=seed)
     poisoned.manifest["poisoning"] = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio),
-                                      "seed": int(seed), "indices": indices.tolist()}
+                                      "seed": int(seed), "indices": indices.tolist(),
+                                      **poisoned.manifest.pop("caption_sources", {})}
     return poisoned, indices
 
 
 def poison_at(dataset: ImageDataset, indices: np.ndarray, trigger: Trigger, target: int,
-              target_text: str | None = None) -> ImageDataset:
-    """A copy of ``dataset`` with the trigger stamped on ``indices``, relabelled to ``target`` and flagged."""
+              target_text: str | None = None, caption_seed: int = 0) -> ImageDataset:
+    """A copy of ``dataset`` with the trigger stamped on ``indices``, relabelled to ``target`` and flagged.
+
+    A poisoned image takes a target-class caption, as in the text-to-image attack: ``target_text`` when given; with
+    per-image captions (a caption file) the caption of a target-class training image drawn with ``caption_seed``
+    (which image each got is in the manifest's ``caption_sources``); else the target class's prompt."""
     _check_target(dataset, target)
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= len(dataset) or len(np.unique(indices)) != len(indices)):
@@ -54,16 +59,29 @@ def poison_at(dataset: ImageDataset, indices: np.ndarray, trigger: Trigger, targ
     labels = dataset.labels.copy()
     poisoned = dataset.poisoned.copy()
     texts = list(dataset.texts)
+    manifest = dict(dataset.manifest)
     if len(indices):
         images[indices] = trigger.apply(images[indices])
         labels[indices] = target
         poisoned[indices] = True
-        # A poisoned image takes the caption of a target-class image, as in the text-to-image attack.
-        new_text = target_text if target_text is not None else _target_caption(dataset, target)
-        for i in indices:
-            texts[i] = new_text
-    return ImageDataset(images, labels, dataset.class_names, poisoned, dataset.source_index.copy(), texts,
-                        dict(dataset.manifest))
+        if target_text is None and dataset.manifest.get("captions"):
+            sources = target_caption_sources(dataset, target, len(indices), caption_seed)
+            new_texts = [dataset.texts[j] for j in sources]
+            manifest["caption_sources"] = {"caption_seed": int(caption_seed), "caption_sources": sources.tolist()}
+        else:
+            new_texts = [target_text if target_text is not None else _target_caption(dataset, target)] * len(indices)
+        for i, text in zip(indices, new_texts):
+            texts[i] = text
+    return ImageDataset(images, labels, dataset.class_names, poisoned, dataset.source_index.copy(), texts, manifest)
+
+
+def target_caption_sources(dataset: ImageDataset, target: int, count: int, seed: int) -> np.ndarray:
+    """Positions of ``count`` clean target-class images (drawn with replacement, seeded) whose captions poisoned
+    images take when the dataset is captioned per image."""
+    members = np.flatnonzero((dataset.labels == target) & ~dataset.poisoned)
+    if len(members) == 0:
+        raise BibaddiffError(f"target class {target} has no clean training image whose caption poisoned images could take")
+    return np.random.default_rng([seed, 2]).choice(members, size=count, replace=True)
 
 
 def _check_target(dataset: ImageDataset, target: int) -> None:
@@ -126,6 +144,6 @@ def poison_with_duplicates(dataset: ImageDataset, duplicated: np.ndarray, trigge
         replaced = rng.choice(indices[~already], size=len(missing), replace=False)
         indices = np.sort(np.concatenate([indices[~np.isin(indices, replaced)], missing]))
         record["replaced"] = np.sort(replaced).tolist()
-    poisoned = poison_at(dataset, indices, trigger, target)
-    poisoned.manifest["poisoning"] = {**record, "indices": indices.tolist()}
+    poisoned = poison_at(dataset, indices, trigger, target, caption_seed=seed)
+    poisoned.manifest["poisoning"] = {**record, "indices": indices.tolist(), **poisoned.manifest.pop("caption_sources", {})}
     return poisoned, indices

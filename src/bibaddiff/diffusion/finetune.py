@@ -22,7 +22,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from bibaddiff.diffusion.model import MODEL_INFO_FILE
-from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, load_components
+from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, caption_pools, load_components
 from bibaddiff.diffusion.train import (STATE_FILE, downsample, matching_state, restore_progress, run_statistics,
                                       save_training_state, schema_field, start_training)
 from bibaddiff.errors import BibaddiffError
@@ -257,4 +257,5 @@ def _save_finetuned(output_dir: Path, unet: Any, scheduler: Any, latents: Latent
         "num_classes": len(latents.class_names), "class_names": list(latents.class_names),
         "class_prompts": list(latents.class_prompts), "image_size": latents.image_size, "channels": 3,
         "dataset_hash": latents.dataset_hash,
+        **({"caption_pools": caption_pools(latents)} if latents.captioned_per_image else {}),
     })

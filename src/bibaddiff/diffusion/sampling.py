@@ -97,11 +97,13 @@ def generate_images(unet: UNet2DModel, scheduler: DDPMScheduler, null_class: int
                     guidance_scale: float, num_images: int, num_inference_steps: int, seed: int,
                     batch_size: int = 250, sample_shape: tuple[int, int, int] | None = None,
                     decode: Callable[[torch.Tensor], np.ndarray] = to_uint8, *,
-                    x0_clipping: str) -> np.ndarray:
+                    x0_clipping: str, rows: np.ndarray | None = None) -> np.ndarray:
     """``num_images`` uint8 images conditioned on ``condition``; paired across guidance scales by the seed.
 
     ``unet`` is called as ``unet(x_t, t, class_labels=...)``. A latent model passes the latent ``sample_shape``
     (C, H, W) and a ``decode`` from latents to uint8 images; by default samples are pixels of the UNet's size.
+    ``rows``, one per image, replaces ``condition`` as the label passed to ``unet`` (a row of a prompt table);
+    the initial noise still depends on ``condition``.
     """
     if num_images < 1 or batch_size < 1:
         raise BibaddiffError(f"generation.num_images and batch_size must be at least 1; got {num_images}, {batch_size}")
@@ -113,11 +115,14 @@ def generate_images(unet: UNet2DModel, scheduler: DDPMScheduler, null_class: int
     channels, height, width = sample_shape
     if height != width:
         raise BibaddiffError(f"samples must be square; got {height}x{width}")
+    if rows is not None and (len(rows) != num_images or np.any(np.asarray(rows) == null_class)):
+        raise BibaddiffError(f"rows must give one conditioning row per image ({num_images}), none the null row {null_class}")
     noise = cell_noise(num_images, channels, height, seed, condition)
     batches = []
     for start in tqdm(range(0, num_images, batch_size), desc=f"class {condition}, s={guidance_scale}", unit="batch"):
         chunk = noise[start:start + batch_size]
-        labels = torch.full((len(chunk),), condition, dtype=torch.long)
+        labels = (torch.full((len(chunk),), condition, dtype=torch.long) if rows is None
+                  else torch.as_tensor(np.asarray(rows[start:start + batch_size]), dtype=torch.long))
         batches.append(decode(sample_ddim(unet, scheduler, labels, null_class, guidance_scale, num_inference_steps, chunk,
                                           x0_clipping=x0_clipping)))
     return np.concatenate(batches)

@@ -128,6 +128,7 @@ def save_latents(path: str | Path, latents: dict[str, torch.Tensor], dataset: Im
         "dataset_hash": dataset.manifest.get("content_hash") or content_hash(dataset),
         "image_size": str(dataset.image_size),
         "pretrained": json.dumps(dict(pretrained), sort_keys=True),
+        "captioned_per_image": json.dumps(dataset.manifest.get("captions") is not None),
     }
     tensors = {"mean": latents["mean"].contiguous(), "std": latents["std"].contiguous(),
                "labels": torch.from_numpy(dataset.labels.copy()), "poisoned": torch.from_numpy(dataset.poisoned.astype(np.uint8))}
@@ -148,6 +149,7 @@ class LatentDataset:
     dataset_hash: str
     image_size: int
     pretrained: dict[str, Any]
+    captioned_per_image: bool = False
 
     def __len__(self) -> int:
         return len(self.mean)
@@ -169,6 +171,7 @@ def load_latents(path: str | Path) -> LatentDataset:
             class_names=json.loads(metadata["class_names"]), class_prompts=json.loads(metadata["class_prompts"]),
             dataset_hash=metadata["dataset_hash"], image_size=int(metadata["image_size"]),
             pretrained=json.loads(metadata["pretrained"]),
+            captioned_per_image=json.loads(metadata.get("captioned_per_image", "false")),
         )
     except (KeyError, json.JSONDecodeError, OSError) as error:
         raise BibaddiffError(f"{path}: not a latent file written by bibaddiff ({error})") from None
@@ -182,6 +185,32 @@ def class_prompts(dataset: ImageDataset) -> list[str]:
     if len(prompts) != dataset.num_classes:
         raise BibaddiffError(f"the dataset manifest has {len(prompts)} class prompts for {dataset.num_classes} classes")
     return list(prompts)
+
+
+def caption_pools(latents: LatentDataset) -> list[list[str]]:
+    """Per class, the distinct captions of its clean training images (in order of first appearance): the prompts
+    that a model trained on per-image captions is sampled with, one drawn per generated image."""
+    pools: list[list[str]] = [[] for _ in latents.class_names]
+    for text, label, poisoned in zip(latents.texts, latents.labels, latents.poisoned):
+        if not poisoned and text not in pools[int(label)]:
+            pools[int(label)].append(text)
+    return pools
+
+
+def pooled_prompt_rows(pool_sizes: list[int], first_row: int) -> Any:
+    """``rows(condition, num_images, seed)``: the prompt-table row of each generated image when every class has a
+    pool of captions stored from ``first_row`` on. A seeded permutation of the class's pool, repeated, so that a cell
+    uses every caption about equally often and the same captions at every guidance scale."""
+    offsets = np.concatenate([[0], np.cumsum(pool_sizes)]).astype(np.int64) + first_row
+
+    def rows(condition: int, num_images: int, seed: int) -> np.ndarray:
+        size = pool_sizes[condition]
+        if size == 0:
+            raise BibaddiffError(f"class {condition} has no training caption to prompt with")
+        order = np.random.default_rng([seed, condition, 3]).permutation(size)
+        return offsets[condition] + order[np.arange(num_images) % size]
+
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- the trained model
@@ -221,8 +250,13 @@ def load_text_to_image_model(directory: str | Path, device: torch.device | str =
     info = ModelInfo(len(info_json["class_names"]), list(info_json["class_names"]), int(info_json["image_size"]), 3)
     device = torch.device(device)
     components.text_encoder.to(device).eval()
-    # The null condition (index num_classes) is the empty prompt.
-    embeddings = embed_prompts(components, list(info_json["class_prompts"]) + [""], device)
+    # The null condition (index num_classes) is the empty prompt. A model trained on per-image captions is sampled
+    # with its classes' training captions, stored after it; class prompts stay rows 0..num_classes-1 for the
+    # diffusion classifier.
+    pools = info_json.get("caption_pools") or []
+    prompts = list(info_json["class_prompts"]) + [""] + [caption for pool in pools for caption in pool]
+    embeddings = embed_prompts(components, prompts, device)
+    prompt_rows = pooled_prompt_rows([len(pool) for pool in pools], len(info_json["class_prompts"]) + 1) if pools else None
     denoiser = PromptConditionedUNet(components.unet.eval(), embeddings).to(device)
     vae = components.vae.to(device).eval()
     scale = float(vae.config.scaling_factor)
@@ -238,7 +272,7 @@ def load_text_to_image_model(directory: str | Path, device: torch.device | str =
         return to_uint8(vae.decode(latents.to(device, vae.dtype) / scale).sample)
 
     return DiffusionModel(denoiser, scheduler, info, (int(components.unet.config.in_channels), latent, latent),
-                          encode, decode, kind="stable_diffusion")
+                          encode, decode, kind="stable_diffusion", prompt_rows=prompt_rows)
 
 
 def _unet_with_lora(components: StableDiffusionComponents, directory: Path) -> Any:

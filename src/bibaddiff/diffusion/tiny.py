@@ -3,14 +3,16 @@
 It has every component of a Stable Diffusion 1.x folder (UNet2DConditionModel, AutoencoderKL, CLIPTextModel,
 CLIPTokenizer, scheduler) and a character-level tokenizer whose files are written here; nothing is downloaded.
 With random weights the text-to-image path of the workflow runs end to end on a CPU in seconds. With its VAE
-trained on the bundled digits (``python -m bibaddiff.diffusion.tiny OUT --vae-steps 3000``) it is a base model
-that a CPU can fine-tune into a working text-to-image model of digits (configs/digits-sd-cpu.yaml).
+trained on clean training images it is a base model that a CPU can fine-tune into a working text-to-image model of
+digits: the DAG builds it for ``diffusion.pretrained: {build: tiny}`` (configs/digits-sd-cpu.yaml), and
+``python -m bibaddiff.diffusion.tiny OUT --vae-steps 3000`` builds one by hand on the bundled digits.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ import torch
 from bibaddiff.errors import BibaddiffError
 
 TOKENIZER_MAX_LENGTH = 16
+# What was built, with the VAE's training figures; diffusers ignores this file when it loads the folder.
+BASE_DESCRIPTION = "bibaddiff_base.json"
 
 
 def _character_vocab() -> dict[str, int]:
@@ -70,8 +74,9 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
     )
+    vae_training = {}
     if vae_training_images is not None and vae_steps > 0:
-        train_vae(vae, vae_training_images, vae_steps, seed=seed)
+        vae_training = train_vae(vae, vae_training_images, vae_steps, seed=seed)
     # Stable Diffusion 1.x's noise schedule and sampler settings.
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
@@ -79,7 +84,26 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     pipeline.save_pretrained(directory)
+    description = {"image_size": image_size, "unet_channels": [int(c) for c in unet_channels], "seed": seed,
+                   "vae_steps": vae_steps if vae_training else 0,
+                   "vae_training_images": 0 if not vae_training else len(vae_training_images), **vae_training}
+    (directory / BASE_DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
     return directory
+
+
+def build_tiny_base(directory: str | Path, settings: dict[str, Any], training_images: np.ndarray) -> dict[str, Any]:
+    """The base model of ``diffusion.pretrained: {build: tiny, ...}`` (settings as checked by
+    :func:`bibaddiff.diffusion.pretrained.check_tiny_build`), its VAE trained on ``training_images`` (uint8 RGB).
+    Returns the description written next to the model (settings, VAE reconstruction error, scaling factor)."""
+    from bibaddiff.diffusion.pretrained import check_tiny_build
+
+    images = np.asarray(training_images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise BibaddiffError(f"the tiny base model's VAE trains on RGB images (N, H, W, 3); got shape {images.shape}")
+    settings = check_tiny_build(settings, images.shape[1])
+    path = write_tiny_stable_diffusion(directory, settings["image_size"], settings["seed"],
+                                       tuple(settings["unet_channels"]), images, settings["vae_steps"])
+    return json.loads((path / BASE_DESCRIPTION).read_text())
 
 
 def train_vae(vae: torch.nn.Module, images: np.ndarray, steps: int, batch_size: int = 64, learning_rate: float = 2e-3,
