@@ -4,7 +4,9 @@ For generations conditioned on class c:
   G1 trigger and wrong content, G2 trigger and right content, G3 no trigger and wrong content, G4 correct.
 The trigger ratio is (G1 + G2) / N; the mismatch ratio is (G1 + G3) / N. The training share is the share of
 triggered images among the training images a sample of that condition imitates: those labelled c, or, for the
-unconditional sampler (guidance 0), the whole training set. Amplification is trigger ratio / training share;
+unconditional sampler (guidance 0), the whole training set. (With per-image captions, poisoned images take
+target-class captions, so the images labelled c are those whose captions the class-c prompts are drawn from.)
+Amplification is trigger ratio / training share;
 the share is a known property of the training set, so its interval is the trigger ratio's divided by it.
 """
 
