@@ -1,6 +1,7 @@
 # Helpers for all rules: config validation, experiment names and every path of the results tree.
 import hashlib
 import json
+from decimal import Decimal
 import shlex
 import sys
 from pathlib import Path
@@ -43,8 +44,9 @@ GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
 
 
 def number(value):
-    """How numbers appear in paths: 0.1 -> '0.1', 2.0 -> '2'."""
-    return f"{value:g}"
+    """How numbers appear in paths: 0.1 -> '0.1', 2.0 -> '2', 5e-05 -> '0.00005' (never an exponent, which the
+    wildcard patterns would refuse)."""
+    return format(Decimal(repr(float(value))).normalize(), "f")
 
 
 ATTACKS = {

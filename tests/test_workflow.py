@@ -305,6 +305,14 @@ def test_unfilled_placeholders_give_one_line_naming_every_key(config_name, tmp_p
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_small_ratios_and_scales_name_their_folders_without_exponents(tmp_path):
+    config = write_config(tmp_path / "small.yaml", poisoning__ratios=[0.00005, 0.1], generation__guidance_scales=[1, 10.0])
+    result = snakemake(tmp_path / "work", "-n", configfile=config)
+    text = result.stdout + result.stderr
+    assert "results/tiny/data/patch-p0.00005/train" in text and "/c6_s10.npy" in text and "e-05" not in text
+    assert planned_jobs(result)["poison"] == 2
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"triggers__patch__type": "warpy"}, "triggers.patch.type: 'warpy' is not one of ['patch', 'blend', 'stamp', 'wanet', 'additive', 'relabel']"),
     ({"poisoning__ratios": [1.0]}, "poisoning.ratios.0: 1.0 is greater than or equal to the maximum of 1"),
