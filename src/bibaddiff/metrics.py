@@ -130,39 +130,29 @@ def _scores_and_flags(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.n
 
 
 def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:
-    """Area under the ROC curve: the chance that a random positive outscores a random negative (ties count half).
-
-    Computed from ranks (Mann-Whitney U) with tied scores given their average rank; nan when either class is empty.
-    """
-    from scipy.stats import rankdata
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``): the chance that a random positive outscores a
+    random negative, ties counting half; nan when either class is empty."""
+    from sklearn.metrics import roc_auc_score
 
     scores, flags = _scores_and_flags(scores, is_positive)
-    n_pos, n_neg = int(flags.sum()), int((~flags).sum())
-    if n_pos == 0 or n_neg == 0:
+    if flags.all() or not flags.any():
         return math.nan
-    ranks = rankdata(scores, method="average")
-    u = ranks[flags].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(flags, scores))
 
 
 def tpr_at_fpr(scores: np.ndarray, is_positive: np.ndarray, fpr: float = 0.05) -> float:
-    """The largest true-positive rate among thresholds "score >= s" (s one of the scores) whose FPR is <= ``fpr``.
+    """The largest true-positive rate among thresholds "score >= s" (s one of the scores) whose FPR is <= ``fpr``,
+    from scikit-learn's ``roc_curve``. nan when either class is empty. A threshold above every score (nothing
+    flagged, TPR 0) is always allowed."""
+    from sklearn.metrics import roc_curve
 
-    nan when either class is empty. A threshold above every score (nothing flagged, TPR 0) is always allowed.
-    """
     if not 0.0 <= fpr <= 1.0:
         raise BibaddiffError(f"fpr must lie in [0, 1]; got {fpr}")
     scores, flags = _scores_and_flags(scores, is_positive)
-    n_pos, n_neg = int(flags.sum()), int((~flags).sum())
-    if n_pos == 0 or n_neg == 0:
+    if flags.all() or not flags.any():
         return math.nan
-    thresholds = np.unique(scores)
-    positives, negatives = np.sort(scores[flags]), np.sort(scores[~flags])
-    # How many of each class score at or above each threshold.
-    true_pos = n_pos - np.searchsorted(positives, thresholds, side="left")
-    false_pos = n_neg - np.searchsorted(negatives, thresholds, side="left")
-    allowed = false_pos / n_neg <= fpr + 1e-12
-    return float(true_pos[allowed].max() / n_pos) if allowed.any() else 0.0
+    false_rates, true_rates, _ = roc_curve(flags, scores, drop_intermediate=False)
+    return float(true_rates[false_rates <= fpr + 1e-12].max())
 
 
 def attack_success_rate(predictions: np.ndarray, true_labels: np.ndarray, target: int) -> float:

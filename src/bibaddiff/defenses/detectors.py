@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from bibaddiff.diffusion.sampling import to_model_space
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.metrics import tpr_at_fpr
+from bibaddiff.metrics import auroc, tpr_at_fpr
 
 __all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "bootstrap_interval", "score_strip",
            "score_spectral", "score_activation_clustering", "score_cognitive_distillation", "score_fct",
@@ -494,12 +494,6 @@ def run_detector(name: str, model: nn.Module, images: np.ndarray, labels: np.nda
     return DETECTORS[name](model, images, labels, **settings, **data, seed=seed)
 
 
-def _roc_auc(scores: np.ndarray, flags: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(flags, scores)) if 0 < flags.sum() < len(flags) else math.nan
-
-
 def bootstrap_interval(scores: np.ndarray, is_poisoned: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
                        *, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(scores, flags)``, resampling the poisoned and the clean images
@@ -532,7 +526,7 @@ def evaluate_detection(scores: np.ndarray, is_poisoned: np.ndarray, *, resamples
     if not np.all(np.isfinite(scores)):
         raise BibaddiffError("scores must be finite")
     result: dict[str, Any] = {}
-    for key, statistic in (("auroc", _roc_auc), ("tpr_at_5_fpr", lambda s, f: tpr_at_fpr(s, f, 0.05))):
+    for key, statistic in (("auroc", auroc), ("tpr_at_5_fpr", lambda s, f: tpr_at_fpr(s, f, 0.05))):
         low, high = bootstrap_interval(scores, flags, statistic, resamples=resamples, level=level, seed=seed)
         result.update({key: statistic(scores, flags), f"{key}_low": low, f"{key}_high": high})
     return {**result, "n": int(len(flags)), "n_poisoned": int(flags.sum()), "resamples": int(resamples),
