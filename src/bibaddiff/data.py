@@ -1,6 +1,6 @@
 """Dataset sources and the one on-disk dataset format.
 
-Format (DESIGN.md): a folder of PNG files with ``metadata.jsonl`` (one JSON object per image: ``file_name``,
+Format: a folder of PNG files with ``metadata.jsonl`` (one JSON object per image: ``file_name``,
 ``label``, ``text``, ``poisoned``, ``source_index``), which diffusers' imagefolder loaders read as is, and
 ``manifest.json`` with the config, counts and a content hash. Images live in memory as uint8 arrays of shape
 (N, H, W, C).

@@ -39,7 +39,7 @@ from bibaddiff.metrics import auroc, tpr_at_fpr
 
 __all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "bootstrap_interval", "score_strip",
            "score_spectral", "score_activation_clustering", "score_cognitive_distillation", "score_fct",
-           "cognitive_distillation_objective", "mask_total_variation", "rotate_translate", "model_logits",
+           "cognitive_distillation_objective", "mask_total_variation", "rotate_translate",
            "penultimate_features"]
 
 
@@ -102,11 +102,6 @@ def _penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Penultimate-layer features (N, D) as float64, the representation spectral and clustering detectors use."""
     return _batched_outputs(model, images, batch_size, lambda x: _penultimate(model, x))
-
-
-def model_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, classes) as float64."""
-    return _batched_outputs(model, images, batch_size, model)
 
 
 @torch.no_grad()
