@@ -278,7 +278,7 @@ def check_experiment(config: dict[str, Any]) -> None:
 
 def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
     """The text-to-image settings, checked from the model's config files alone (no weights are loaded)."""
-    from bibaddiff.diffusion.pretrained import check_pretrained, check_tiny_build
+    from bibaddiff.diffusion.pretrained import TINY_BUILD_KEYS, check_pretrained, check_tiny_build
 
     diffusion = config["diffusion"]
     if channels != 3:
@@ -288,7 +288,7 @@ def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
         # Built by the DAG (rule build_tiny_base), so there is nothing on disk to check yet.
         diffusion["pretrained"] = check_tiny_build(diffusion["pretrained"], config["dataset"]["image_size"])
         return
-    extra = [key for key in ("image_size", "unet_channels", "vae_steps", "seed") if key in diffusion["pretrained"]]
+    extra = [key for key in TINY_BUILD_KEYS if key != "build" and key in diffusion["pretrained"]]
     if extra:
         raise BibaddiffError(f"config key diffusion.pretrained.{extra[0]}: only for build: tiny; a model named by "
                              "path brings its own settings")

@@ -37,20 +37,18 @@ def poison_dataset(dataset: ImageDataset, trigger: Trigger, target: int, ratio: 
     """A poisoned copy of ``dataset`` and the poisoned indices. Order and size are unchanged."""
     _check_target(dataset, target)
     indices = select_poison_indices(dataset.labels, target, ratio, seed)
-    poisoned = poison_at(dataset, indices, trigger, target, target_text, caption_seed=seed)
-    poisoned.manifest["poisoning"] = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio),
-                                      "seed": int(seed), "indices": indices.tolist(),
-                                      **poisoned.manifest.pop("caption_sources", {})}
-    return poisoned, indices
+    record = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio), "seed": int(seed)}
+    return poison_at(dataset, indices, trigger, target, record, target_text), indices
 
 
-def poison_at(dataset: ImageDataset, indices: np.ndarray, trigger: Trigger, target: int,
-              target_text: str | None = None, caption_seed: int = 0) -> ImageDataset:
-    """A copy of ``dataset`` with the trigger stamped on ``indices``, relabelled to ``target`` and flagged.
+def poison_at(dataset: ImageDataset, indices: np.ndarray, trigger: Trigger, target: int, record: dict[str, Any],
+              target_text: str | None = None) -> ImageDataset:
+    """A copy of ``dataset`` with the trigger stamped on ``indices``, relabelled to ``target`` and flagged; its
+    manifest's ``poisoning`` is the caller's ``record`` (which holds the poisoning ``seed``) plus the indices.
 
     A poisoned image takes a target-class caption, as in the text-to-image attack: ``target_text`` when given; with
-    per-image captions (a caption file) the caption of a target-class training image drawn with ``caption_seed``
-    (which image each got is in the manifest's ``caption_sources``); else the target class's prompt."""
+    per-image captions (a caption file) the caption of a target-class training image drawn with the record's seed
+    (which image each got is recorded as ``caption_sources``); else the target class's prompt."""
     _check_target(dataset, target)
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= len(dataset) or len(np.unique(indices)) != len(indices)):
@@ -60,14 +58,15 @@ def poison_at(dataset: ImageDataset, indices: np.ndarray, trigger: Trigger, targ
     poisoned = dataset.poisoned.copy()
     texts = list(dataset.texts)
     manifest = dict(dataset.manifest)
+    manifest["poisoning"] = {**record, "indices": indices.tolist()}
     if len(indices):
         images[indices] = trigger.apply(images[indices])
         labels[indices] = target
         poisoned[indices] = True
         if target_text is None and dataset.manifest.get("captions"):
-            sources = target_caption_sources(dataset, target, len(indices), caption_seed)
+            sources = target_caption_sources(dataset, target, len(indices), record["seed"])
             new_texts = [dataset.texts[j] for j in sources]
-            manifest["caption_sources"] = {"caption_seed": int(caption_seed), "caption_sources": sources.tolist()}
+            manifest["poisoning"].update(caption_seed=int(record["seed"]), caption_sources=sources.tolist())
         else:
             new_texts = [target_text if target_text is not None else _target_caption(dataset, target)] * len(indices)
         for i, text in zip(indices, new_texts):
@@ -144,6 +143,4 @@ def poison_with_duplicates(dataset: ImageDataset, duplicated: np.ndarray, trigge
         replaced = rng.choice(indices[~already], size=len(missing), replace=False)
         indices = np.sort(np.concatenate([indices[~np.isin(indices, replaced)], missing]))
         record["replaced"] = np.sort(replaced).tolist()
-    poisoned = poison_at(dataset, indices, trigger, target, caption_seed=seed)
-    poisoned.manifest["poisoning"] = {**record, "indices": indices.tolist(), **poisoned.manifest.pop("caption_sources", {})}
-    return poisoned, indices
+    return poison_at(dataset, indices, trigger, target, record), indices

@@ -588,9 +588,7 @@ def poison_duplicated_or_random(dataset: ImageDataset, duplicated_positions: np.
         positions = np.sort(np.concatenate([groups[chosen_groups].reshape(-1), fill]).astype(np.int64))
         record.update(duplicate_groups_poisoned=int(whole_groups), random_fill=int(remainder),
                       poisoned_group_positions=groups[chosen_groups, 0].tolist())
-    poisoned = poison_at(dataset, positions, trigger, target, caption_seed=seed)
-    poisoned.manifest["poisoning"] = {**record, "indices": positions.tolist(), **poisoned.manifest.pop("caption_sources", {})}
-    return poisoned, positions
+    return poison_at(dataset, positions, trigger, target, record), positions
 
 
 def _is_index(value: Any, size: int) -> bool:
