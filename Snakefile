@@ -28,5 +28,6 @@ include: "rules/summary.smk"
 rule all:
     input:
         summary_outputs(),
+        list(provenance_outputs().values()),
         all_cells(),
     default_target: True

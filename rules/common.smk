@@ -36,7 +36,17 @@ wildcard_constraints:
 
 DATASET = config["dataset"]["name"]
 RESULTS = f"results/{DATASET}"
-SUMMARY = "results/summary"
+# What an experiment concludes (tables, figures, report, provenance) lives in its own folder; the stages it
+# computes on the way (data, models, generations) live under RESULTS, where other experiments may reuse them.
+EXPERIMENT = config["experiment"]
+EXPERIMENT_DIR = f"results/experiments/{EXPERIMENT}"
+SUMMARY = f"{EXPERIMENT_DIR}/summary"
+PROVENANCE = f"{EXPERIMENT_DIR}/provenance"
+if Path("results/summary").is_dir():
+    # Written by a version that put every experiment's tables in one folder; nothing reads it any more.
+    print("note: results/summary/ is from an older layout and is no longer written or read; each experiment's tables "
+          f"are now in results/experiments/<experiment>/summary/ (this run: {SUMMARY}/). Move results/summary/ away "
+          "or delete it once you have what you need from it.", file=sys.stderr)
 TARGET = config["target"]
 ENV = "../envs/bibaddiff.yaml"
 # Rules that may use a GPU ask for one unless the config pins them to the CPU.
@@ -173,6 +183,15 @@ def log_file(rule_name, *parts):
 
 def benchmark_file(rule_name, *parts):
     return f"{RESULTS}/benchmarks/{rule_name}/{'_'.join(parts) or rule_name}.tsv"
+
+
+def experiment_log(rule_name):
+    """Logs of the rules that write an experiment's own outputs stay in its folder, next to what they wrote."""
+    return f"{EXPERIMENT_DIR}/logs/{rule_name}.log"
+
+
+def experiment_benchmark(rule_name):
+    return f"{EXPERIMENT_DIR}/benchmarks/{rule_name}.tsv"
 
 
 def training_launcher(wildcards):
@@ -327,6 +346,10 @@ def replication_outputs():
     if DUPLICATES["enabled"]:
         outputs.append(f"{SUMMARY}/duplicate_poisoning.csv")
     return outputs
+
+
+def provenance_outputs():
+    return {"config": f"{PROVENANCE}/config.yaml", "environment": f"{PROVENANCE}/environment.yaml"}
 
 
 def summary_outputs():

@@ -134,9 +134,9 @@ rule summarize_defenses:
         target=TARGET,
     threads: 1
     log:
-        log_file("summarize_defenses"),
+        experiment_log("summarize_defenses"),
     benchmark:
-        benchmark_file("summarize_defenses")
+        experiment_benchmark("summarize_defenses")
     conda:
         ENV
     script:

@@ -40,9 +40,9 @@ rule summarize_replication:
         cells_per_model=len(CELLS),
     threads: 1
     log:
-        log_file("summarize_replication"),
+        experiment_log("summarize_replication"),
     benchmark:
-        benchmark_file("summarize_replication")
+        experiment_benchmark("summarize_replication")
     conda:
         ENV
     script:
@@ -60,9 +60,9 @@ rule summarize_duplicate_poisoning:
         attacks=[a for a, spec in ATTACKS.items() if spec.get("duplicates")],
     threads: 1
     log:
-        log_file("summarize_duplicate_poisoning"),
+        experiment_log("summarize_duplicate_poisoning"),
     benchmark:
-        benchmark_file("summarize_duplicate_poisoning")
+        experiment_benchmark("summarize_duplicate_poisoning")
     conda:
         ENV
     script:

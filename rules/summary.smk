@@ -1,3 +1,8 @@
+# The provenance record is a second's work that needs the workflow's git checkout: it runs where snakemake runs.
+localrules:
+    provenance,
+
+
 rule summarize:
     input:
         metrics=all_metrics(),
@@ -44,10 +49,28 @@ rule summarize:
         target=TARGET,
     threads: 1
     log:
-        log_file("summarize"),
+        experiment_log("summarize"),
     benchmark:
-        benchmark_file("summarize")
+        experiment_benchmark("summarize")
     conda:
         ENV
     script:
         "../workflow_scripts/summarize.py"
+
+
+rule provenance:
+    # Rewritten whenever a table of the experiment is, so that it describes the code and settings that made them.
+    input:
+        summary_outputs(),
+    output:
+        **provenance_outputs(),
+    params:
+        config=config,
+        source_dir=workflow.basedir,
+    threads: 1
+    log:
+        experiment_log("provenance"),
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/provenance.py"

@@ -527,3 +527,29 @@ def test_generated_set_guidance_number_is_a_list_of_one():
     config = tiny()
     config["defenses"]["generated_set_guidance"] = 6
     assert validate_config(config, schema())["defenses"]["generated_set_guidance"] == [6]
+
+
+# ------------------------------------------------------------------------------------------ experiment names
+
+
+@pytest.mark.parametrize("name", ["a/b", "my run", "", "../up"])
+def test_experiment_name_that_is_not_one_folder_fails_in_one_line(name):
+    config = tiny()
+    config["experiment"] = name
+    assert error_of(config).startswith("config key experiment:")
+
+
+def test_experiment_defaults_to_default():
+    config = tiny()
+    del config["experiment"]
+    assert validate_config(config, schema())["experiment"] == "default"
+
+
+def test_shipped_configs_name_distinct_experiments():
+    """Two shipped configs with one experiment name would write each other's tables."""
+    names = {}
+    for path in [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml")), *sorted((REPO / "tests/configs").glob("*.yaml"))]:
+        name = yaml.safe_load(path.read_text()).get("experiment")
+        assert name, f"{path.name} names no experiment"
+        assert name not in names, f"{path.name} and {names[name]} both name experiment {name}"
+        names[name] = path.name

@@ -78,7 +78,7 @@ def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     snakemake(workdir, "--workflow-profile", str(tmp_path / "profile"), configfile=config, timeout=900)
     elapsed = time.perf_counter() - started
     print(f"tiny workflow through SLURM: {elapsed:.0f} s")
-    table = pd.read_csv(workdir / "results" / "summary" / "trigger_amplification.csv")
+    table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
     assert set(table.attack) == {"patch-p0.1", "clean"}
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     submitted = {path.name for path in slurm_logs.iterdir()}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from bibaddiff.config import load_schema, validate_config
 from bibaddiff.data import read_dataset
 from workflow_helpers import REPO, TINY_CONFIG, planned_jobs, snakemake, write_config
 
@@ -42,13 +44,26 @@ def test_outputs_of_every_stage(tiny_run):
         assert (results / f"tiny/generated/{attack}/seed0/x0-clip_recompute/c6_s2.npy").is_file()
     for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png",
                  "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png"):
-        assert (results / "summary" / name).stat().st_size > 0
+        assert (results / "experiments/tiny/summary" / name).stat().st_size > 0
     assert any((results / "tiny/benchmarks/train_diffusion").iterdir())
     assert (results / "tiny/logs/train_diffusion/patch-p0.1_seed0.log").is_file()
 
 
+def test_experiment_folder_holds_provenance_and_report(tiny_run):
+    experiment = tiny_run / "results/experiments/tiny"
+    resolved = validate_config(yaml.safe_load(TINY_CONFIG.read_text()), load_schema(REPO / "schemas/config.schema.yaml"))
+    assert yaml.safe_load((experiment / "provenance/config.yaml").read_text()) == resolved
+    environment = yaml.safe_load((experiment / "provenance/environment.yaml").read_text())
+    assert environment["experiment"] == "tiny"
+    assert re.fullmatch("[0-9a-f]{40}", environment["git"]["commit"])
+    assert environment["packages"]["torch"] and environment["packages"]["snakemake"]
+    assert "results/experiments/tiny/summary/trigger_amplification.csv" in environment["outputs"]
+    # Nothing of the experiment's own is written outside its folder.
+    assert not (tiny_run / "results/summary").exists()
+
+
 def test_summary_table(tiny_run):
-    table = pd.read_csv(tiny_run / "results/summary/trigger_amplification.csv")
+    table = pd.read_csv(tiny_run / "results/experiments/tiny/summary/trigger_amplification.csv")
     pooled = table[table.seed == "pooled"]
     # 2 attacks x 2 samplers x 2 conditions x 2 guidance scales, one trigger.
     assert len(pooled) == 16
@@ -63,7 +78,7 @@ def test_summary_table(tiny_run):
 
 
 def test_amplification_vs_ratio_table(tiny_run):
-    summary = tiny_run / "results/summary"
+    summary = tiny_run / "results/experiments/tiny/summary"
     by_ratio = pd.read_csv(summary / "amplification_vs_ratio.csv")
     table = pd.read_csv(summary / "trigger_amplification.csv")
     # Target class only: (clean p = 0, p = 0.1) x 2 samplers x 2 guidance scales.
@@ -81,7 +96,7 @@ def test_amplification_vs_ratio_table(tiny_run):
 
 
 def test_defense_tables(tiny_run):
-    summary = tiny_run / "results/summary"
+    summary = tiny_run / "results/experiments/tiny/summary"
     detection = pd.read_csv(summary / "detection.csv")
     assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation", "fct"}
     assert (detection.auroc_training_low <= detection.auroc_training + 1e-12).all()
@@ -108,14 +123,14 @@ def test_defense_tables(tiny_run):
 
 
 def test_replication_table(tiny_run):
-    table = pd.read_csv(tiny_run / "results/summary/replication.csv")
+    table = pd.read_csv(tiny_run / "results/experiments/tiny/summary/replication.csv")
     # 2 models x 2 samplers x 2 conditions x 2 guidance scales.
     assert len(table) == 16 and table.tau_calibrated.all() and table.tau.nunique() == 1
     assert set(table.x0_clipping) == {"none", "clip_recompute"}
     assert table.replication_rate.between(0, 1).all()
     assert (table.n_train_poisoned[table.attack == "patch-p0.1"] == 20).all()
     for name in ("replication_similarity.png", "replication_pairs.png"):
-        assert (tiny_run / "results/summary" / name).stat().st_size > 0
+        assert (tiny_run / "results/experiments/tiny/summary" / name).stat().st_size > 0
 
 
 def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
@@ -133,7 +148,7 @@ def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
     # Every copy of a poisoned duplicated image is poisoned: poisoned source images appear 4 times each.
     counts = np.unique(duplicated.source_index[duplicated.poisoned], return_counts=True)[1]
     assert (counts == 4).sum() == 5
-    table = pd.read_csv(results / "summary/duplicate_poisoning.csv")
+    table = pd.read_csv(results / "experiments/tiny/summary/duplicate_poisoning.csv")
     assert sorted(table["mode"]) == ["duplicates", "random"]
     assert table.trigger_ratio.between(0, 1).all() and (table.G1_ratio_low <= table.G1_ratio).all()
 
@@ -163,20 +178,20 @@ def test_new_guidance_scale_reruns_only_generation_and_after(tiny_run, tmp_path)
     config = write_config(tmp_path / "more_guidance.yaml", generation__guidance_scales=[1, 2, 3])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
     # 2 models x 2 samplers x 2 conditions get the new scale; nothing upstream of generation reruns.
-    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_new_sampler_generates_only_its_own_cells(tiny_run, tmp_path):
     config = write_config(tmp_path / "third_sampler.yaml", generation__x0_clipping=["none", "clip_recompute", "clip"])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
     # 2 models x 2 conditions x 2 scales under the new sampler; the other samplers' cells are kept.
-    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
     config = write_config(tmp_path / "less_guidance.yaml", generation__guidance_scales=[1])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+    assert jobs == {"measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
@@ -184,13 +199,13 @@ def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
     assert jobs == {"train_diffusion": 2, "generate": 16, "measure": 2, "replication": 2, "summarize": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
-                    "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1, "all": 1}
+                    "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):
     config = write_config(tmp_path / "fewer_images.yaml", generation__num_images=8)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"generate": 16, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1}
+    assert jobs == {"generate": 16, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
@@ -198,7 +213,7 @@ def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
     # The generated training set is labelled by the trigger detector, so it and what uses it follow the judges.
     assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "measure": 2, "summarize": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
-                    "summarize_defenses": 1, "all": 1}
+                    "summarize_defenses": 1, "all": 1, "provenance": 1}
 
 
 def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
@@ -209,12 +224,13 @@ def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
         jobs = planned_jobs(snakemake(tiny_run, "-n"))
     finally:
         aside.rename(cell)
-    assert jobs == {"generate": 1, "measure": 1, "replication": 1, "summarize": 1, "summarize_replication": 1, "all": 1}
+    assert jobs == {"generate": 1, "measure": 1, "replication": 1, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_report_is_self_contained_html(tiny_run):
-    snakemake(tiny_run, "--report", "report.html")
-    html = (tiny_run / "report.html").read_text(errors="replace")
+    report = tiny_run / "results/experiments/tiny/report.html"
+    snakemake(tiny_run, "--report", str(report))
+    html = report.read_text(errors="replace")
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000].lower()
     for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png",
                  "samples_target.png", "detection.csv", "diffusion_classifier_asr.png"):
@@ -225,6 +241,14 @@ def test_lint_passes(tmp_path):
     result = snakemake(tmp_path, "--lint", configfile=REPO / "config.yaml", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_results_summary_of_the_older_layout_is_named_not_used(tmp_path):
+    (tmp_path / "results/summary").mkdir(parents=True)
+    result = snakemake(tmp_path, "-n")
+    assert "results/summary/ is from an older layout" in result.stderr
+    assert "results/experiments/tiny/summary/" in result.stderr
+    assert "results/summary/" not in result.stdout.replace("results/experiments/tiny/summary/", "")
 
 
 def test_dry_run_shows_multi_process_training_command(tmp_path):
@@ -339,7 +363,7 @@ def test_relabel_only_control_is_judged_for_content_only(tmp_path):
                           generation__other_conditions=[], defenses__enabled=False, replication__enabled=False)
     workdir = tmp_path / "work"
     snakemake(workdir, configfile=config)
-    table = pd.read_csv(workdir / "results/summary/trigger_amplification.csv")
+    table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
     relabel = table[table.trigger == "relabel"]
     assert set(relabel.attack) == {"relabel-p0.1", "clean"}
     # No pixel carries a relabelling: its trigger columns are empty, not zero; G1 is the wrong-content share.

@@ -71,7 +71,7 @@ def test_every_stage_of_the_text_to_image_dag(sd_run):
 
 def test_summary_tables_come_from_the_same_code_as_the_ddpm(sd_run):
     workdir, _ = sd_run
-    summary = workdir / "results" / "summary"
+    summary = workdir / "results/experiments/tiny-sd/summary"
     table = pd.read_csv(summary / "trigger_amplification.csv")
     ddpm_columns = {"attack", "trigger", "poison_ratio", "condition", "guidance", "seed", "trigger_ratio",
                     "training_share", "amplification", "G1_ratio", "G2_ratio", "G3_ratio", "G4_ratio"}
