@@ -11,12 +11,13 @@ rule generate_training_set:
         dataset=directory(generated_set()),
     params:
         balance=DEFENSES["generated_set_balance"],
-        sampling={k: config["generation"][k] for k in ("ddim_steps", "seed", "batch_size")},
+        sampling={k: config["generation"][k] for k in ("ddim_steps", "seed")},
         x0_clipping=SAMPLERS[0],
         device=config["device"],
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
+        images_per_batch=GENERATION_BATCH,
     log:
         log_file("generate_training_set", "{attack}", "seed{seed}", "s{guidance}"),
     benchmark:

@@ -9,9 +9,11 @@ TRAINING_SETTINGS = {
     if k not in ("seeds", "clean_seeds", "threads", "processes", "encode_batch_size")
     and not any(k in keys for kind, keys in KIND_ONLY_KEYS.items() if kind != DIFFUSION_KIND)
 }
-# The sampler is a wildcard of each cell, not a setting shared by all of them.
+# The sampler is a wildcard of each cell, not a setting shared by all of them. The batch size is a resource: a cell's
+# initial noise is drawn for the whole cell at once, so its images do not depend on how it is cut into batches.
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
-                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping")}
+                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size")}
+GENERATION_BATCH = config["generation"]["batch_size"]
 if DIFFUSION_KIND == "stable_diffusion":
     TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": PRETRAINED}
 else:
@@ -47,11 +49,12 @@ rule encode_latents:
         latents=latents_file(),
     params:
         pretrained=PRETRAINED,
-        batch_size=config["diffusion"]["training"]["encode_batch_size"],
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
+        # Each image's latent mean and std come from the VAE alone; the batch size only sets the memory used.
+        images_per_batch=config["diffusion"]["training"]["encode_batch_size"],
     log:
         log_file("encode_latents", "{attack}"),
     benchmark:
@@ -100,6 +103,7 @@ rule generate:
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
+        images_per_batch=GENERATION_BATCH,
     log:
         log_file("generate", "{attack}", "seed{seed}", "x0-{sampler}", "c{condition}", "s{guidance}"),
     benchmark:

@@ -9,7 +9,9 @@ rule train_content_judge:
         judge=directory(f"{RESULTS}/judges/content"),
     params:
         settings=JUDGE_SETTINGS,
-        triggers=config["triggers"],
+        # It learns to ignore the triggers by seeing them stamped; a relabel-only control stamps nothing, so it is
+        # not an input (and adding one does not retrain this judge).
+        triggers={name: config["triggers"][name] for name in PIXEL_TRIGGERS},
         device=config["device"],
     threads: config["judges"]["threads"]
     resources:

@@ -553,3 +553,16 @@ def test_shipped_configs_name_distinct_experiments():
         assert name, f"{path.name} names no experiment"
         assert name not in names, f"{path.name} and {names[name]} both name experiment {name}"
         names[name] = path.name
+
+
+def test_validating_a_config_does_not_import_torch():
+    """Every snakemake call validates the config; importing torch for it costs seconds on each call."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bibaddiff.config import load_schema, validate_config; import yaml; "
+            f"validate_config(yaml.safe_load(open({str(REPO / 'config.yaml')!r})), load_schema({str(REPO / 'schemas/config.schema.yaml')!r})); "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'sklearn') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -185,6 +185,22 @@ def test_digits_values_match_sklearn():
         np.testing.assert_array_equal(part.images[..., 0], np.round(raw * 255 / 16).astype(np.uint8))
 
 
+def test_digits_read_without_sklearn_equal_load_digits(monkeypatch):
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from bibaddiff.data import digits_arrays
+
+    digits = load_digits()
+    for found in (True, False):
+        if not found:  # scikit-learn's files are not where we expect: its loader is used instead
+            monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+        pixels, labels = digits_arrays()
+        np.testing.assert_array_equal(pixels, digits.images)
+        np.testing.assert_array_equal(labels, digits.target)
+
+
 def test_digits_split_is_deterministic_and_seeded():
     a, _ = load_source(digits_config(split_seed=0))
     b, _ = load_source(digits_config(split_seed=0))

@@ -208,6 +208,20 @@ def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run
     assert jobs == {"generate": 16, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
+def test_generation_batch_size_reruns_nothing_but_the_provenance(tiny_run, tmp_path):
+    # A cell's noise is drawn for the whole cell, so how it is cut into batches changes no image.
+    config = write_config(tmp_path / "bigger_batches.yaml", generation__batch_size=3)
+    assert planned_jobs(snakemake(tiny_run, "-n", configfile=config)) == {"provenance": 1, "all": 1}
+
+
+def test_adding_a_relabel_control_retrains_no_judge(tiny_run, tmp_path):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config = write_config(tmp_path / "with_relabel.yaml", triggers={**config["triggers"], "relabel": {"type": "relabel"}})
+    jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    assert "train_content_judge" not in jobs and "train_trigger_judge" not in jobs
+    assert jobs["train_diffusion"] == 1  # the relabel-p0.1 model
+
+
 def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--forcerun", "train_content_judge", "train_trigger_judge"))
     # The generated training set is labelled by the trigger detector, so it and what uses it follow the judges.

@@ -9,7 +9,7 @@ def main(snakemake):
     p = snakemake.params
     dataset = read_dataset(snakemake.input.train)
     components = load_components(p.pretrained)
-    latents = encode_latents(dataset, components, p.batch_size, select_device(p.device))
+    latents = encode_latents(dataset, components, snakemake.resources.images_per_batch, select_device(p.device))
     save_latents(snakemake.output.latents, latents, dataset, p.pretrained)
     print(f"encoded {len(dataset)} images to latents of shape {tuple(latents['mean'].shape[1:])}")
 

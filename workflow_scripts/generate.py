@@ -11,7 +11,7 @@ def main(snakemake):
     s = snakemake.params.sampling
     model = load_diffusion_model(snakemake.input.model, select_device(snakemake.params.device))
     images = model.generate(int(snakemake.wildcards.condition), float(snakemake.wildcards.guidance), s["num_images"],
-                            s["ddim_steps"], s["seed"], s["batch_size"], x0_clipping=snakemake.wildcards.sampler)
+                            s["ddim_steps"], s["seed"], snakemake.resources.images_per_batch, x0_clipping=snakemake.wildcards.sampler)
     np.save(snakemake.output.images, images)
     image_grid(images, columns=8, max_images=64, scale=max(1, 64 // model.info.image_size)).save(snakemake.output.grid)
     print(f"wrote {len(images)} images to {snakemake.output.images}")

@@ -17,7 +17,7 @@ def main(snakemake):
     model = load_diffusion_model(snakemake.input.model, select_device(p.device))
     detector, _ = load_judge(snakemake.input.trigger_judges[0], p.device)
     # A seed of its own, so that this set does not repeat the noise of the measured cells.
-    dataset = generated_training_set(model, counts, guidance, s["ddim_steps"], s["seed"] + 1, s["batch_size"], detector,
+    dataset = generated_training_set(model, counts, guidance, s["ddim_steps"], s["seed"] + 1, snakemake.resources.images_per_batch, detector,
                                      x0_clipping=p.x0_clipping)
     manifest = write_dataset(snakemake.output.dataset, dataset,
                              config={"guidance": guidance, "balance": p.balance, "counts": counts})

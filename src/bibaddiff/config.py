@@ -14,7 +14,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from bibaddiff.data import check_cifar10_root, display_class_names, imagefolder_classes, imagefolder_files, load_source
+from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, display_class_names, imagefolder_classes,
+                            imagefolder_files)
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger
 
@@ -195,8 +196,11 @@ def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     source = dataset["source"]
     cap = dataset.get("max_images_per_class")
     if source == "digits":
-        train, _ = load_source(dataset)
-        return train.class_names, np.bincount(train.labels, minlength=train.num_classes)
+        # The labels alone: the images are neither scaled nor copied to count classes.
+        _, labels = digits_arrays()
+        train_idx, _ = digits_split(dataset, len(labels))
+        counts = np.bincount(labels[train_idx], minlength=10)
+        return [str(i) for i in range(10)], np.minimum(counts, cap) if cap else counts
     if source == "cifar10":
         check_cifar10_root(dataset)
         counts = np.full(10, 5000)

@@ -9,6 +9,7 @@ Format: a folder of PNG files with ``metadata.jsonl`` (one JSON object per image
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -232,23 +233,41 @@ def resize_images(images: np.ndarray, size: int, resample: int = Image.NEAREST) 
     return out
 
 
-def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: (1797, 8, 8) pixel values 0..16 and their labels, as ``load_digits`` returns
+    them. The bundled CSV is read directly when it is where scikit-learn keeps it, because importing scikit-learn
+    takes seconds and every snakemake call counts the digits' classes while it validates the config."""
+    package = importlib.util.find_spec("sklearn")  # finds the package without running its __init__
+    bundled = (Path(package.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+               if package and package.submodule_search_locations else None)
+    if bundled is not None and bundled.is_file():
+        table = np.loadtxt(bundled, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    return digits.images, digits.target.astype(np.int64)
+
+
+def digits_split(config: dict[str, Any], num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, held-out) indices of the digits split by ``heldout_fraction`` and ``split_seed``."""
+    fraction = float(config.get("heldout_fraction", 0.165))
+    if not 0.0 < fraction < 1.0:
+        raise BibaddiffError(f"dataset.heldout_fraction must lie in (0, 1); got {fraction}")
+    order = np.random.default_rng(int(config.get("split_seed", 0))).permutation(num_images)
+    n_heldout = int(round(fraction * num_images))
+    return np.sort(order[n_heldout:]), np.sort(order[:n_heldout])
+
+
+def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+    pixels, labels = digits_arrays()
     # Pixel values are 0..16; the nearest-neighbour upsampling keeps the strokes sharp.
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[..., None]
     images = resize_images(images, image_size, Image.NEAREST)
     if config.get("rgb", False):
         # Stable Diffusion's VAE takes three channels; the digits stay gray.
         images = np.repeat(images, 3, axis=-1)
-    labels = digits.target.astype(np.int64)
-    fraction = float(config.get("heldout_fraction", 0.165))
-    if not 0.0 < fraction < 1.0:
-        raise BibaddiffError(f"dataset.heldout_fraction must lie in (0, 1); got {fraction}")
-    order = np.random.default_rng(int(config.get("split_seed", 0))).permutation(len(images))
-    n_heldout = int(round(fraction * len(images)))
-    heldout_idx, train_idx = np.sort(order[:n_heldout]), np.sort(order[n_heldout:])
+    train_idx, heldout_idx = digits_split(config, len(images))
     class_names = [str(i) for i in range(10)]
     manifest = {"source": "digits"}
     return (

@@ -1,4 +1,4 @@
-"""Small shared helpers: devices, threads, seeds, atomic JSON files."""
+"""Small shared helpers: devices, threads, atomic JSON files, logged runs."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+# torch is imported where it is used: config validation (every snakemake call) reads JSON through this module and
+# must not pay for importing torch.
+if TYPE_CHECKING:
+    import torch
 
 
 def select_device(prefer: str = "auto") -> torch.device:
     """The device to run on: CUDA when present (or asked for), the CPU otherwise."""
+    import torch
+
     if prefer not in {"auto", "cpu", "cuda"}:
         raise ValueError(f"device must be one of auto, cpu, cuda; got {prefer!r}")
     if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
@@ -24,6 +29,8 @@ def select_device(prefer: str = "auto") -> torch.device:
 
 def set_threads(threads: int | None) -> None:
     """Limit torch's intra-op threads so that parallel jobs on one machine do not oversubscribe it."""
+    import torch
+
     if threads is not None:
         if int(threads) < 1:
             raise ValueError(f"threads must be at least 1; got {threads}")
