@@ -60,6 +60,8 @@ rule poison_duplicates:
         target=TARGET,
         device=config["device"],
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         log_file("poison_duplicates", "{attack}"),
     benchmark:

@@ -130,6 +130,8 @@ rule measure:
         ratio=lambda wc: ATTACKS[wc.attack]["ratio"],
         device=config["device"],
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         log_file("measure", "{attack}", "seed{seed}"),
     benchmark:

@@ -17,6 +17,8 @@ rule replication:
         tau_quantile=REPLICATION["tau_quantile"],
         device=config["device"],
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         log_file("replication", "{attack}", "seed{seed}"),
     benchmark:

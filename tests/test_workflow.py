@@ -265,6 +265,30 @@ def test_results_summary_of_the_older_layout_is_named_not_used(tmp_path):
     assert "results/summary/" not in result.stdout.replace("results/experiments/tiny/summary/", "")
 
 
+def test_every_rule_that_reads_the_device_asks_for_a_gpu_under_cuda(tmp_path):
+    """On SLURM a job lands on a GPU node only when it asks for one; a rule that may run on the device must ask."""
+    device_rules = set()
+    for path in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=\s*rule \w+:)", path.read_text()):
+            name = re.match(r"\s*rule (\w+):", block)
+            if name and 'device=config["device"]' in block:
+                device_rules.add(name.group(1))
+    assert {"train_diffusion", "generate", "measure", "replication", "poison_duplicates"} <= device_rules
+    config = write_config(tmp_path / "cuda.yaml", device="cuda",
+                          replication__duplicate_poisoning={"enabled": True, "ratio": 0.1, "top_k": 2})
+    text = snakemake(tmp_path / "work", "-n", configfile=config).stdout
+    planned = {}
+    for block in text.split("\n\n"):
+        rule = re.search(r"^rule (\w+):", block.strip(), re.M)
+        resources = re.search(r"resources: (.*)", block)
+        if rule and resources:
+            planned[rule.group(1)] = resources.group(1)
+    missing = device_rules - set(planned)
+    assert missing <= {"build_tiny_base", "encode_latents"}, missing  # Stable Diffusion only
+    for rule in device_rules & set(planned):
+        assert "gpu=1" in planned[rule], (rule, planned[rule])
+
+
 def test_dry_run_shows_multi_process_training_command(tmp_path):
     config = write_config(tmp_path / "ddp.yaml", diffusion__training__processes=2, device="cuda")
     # The workstation profile allows one GPU; say there are two, or the request is scaled down to 1.
