@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bibaddiff.data import ImageDataset, content_hash, load_source, read_dataset, write_dataset
+from bibaddiff.data import ImageDataset, content_hash, load_source, read_dataset, read_records, write_dataset
 from bibaddiff.errors import BibaddiffError
 
 
@@ -116,6 +116,34 @@ def test_tampered_metadata_is_detected(tmp_path):
     path.write_text(path.read_text().replace('"label": 2', '"label": 0', 1))
     with pytest.raises(BibaddiffError, match="hash"):
         read_dataset(tmp_path / "ds")
+
+
+def test_records_without_pixels_match_the_dataset(tmp_path, monkeypatch):
+    dataset = make_dataset(channels=3)
+    write_dataset(tmp_path / "ds", dataset)
+    decoded = []
+    import bibaddiff.data as data_module
+    real_read_png = data_module._read_png
+    monkeypatch.setattr(data_module, "_read_png", lambda path, channels: decoded.append(path) or real_read_png(path, channels))
+    records = read_records(tmp_path / "ds")
+    assert decoded == []  # no image was decoded to read labels and flags
+    np.testing.assert_array_equal(records.labels, dataset.labels)
+    np.testing.assert_array_equal(records.poisoned, dataset.poisoned)
+    np.testing.assert_array_equal(records.source_index, dataset.source_index)
+    assert records.texts == dataset.texts and records.class_names == dataset.class_names and len(records) == 12
+    np.testing.assert_array_equal(records.images_at([5, 0]), dataset.images[[5, 0]])
+    assert len(decoded) == 2
+    assert records.images_at([]).shape == (0, 6, 6, 3)
+    with pytest.raises(BibaddiffError, match=r"rows must lie in \[0, 12\)"):
+        records.images_at([12])
+
+
+def test_records_with_a_missing_row_name_the_file(tmp_path):
+    write_dataset(tmp_path / "ds", make_dataset())
+    metadata = tmp_path / "ds" / "metadata.jsonl"
+    metadata.write_text("".join(metadata.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(BibaddiffError, match="metadata.jsonl: 11 rows but manifest.json says 12 images"):
+        read_records(tmp_path / "ds")
 
 
 def test_read_missing_files(tmp_path):

@@ -1,5 +1,5 @@
 """Adapter: judge every generated cell of one model and write its G1-G4 counts and training shares."""
-from bibaddiff.data import read_dataset
+from bibaddiff.data import read_records
 from bibaddiff.measure import measure_cells
 from bibaddiff.utils import run_logged, write_json
 
@@ -9,7 +9,7 @@ def main(snakemake):
     cells = [{**cell, "path": path} for cell, path in zip(p.cells, snakemake.input.cells)]
     # A trigger without a detector (the relabel-only control) is judged for content only.
     detectors = {name: None for name in p.triggers} | dict(zip(p.detected_triggers, snakemake.input.trigger_judges))
-    records = measure_cells(cells, read_dataset(snakemake.input.train), snakemake.input.content_judge, detectors,
+    records = measure_cells(cells, read_records(snakemake.input.train), snakemake.input.content_judge, detectors,
                             p.device)
     write_json(snakemake.output.metrics, {
         "attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed), "target": p.target,

@@ -1,7 +1,7 @@
 """Adapter: the replication table, the similarity distributions and the most similar (generated, training) pairs."""
 import numpy as np
 
-from bibaddiff.data import read_dataset
+from bibaddiff.data import read_records
 from bibaddiff.report import plot_replication_pairs, plot_replication_similarity, replication_table
 from bibaddiff.utils import read_json, run_logged
 
@@ -15,7 +15,7 @@ def main(snakemake):
     plot_replication_similarity(summaries, neighbours, p.target, snakemake.output.similarity)
     per_model = p.cells_per_model
     cells = [list(i.cells[k * per_model:(k + 1) * per_model]) for k in range(len(summaries))]
-    trains = {path: read_dataset(path) for path in dict.fromkeys(i.trains)}
+    trains = {path: read_records(path) for path in dict.fromkeys(i.trains)}
     plot_replication_pairs(summaries, neighbours, cells, [trains[path] for path in i.trains], p.target,
                            snakemake.output.pairs)
     print(table.to_string(index=False))

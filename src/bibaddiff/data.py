@@ -140,8 +140,40 @@ def write_dataset(directory: str | Path, dataset: ImageDataset, config: dict[str
     return manifest
 
 
-def read_dataset(directory: str | Path) -> ImageDataset:
-    """Read a dataset written by :func:`write_dataset` and check it against its manifest."""
+@dataclass
+class DatasetRecords:
+    """A dataset folder's labels, poison flags, captions and manifest without its pixels, for jobs that only count
+    (training shares, class balances); ``images_at`` decodes the few images such a job may show."""
+
+    directory: Path
+    labels: np.ndarray
+    poisoned: np.ndarray
+    source_index: np.ndarray
+    texts: list[str]
+    file_names: list[str]
+    class_names: list[str]
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def images_at(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 (len(indices), H, W, C) images of the given rows, read from their PNG files."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise BibaddiffError(f"{self.directory}: image rows must lie in [0, {len(self)}); got {indices.min()}..{indices.max()}")
+        channels, size = int(self.manifest["channels"]), int(self.manifest["image_size"])
+        if not len(indices):
+            return np.zeros((0, size, size, channels), np.uint8)
+        return np.stack([_read_png(self.directory / self.file_names[i], channels) for i in indices])
+
+
+def read_records(directory: str | Path) -> DatasetRecords:
+    """Read a dataset folder's metadata.jsonl and manifest.json (no image is decoded)."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     metadata_path = directory / "metadata.jsonl"
@@ -157,20 +189,38 @@ def read_dataset(directory: str | Path) -> ImageDataset:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as error:
                     raise BibaddiffError(f"{metadata_path}:{line_number}: not valid JSON ({error.msg})") from None
-    channels = int(manifest["channels"])
-    images = np.stack([_read_png(directory / record["file_name"], channels) for record in records]) if records else (
-        np.zeros((0, manifest["image_size"], manifest["image_size"], channels), np.uint8)
-    )
+    if len(records) != manifest.get("num_images", len(records)):
+        raise BibaddiffError(f"{metadata_path}: {len(records)} rows but manifest.json says {manifest['num_images']} images")
+    try:
+        return DatasetRecords(
+            directory=directory,
+            labels=np.array([record["label"] for record in records], dtype=np.int64),
+            poisoned=np.array([record["poisoned"] for record in records], dtype=bool),
+            source_index=np.array([record["source_index"] for record in records], dtype=np.int64),
+            texts=[record["text"] for record in records],
+            file_names=[record["file_name"] for record in records],
+            class_names=list(manifest["class_names"]),
+            manifest=manifest,
+        )
+    except KeyError as error:
+        raise BibaddiffError(f"{metadata_path}: a row lacks the key {error.args[0]!r}") from None
+
+
+def read_dataset(directory: str | Path) -> ImageDataset:
+    """Read a dataset written by :func:`write_dataset` and check it against its manifest."""
+    records = read_records(directory)
+    directory = records.directory
+    images = records.images_at(np.arange(len(records)))
     dataset = ImageDataset(
         images=images,
-        labels=np.array([record["label"] for record in records], dtype=np.int64),
-        class_names=list(manifest["class_names"]),
-        poisoned=np.array([record["poisoned"] for record in records], dtype=bool),
-        source_index=np.array([record["source_index"] for record in records], dtype=np.int64),
-        texts=[record["text"] for record in records],
-        manifest=manifest,
+        labels=records.labels,
+        class_names=records.class_names,
+        poisoned=records.poisoned,
+        source_index=records.source_index,
+        texts=records.texts,
+        manifest=records.manifest,
     )
-    if content_hash(dataset) != manifest["content_hash"]:
+    if content_hash(dataset) != records.manifest["content_hash"]:
         raise BibaddiffError(f"{directory}: content does not match the hash in manifest.json (files changed?)")
     return dataset
 

@@ -7,19 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from bibaddiff.data import ImageDataset
+from bibaddiff.data import DatasetRecords, ImageDataset
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import load_judge, predict
 from bibaddiff.metrics import generation_groups, training_share
 
 
-def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset, content_judge_dir: str | Path,
+def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | DatasetRecords, content_judge_dir: str | Path,
                   trigger_judge_dirs: dict[str, str | Path | None], device: str = "auto") -> list[dict[str, Any]]:
     """One record per (cell, trigger) with G1-G4 counts, the training share and the judges' held-out scores.
 
     ``cells`` holds dicts with ``x0_clipping`` (the sampler), ``condition``, ``guidance`` and ``path`` (a uint8
     ``.npy`` of generations).
-    The training share counts images flagged ``poisoned`` in ``training_set``: a clean set has none.
+    The training share counts images flagged ``poisoned`` in ``training_set``: a clean set has none. Only its labels
+    and flags are read, so its records (no pixels) are enough.
 
     A trigger whose judge is None (the relabel-only control, which changes no pixel) is judged for content only:
     its record has ``trigger_judged`` False, G1 counts the generations with wrong content, G4 those with the

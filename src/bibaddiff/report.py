@@ -497,7 +497,8 @@ def plot_replication_similarity(summaries: list[dict[str, Any]], neighbours: lis
 def plot_replication_pairs(summaries: list[dict[str, Any]], neighbours: list[dict[str, np.ndarray]],
                            cell_paths: list[list[str]], trains: list[Any], target: int, path: str | Path,
                            pairs: int = 8) -> None:
-    """Per model, the ``pairs`` most similar (generation, nearest training image) pairs; poisoned ones framed red."""
+    """Per model, the ``pairs`` most similar (generation, nearest training image) pairs; poisoned ones framed red.
+    ``trains`` are the models' training sets as :class:`~bibaddiff.data.DatasetRecords`: only the shown images are read."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -511,7 +512,7 @@ def plot_replication_pairs(summaries: list[dict[str, Any]], neighbours: list[dic
         similarity, index = arrays[f"cell{k}_similarity"], arrays[f"cell{k}_index"]
         for j, g in enumerate(np.argsort(-similarity, kind="stable")[:pairs]):
             for offset, (image, title) in enumerate(((generated[g], f"{similarity[g]:.2f}"),
-                                                     (train.images[index[g]], "train"))):
+                                                     (train.images_at([index[g]])[0], "train"))):
                 ax = axes[row][2 * j + offset]
                 ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
                 ax.set_xticks([])
