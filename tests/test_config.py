@@ -566,3 +566,72 @@ def test_validating_a_config_does_not_import_torch():
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ every knob typed
+
+
+def test_schema_types_exactly_the_settings_each_detector_takes():
+    from bibaddiff.defenses.detectors import DETECTORS, detector_settings
+
+    typed = schema()["properties"]["defenses"]["properties"]["detector_settings"]["properties"]
+    assert set(typed) == set(DETECTORS)
+    for name, spec in typed.items():
+        assert spec.get("additionalProperties") is False, name
+        assert set(spec["properties"]) == set(detector_settings(name)), name
+
+
+def test_schema_gives_each_embedder_type_exactly_its_keys():
+    from bibaddiff.replication import _EMBEDDER_KEYS
+
+    embedder = schema()["properties"]["replication"]["properties"]["embedder"]
+    per_type = {rule["if"]["properties"]["type"]["const"]: set(rule["then"]["propertyNames"]["enum"])
+                for rule in embedder["allOf"]}
+    assert per_type == _EMBEDDER_KEYS
+    assert set(embedder["properties"]) == set().union(*_EMBEDDER_KEYS.values())
+
+
+@pytest.mark.parametrize("section, value, words", [
+    ("detector_settings", {"strip": {"num_blend": 16}}, "num_blend"),
+    ("detector_settings", {"fct": {"translate": 2}}, "translate"),
+    ("detector_settings", {"activation_clustering": {"num_components": 0}}, "num_components"),
+    ("detector_settings", {"cognitive_distillation": {"noise": "gaussian"}}, "noise"),
+])
+def test_detector_typos_stop_before_any_job(section, value, words):
+    config = tiny()
+    config["defenses"][section] = value
+    message = error_of(config)
+    assert message.startswith("config key defenses.detector_settings") and words in message
+
+
+@pytest.mark.parametrize("embedder, words", [
+    ({"type": "pixel", "path": "x.pt"}, "'path'"),
+    ({"type": "pixel", "resolutoin": 8}, "resolutoin"),
+    ({"type": "torchscript"}, "'path'"),
+    ({"type": "torchvision", "path": "w.pt"}, "'architecture'"),
+    ({"type": "classifier", "batch_size": 0}, "batch_size"),
+])
+def test_embedder_typos_stop_before_any_job(embedder, words):
+    config = tiny()
+    config["replication"]["embedder"] = embedder
+    message = error_of(config)
+    assert message.startswith("config key replication.embedder") and words in message
+
+
+def test_strip_partner_default_is_the_detectors():
+    from bibaddiff.config import STRIP_NUM_BLENDS
+    from bibaddiff.defenses.detectors import detector_settings
+
+    assert detector_settings("strip")["num_blends"] == STRIP_NUM_BLENDS
+
+
+def test_more_strip_partners_than_heldout_images_stop_before_any_job():
+    config = tiny()  # 20 training images per class, so a quarter of that, 5 per class, held out: 50
+    config["defenses"]["detector_settings"] = {"strip": {"num_blends": 51}}
+    message = error_of(config)
+    assert message.startswith("config key defenses.detector_settings.strip.num_blends: 51") and "only 50 images" in message
+    config["defenses"]["detector_settings"] = {"strip": {"num_blends": 50}}
+    validate_config(config, schema())
+    config["defenses"]["detectors"] = ["spectral"]  # no STRIP, no partners needed
+    config["defenses"]["detector_settings"] = {"strip": {"num_blends": 51}}
+    validate_config(config, schema())

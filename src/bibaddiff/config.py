@@ -27,6 +27,8 @@ SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.y
 DEFAULT_BY_KIND = "x-default-by-kind"
 MODEL_KINDS = ("ddpm", "stable_diffusion")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# score_strip's default partner count (the published 100); a test keeps the two equal.
+STRIP_NUM_BLENDS = 100
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:
@@ -215,6 +217,34 @@ def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     return folders, np.minimum(counts, cap) if cap else counts
 
 
+def heldout_size(dataset: dict[str, Any], folders: list[str]) -> int:
+    """Held-out images a source gives (after ``max_images_per_class``, a quarter of it per class), without loading it."""
+    source = dataset["source"]
+    cap = dataset.get("max_images_per_class")
+    if source == "digits":
+        _, labels = digits_arrays()
+        _, heldout_idx = digits_split(dataset, len(labels))
+        counts = np.bincount(labels[heldout_idx], minlength=10)
+    elif source == "cifar10":
+        counts = np.full(10, 1000)
+    else:
+        labels = [label for _, label in imagefolder_files(dataset["root"], dataset.get("heldout_split", "val"), folders)]
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(folders))
+    return int((np.minimum(counts, max(1, cap // 4)) if cap else counts).sum())
+
+
+def check_strip_partners(config: dict[str, Any], folders: list[str]) -> None:
+    """STRIP blends each screened image with num_blends held-out clean images, drawn without replacement."""
+    defenses = config.get("defenses", {})
+    if not defenses.get("enabled") or "strip" not in defenses.get("detectors", []):
+        return
+    wanted = defenses.get("detector_settings", {}).get("strip", {}).get("num_blends", STRIP_NUM_BLENDS)
+    available = heldout_size(config["dataset"], folders)
+    if wanted > available:
+        raise BibaddiffError(f"config key defenses.detector_settings.strip.num_blends: {wanted} STRIP partners asked "
+                             f"for, but the dataset holds out only {available} images; allowed up to {available}")
+
+
 def resolve_class(value: int | str, folders: list[str], class_names: list[str]) -> int:
     """A class index from an index, a folder name or a class name; a name that is neither is an error."""
     if isinstance(value, int):
@@ -259,6 +289,7 @@ def check_experiment(config: dict[str, Any]) -> None:
     if config.get("defenses", {}).get("enabled") and all(s["type"] == "relabel" for s in config["triggers"].values()):
         raise BibaddiffError("config key defenses.enabled: the defences test a trigger, and every trigger here is type "
                              "relabel (no pixel change); add a trigger of another type or set defenses.enabled false")
+    check_strip_partners(config, folders)
     if dataset.get("captions") and dataset["source"] != "imagefolder":
         raise BibaddiffError(f"config key dataset.captions: per-image captions need source imagefolder; got {dataset['source']}")
     if dataset.get("captions") and not Path(dataset["captions"]).expanduser().is_file():
