@@ -25,6 +25,9 @@ config.update(_checked)
 
 wildcard_constraints:
     attack=r"clean|[A-Za-z0-9_]+-p[0-9.]+(-dup_(random|duplicates))?",
+    # A shared stage's folder: the attack's name and a digest of everything that determines its data.
+    stage=r"(clean|[A-Za-z0-9_]+-p[0-9.]+(-dup_(random|duplicates))?)-[0-9a-f]{12}",
+    judge=r"[A-Za-z0-9_]+-[0-9a-f]{12}",
     seed=r"\d+",
     condition=r"\d+",
     guidance=r"\d+(\.\d+)?",
@@ -102,18 +105,6 @@ def detected_triggers(attack):
     return [trigger for trigger in measured_triggers(attack) if trigger in PIXEL_TRIGGERS]
 
 
-def clean_split(split):
-    return f"{RESULTS}/data/clean/{split}"
-
-
-def training_data_of(attack):
-    return clean_split("train") if attack == "clean" else f"{RESULTS}/data/{attack}/train"
-
-
-def training_data(wildcards):
-    return training_data_of(wildcards.attack)
-
-
 DIFFUSION_KIND = config["diffusion"]["kind"]
 
 
@@ -122,12 +113,73 @@ def settings_digest(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# ---------------------------------------------------------------------------------------------- shared stages
+# Data, judges, base models, models and generated cells are placed by what determines them: a readable name and a
+# digest of the settings (and of the stages they are made from). Experiments that ask for the same stage share its
+# folder; a changed setting makes a new folder next to the old one, and nothing is retrained over another's work.
+
+# What each stage folder is: written to its params.json, and digested into its name.
+CLEAN_RECORD = {"kind": "clean dataset", "dataset": {k: v for k, v in config["dataset"].items() if k != "name"}}
+CLEAN_STAGE = f"clean-{settings_digest(CLEAN_RECORD)}"
+REPLICATION = config["replication"]
+
+
+def poisoned_record(attack):
+    spec = ATTACKS[attack]
+    record = {"kind": "poisoned dataset", "data": CLEAN_STAGE, "trigger": config["triggers"][spec["trigger"]],
+              "trigger_name": spec["trigger"], "ratio": spec["ratio"], "seed": config["poisoning"]["seed"],
+              "target": TARGET}
+    if spec.get("duplicates"):
+        record["duplicates"] = {"mode": spec["duplicates"], **DUPLICATES}
+        if DUPLICATES["design"] == "natural":
+            record["embedder"] = {k: REPLICATION[k] for k in ("embedder", "tau", "tau_quantile")}
+    return record
+
+
+STAGE_RECORDS = {CLEAN_STAGE: CLEAN_RECORD}
+STAGE_RECORDS.update({f"{attack}-{settings_digest(poisoned_record(attack))}": poisoned_record(attack)
+                      for attack in ATTACKS if attack != "clean"})
+STAGE_OF = {attack: CLEAN_STAGE if attack == "clean" else f"{attack}-{settings_digest(poisoned_record(attack))}"
+            for attack in ATTACKS}
+ATTACK_OF_STAGE = {stage: attack for attack, stage in STAGE_OF.items()}
+if Path(f"{RESULTS}/data/clean").is_dir() or any(Path(RESULTS, "models").glob("*/seed*")):
+    # Folders named by the attack alone, from before stages were placed by their settings; nothing reads them now.
+    print(f"note: {RESULTS}/ holds data or models of an older layout (data/clean/, models/<attack>/seed<k>/); this "
+          "workflow neither reads nor overwrites them, and retrains what it needs under names with a settings digest "
+          f"(e.g. data/{CLEAN_STAGE}/). Delete the old folders when you no longer need them.", file=sys.stderr)
+
+
+def stage_attack(wildcards):
+    """The attack of this config whose stage folder a job makes."""
+    if wildcards.stage not in ATTACK_OF_STAGE:
+        raise WorkflowError(f"{wildcards.stage} is not a stage of this config (experiment {EXPERIMENT}); "
+                            f"its stages are {', '.join(sorted(ATTACK_OF_STAGE))}")
+    return ATTACK_OF_STAGE[wildcards.stage]
+
+
+def clean_split(split):
+    return f"{RESULTS}/data/{CLEAN_STAGE}/{split}"
+
+
+def stage_data(stage):
+    return f"{RESULTS}/data/{stage}/train"
+
+
+def training_data_of(attack):
+    return clean_split("train") if attack == "clean" else stage_data(STAGE_OF[attack])
+
+
+def training_data(wildcards):
+    return training_data_of(wildcards.attack)
+
+
 # diffusion.pretrained as the jobs see it. A base model that the DAG builds is named by its folder, which its
-# settings place, so that changing them builds a new one and reruns everything trained from it.
+# settings and the images its VAE learns from place, so that changing them builds a new one and reruns everything
+# trained from it.
 PRETRAINED = config["diffusion"]["pretrained"]
 TINY_BASE = None
 if DIFFUSION_KIND == "stable_diffusion" and PRETRAINED.get("build"):
-    TINY_BASE = f"{RESULTS}/base/tiny-{settings_digest(PRETRAINED)}"
+    TINY_BASE = f"{RESULTS}/base/tiny-{settings_digest({'build': PRETRAINED, 'data': CLEAN_STAGE})}"
     PRETRAINED = {"path": TINY_BASE, "config": None}
 
 
@@ -136,29 +188,69 @@ def base_model(wildcards):
     return [TINY_BASE] if TINY_BASE else []
 
 
-def latents_file(attack="{attack}"):
-    return f"{RESULTS}/latents/{attack}.safetensors"
+# Keys of the other kind of model are left out, so that they neither reach the trainer nor rerun its jobs.
+KIND_ONLY_KEYS = {
+    "ddpm": ("num_train_timesteps", "beta_schedule"),
+    "stable_diffusion": ("finetune", "lora_rank", "lora_alpha", "gradient_checkpointing", "encode_batch_size"),
+}
+TRAINING_SETTINGS = {
+    k: v
+    for k, v in config["diffusion"]["training"].items()
+    if k not in ("seeds", "clean_seeds", "threads", "processes", "encode_batch_size")
+    and not any(k in keys for kind, keys in KIND_ONLY_KEYS.items() if kind != DIFFUSION_KIND)
+}
+if DIFFUSION_KIND == "stable_diffusion":
+    TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": PRETRAINED}
+else:
+    TRAINER_SETTINGS = {"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}
+# The sampler is a wildcard of each cell, not a setting shared by all of them. The batch size is a resource: a cell's
+# initial noise is drawn for the whole cell at once, so its images do not depend on how it is cut into batches.
+SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
+                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size")}
+GENERATION_BATCH = config["generation"]["batch_size"]
+# Every model of a config trains with the same settings, and every cell samples with the same ones: one digest each.
+TRAINING_ID = f"train-{settings_digest(TRAINER_SETTINGS)}"
+SAMPLING_ID = f"gen-{settings_digest(SAMPLING_SETTINGS)}"
+LATENTS_ID = f"vae-{settings_digest(PRETRAINED)}"
+
+
+def latents_file(stage="{stage}"):
+    return f"{RESULTS}/latents/{stage}/{LATENTS_ID}.safetensors"
 
 
 def diffusion_training_input(wildcards):
     """A DDPM trains on the dataset folder; Stable Diffusion on the VAE latents cached from it."""
     if DIFFUSION_KIND == "stable_diffusion":
-        return latents_file(wildcards.attack)
-    return training_data_of(wildcards.attack)
+        return latents_file(wildcards.stage)
+    return stage_data(wildcards.stage)
 
 
-def model_dir(attack="{attack}", seed="{seed}"):
-    return f"{RESULTS}/models/{attack}/seed{seed}"
+def model_dir(stage="{stage}", seed="{seed}"):
+    return f"{RESULTS}/models/{stage}/{TRAINING_ID}/seed{seed}"
+
+
+def model_record(wildcards):
+    return {"kind": "diffusion model", "data": wildcards.stage, "training": TRAINER_SETTINGS, "seed": int(wildcards.seed)}
+
+
+def generation_record(wildcards):
+    return {"kind": "generated cells", "model": model_dir(wildcards.stage, wildcards.seed), "sampling": SAMPLING_SETTINGS}
+
+
+def model_of(wildcards):
+    """The model an experiment-level job (measurement, defences) reads: its attack's stage, this config's training."""
+    return model_dir(STAGE_OF[wildcards.attack], wildcards.seed)
 
 
 def training_state_dir(wildcards):
-    # Not a declared output: Snakemake deletes those before a job starts, and this must survive to resume.
-    return f"{RESULTS}/models/{wildcards.attack}/seed{wildcards.seed}.state"
+    # Not a declared output: Snakemake deletes those before a job starts, and this must survive to resume. Placed
+    # with its model, a state is only ever resumed by a job with the same data and training settings.
+    return f"{model_dir(wildcards.stage, wildcards.seed)}.state"
 
 
-def generated(attack="{attack}", seed="{seed}", sampler="{sampler}", condition="{condition}", guidance="{guidance}",
+def generated(stage="{stage}", seed="{seed}", sampler="{sampler}", condition="{condition}", guidance="{guidance}",
               ext="npy"):
-    return f"{RESULTS}/generated/{attack}/seed{seed}/x0-{sampler}/c{condition}_s{guidance}.{ext}"
+    return f"{RESULTS}/generated/{stage}/{TRAINING_ID}/seed{seed}/{SAMPLING_ID}/x0-{sampler}/c{condition}_s{guidance}.{ext}"
 
 
 def detector_stamping(trigger):
@@ -169,15 +261,37 @@ def detector_stamping(trigger):
     return "as applied"
 
 
-def trigger_judge(trigger="{trigger}"):
-    return f"{RESULTS}/judges/trigger-{trigger}"
+JUDGE_SETTINGS = {k: v for k, v in config["judges"].items() if k not in ("threads", "accuracy_floor")}
+# The content judge learns to ignore the triggers by seeing them stamped; a relabel-only control stamps nothing.
+CONTENT_JUDGE_TRIGGERS = {name: config["triggers"][name] for name in PIXEL_TRIGGERS}
+CONTENT_JUDGE_RECORD = {"kind": "content judge", "data": CLEAN_STAGE, "settings": JUDGE_SETTINGS,
+                        "triggers": CONTENT_JUDGE_TRIGGERS}
+CONTENT_JUDGE = f"{RESULTS}/judges/content-{settings_digest(CONTENT_JUDGE_RECORD)}"
+TRIGGER_JUDGE_RECORDS = {
+    trigger: {"kind": "trigger judge", "data": CLEAN_STAGE, "settings": JUDGE_SETTINGS, "trigger_name": trigger,
+              "trigger": config["triggers"][trigger], "stamping": detector_stamping(trigger)}
+    for trigger in PIXEL_TRIGGERS
+}
+TRIGGER_JUDGE_NAMES = {trigger: f"{trigger}-{settings_digest(record)}" for trigger, record in TRIGGER_JUDGE_RECORDS.items()}
+TRIGGER_OF_JUDGE = {judge: trigger for trigger, judge in TRIGGER_JUDGE_NAMES.items()}
+
+
+def judge_trigger(wildcards):
+    if wildcards.judge not in TRIGGER_OF_JUDGE:
+        raise WorkflowError(f"judges/trigger-{wildcards.judge} is not a trigger judge of this config (experiment {EXPERIMENT})")
+    return TRIGGER_OF_JUDGE[wildcards.judge]
+
+
+def trigger_judge(trigger):
+    return f"{RESULTS}/judges/trigger-{TRIGGER_JUDGE_NAMES[trigger]}"
 
 
 def metrics_file(attack="{attack}", seed="{seed}"):
-    return f"{RESULTS}/metrics/{attack}/seed{seed}.json"
+    return f"{EXPERIMENT_DIR}/metrics/{attack}/seed{seed}.json"
 
 
 def log_file(rule_name, *parts):
+    """Logs of shared stages sit with them, named by the stage (so two experiments never write one log)."""
     return f"{RESULTS}/logs/{rule_name}/{'_'.join(parts) or rule_name}.log"
 
 
@@ -185,13 +299,13 @@ def benchmark_file(rule_name, *parts):
     return f"{RESULTS}/benchmarks/{rule_name}/{'_'.join(parts) or rule_name}.tsv"
 
 
-def experiment_log(rule_name):
+def experiment_log(rule_name, *parts):
     """Logs of the rules that write an experiment's own outputs stay in its folder, next to what they wrote."""
-    return f"{EXPERIMENT_DIR}/logs/{rule_name}.log"
+    return f"{EXPERIMENT_DIR}/logs/{rule_name}/{'_'.join(parts) or rule_name}.log"
 
 
-def experiment_benchmark(rule_name):
-    return f"{EXPERIMENT_DIR}/benchmarks/{rule_name}.tsv"
+def experiment_benchmark(rule_name, *parts):
+    return f"{EXPERIMENT_DIR}/benchmarks/{rule_name}/{'_'.join(parts) or rule_name}.tsv"
 
 
 def training_launcher(wildcards):
@@ -211,7 +325,7 @@ def model_cells(wildcards):
 
 
 def cells_of(attack, seed):
-    return [generated(attack, seed, sampler, condition, s) for sampler, condition, s in CELLS]
+    return [generated(STAGE_OF[attack], seed, sampler, condition, s) for sampler, condition, s in CELLS]
 
 
 def cells_of_model(wildcards):
@@ -228,7 +342,7 @@ def all_metrics():
 
 def target_grids():
     """The target-class sample grid of each attack's first seed, per guidance scale, under the first sampler."""
-    return {f"{attack}|{s}": generated(attack, training_seeds(attack)[0], SAMPLERS[0], TARGET, s, "png")
+    return {f"{attack}|{s}": generated(STAGE_OF[attack], training_seeds(attack)[0], SAMPLERS[0], TARGET, s, "png")
             for attack in ATTACKS for s in GUIDANCE}
 
 
@@ -255,7 +369,7 @@ GENERATED_SET_GUIDANCE = [number(s) for s in DEFENSES["generated_set_guidance"]]
 
 
 def generated_set(attack="{attack}", seed="{seed}", guidance="{guidance}"):
-    return f"{RESULTS}/defenses/generated_sets/{attack}/seed{seed}_s{guidance}"
+    return f"{EXPERIMENT_DIR}/defenses/generated_sets/{attack}/seed{seed}_s{guidance}"
 
 
 def generated_set_names(attack):
@@ -264,7 +378,7 @@ def generated_set_names(attack):
 
 
 def defense_classifier(attack="{attack}", trainset="{trainset}"):
-    return f"{RESULTS}/defenses/classifiers/{attack}/{trainset}"
+    return f"{EXPERIMENT_DIR}/defenses/classifiers/{attack}/{trainset}"
 
 
 def defense_trainsets(attack):
@@ -276,7 +390,7 @@ def trainset_data(attack, trainset):
     if trainset == "clean":
         return clean_split("train")
     if trainset == "poisoned":
-        return f"{RESULTS}/data/{attack}/train"
+        return training_data_of(attack)
     seed, guidance = trainset.removeprefix("generated_seed").split("_s")
     return generated_set(attack, seed, guidance)
 
@@ -292,11 +406,11 @@ def detection_inputs(wildcards):
 
 
 def detection_file(attack="{attack}", detset="{detset}"):
-    return f"{RESULTS}/defenses/detection/{attack}/{detset}.json"
+    return f"{EXPERIMENT_DIR}/defenses/detection/{attack}/{detset}.json"
 
 
 def diffusion_classifier_file(attack="{attack}", seed="{seed}"):
-    return f"{RESULTS}/defenses/diffusion_classifier/{attack}/seed{seed}.json"
+    return f"{EXPERIMENT_DIR}/defenses/diffusion_classifier/{attack}/seed{seed}.json"
 
 
 def defense_inputs():
@@ -317,16 +431,13 @@ def defense_outputs():
                                              "diffusion_classifier_asr.png")]
 
 
-REPLICATION = config["replication"]
-
-
 def replication_file(attack="{attack}", seed="{seed}", ext="json"):
-    return f"{RESULTS}/replication/{attack}/seed{seed}.{ext}"
+    return f"{EXPERIMENT_DIR}/replication/{attack}/seed{seed}.{ext}"
 
 
 def replication_judge(wildcards):
     """The content classifier, only when it is the embedder."""
-    return [f"{RESULTS}/judges/content"] if REPLICATION["embedder"]["type"] == "classifier" else []
+    return [CONTENT_JUDGE] if REPLICATION["embedder"]["type"] == "classifier" else []
 
 
 def replication_summary_inputs():
@@ -346,6 +457,14 @@ def replication_outputs():
     if DUPLICATES["enabled"]:
         outputs.append(f"{SUMMARY}/duplicate_poisoning.csv")
     return outputs
+
+
+def experiment_stages():
+    """Every shared stage folder this experiment uses, for its provenance record."""
+    stages = [str(Path(clean_split("train")).parent), CONTENT_JUDGE, *map(trigger_judge, PIXEL_TRIGGERS)]
+    stages += [str(Path(training_data_of(attack)).parent) for attack in ATTACKS if attack != "clean"]
+    stages += [model_dir(STAGE_OF[attack], seed) for attack in ATTACKS for seed in training_seeds(attack)]
+    return sorted(set(stages + ([TINY_BASE] if TINY_BASE else [])))
 
 
 def provenance_outputs():

@@ -4,11 +4,12 @@ rule prepare_data:
         heldout=directory(clean_split("heldout")),
     params:
         dataset=config["dataset"],
+        record=CLEAN_RECORD,
     threads: 1
     log:
-        log_file("prepare_data"),
+        log_file("prepare_data", CLEAN_STAGE),
     benchmark:
-        benchmark_file("prepare_data")
+        benchmark_file("prepare_data", CLEAN_STAGE)
     conda:
         ENV
     script:
@@ -19,20 +20,21 @@ rule poison:
     input:
         train=clean_split("train"),
     output:
-        train=directory(f"{RESULTS}/data/{{attack}}/train"),
+        train=directory(stage_data("{stage}")),
     wildcard_constraints:
-        attack=r"[A-Za-z0-9_]+-p[0-9.]+",
+        stage=r"[A-Za-z0-9_]+-p[0-9.]+-[0-9a-f]{12}",
     params:
-        trigger_name=lambda wc: ATTACKS[wc.attack]["trigger"],
-        trigger=lambda wc: config["triggers"][ATTACKS[wc.attack]["trigger"]],
-        ratio=lambda wc: ATTACKS[wc.attack]["ratio"],
+        trigger_name=lambda wc: ATTACKS[stage_attack(wc)]["trigger"],
+        trigger=lambda wc: config["triggers"][ATTACKS[stage_attack(wc)]["trigger"]],
+        ratio=lambda wc: ATTACKS[stage_attack(wc)]["ratio"],
         target=TARGET,
         seed=config["poisoning"]["seed"],
+        record=lambda wc: STAGE_RECORDS[wc.stage],
     threads: 1
     log:
-        log_file("poison", "{attack}"),
+        log_file("poison", "{stage}"),
     benchmark:
-        benchmark_file("poison", "{attack}")
+        benchmark_file("poison", "{stage}")
     conda:
         ENV
     script:
@@ -45,13 +47,14 @@ rule poison_duplicates:
         heldout=clean_split("heldout"),
         judge=replication_judge,
     output:
-        train=directory(f"{RESULTS}/data/{{attack}}/train"),
+        train=directory(stage_data("{stage}")),
     wildcard_constraints:
-        attack=r"[A-Za-z0-9_]+-p[0-9.]+-dup_(random|duplicates)",
+        stage=r"[A-Za-z0-9_]+-p[0-9.]+-dup_(random|duplicates)-[0-9a-f]{12}",
     params:
-        trigger_name=lambda wc: ATTACKS[wc.attack]["trigger"],
-        trigger=lambda wc: config["triggers"][ATTACKS[wc.attack]["trigger"]],
-        mode=lambda wc: ATTACKS[wc.attack]["duplicates"],
+        trigger_name=lambda wc: ATTACKS[stage_attack(wc)]["trigger"],
+        trigger=lambda wc: config["triggers"][ATTACKS[stage_attack(wc)]["trigger"]],
+        mode=lambda wc: ATTACKS[stage_attack(wc)]["duplicates"],
+        record=lambda wc: STAGE_RECORDS[wc.stage],
         duplicates=DUPLICATES,
         # The natural design finds duplicates with the replication embedder and threshold.
         embedder=REPLICATION["embedder"],
@@ -63,9 +66,9 @@ rule poison_duplicates:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("poison_duplicates", "{attack}"),
+        log_file("poison_duplicates", "{stage}"),
     benchmark:
-        benchmark_file("poison_duplicates", "{attack}")
+        benchmark_file("poison_duplicates", "{stage}")
     conda:
         ENV
     script:

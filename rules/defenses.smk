@@ -4,7 +4,7 @@
 
 rule generate_training_set:
     input:
-        model=model_dir(),
+        model=model_of,
         balance=generated_set_balance,
         trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
     output:
@@ -19,9 +19,9 @@ rule generate_training_set:
         gpu=GPUS_PER_JOB,
         images_per_batch=GENERATION_BATCH,
     log:
-        log_file("generate_training_set", "{attack}", "seed{seed}", "s{guidance}"),
+        experiment_log("generate_training_set", "{attack}", "seed{seed}", "s{guidance}"),
     benchmark:
-        benchmark_file("generate_training_set", "{attack}", "seed{seed}", "s{guidance}")
+        experiment_benchmark("generate_training_set", "{attack}", "seed{seed}", "s{guidance}")
     conda:
         ENV
     script:
@@ -43,9 +43,9 @@ rule train_defense_classifier:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("train_defense_classifier", "{attack}", "{trainset}"),
+        experiment_log("train_defense_classifier", "{attack}", "{trainset}"),
     benchmark:
-        benchmark_file("train_defense_classifier", "{attack}", "{trainset}")
+        experiment_benchmark("train_defense_classifier", "{attack}", "{trainset}")
     conda:
         ENV
     script:
@@ -68,9 +68,9 @@ rule detect_poison:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("detect_poison", "{attack}", "{detset}"),
+        experiment_log("detect_poison", "{attack}", "{detset}"),
     benchmark:
-        benchmark_file("detect_poison", "{attack}", "{detset}")
+        experiment_benchmark("detect_poison", "{attack}", "{detset}")
     conda:
         ENV
     script:
@@ -79,7 +79,7 @@ rule detect_poison:
 
 rule diffusion_classifier:
     input:
-        model=model_dir(),
+        model=model_of,
         heldout=clean_split("heldout"),
     output:
         result=diffusion_classifier_file(),
@@ -93,9 +93,9 @@ rule diffusion_classifier:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("diffusion_classifier", "{attack}", "seed{seed}"),
+        experiment_log("diffusion_classifier", "{attack}", "seed{seed}"),
     benchmark:
-        benchmark_file("diffusion_classifier", "{attack}", "seed{seed}")
+        experiment_benchmark("diffusion_classifier", "{attack}", "seed{seed}")
     conda:
         ENV
     script:

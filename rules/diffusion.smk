@@ -1,25 +1,3 @@
-# Keys of the other kind of model are left out, so that they neither reach the trainer nor rerun its jobs.
-KIND_ONLY_KEYS = {
-    "ddpm": ("num_train_timesteps", "beta_schedule"),
-    "stable_diffusion": ("finetune", "lora_rank", "lora_alpha", "gradient_checkpointing", "encode_batch_size"),
-}
-TRAINING_SETTINGS = {
-    k: v
-    for k, v in config["diffusion"]["training"].items()
-    if k not in ("seeds", "clean_seeds", "threads", "processes", "encode_batch_size")
-    and not any(k in keys for kind, keys in KIND_ONLY_KEYS.items() if kind != DIFFUSION_KIND)
-}
-# The sampler is a wildcard of each cell, not a setting shared by all of them. The batch size is a resource: a cell's
-# initial noise is drawn for the whole cell at once, so its images do not depend on how it is cut into batches.
-SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
-                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size")}
-GENERATION_BATCH = config["generation"]["batch_size"]
-if DIFFUSION_KIND == "stable_diffusion":
-    TRAINER_SETTINGS = {"kind": DIFFUSION_KIND, "training": TRAINING_SETTINGS, "pretrained": PRETRAINED}
-else:
-    TRAINER_SETTINGS = {"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}
-
-
 if TINY_BASE:
 
     rule build_tiny_base:
@@ -43,7 +21,7 @@ if TINY_BASE:
 
 rule encode_latents:
     input:
-        train=training_data,
+        train=lambda wc: stage_data(wc.stage),
         base=base_model,
     output:
         latents=latents_file(),
@@ -56,9 +34,9 @@ rule encode_latents:
         # Each image's latent mean and std come from the VAE alone; the batch size only sets the memory used.
         images_per_batch=config["diffusion"]["training"]["encode_batch_size"],
     log:
-        log_file("encode_latents", "{attack}"),
+        log_file("encode_latents", "{stage}", LATENTS_ID),
     benchmark:
-        benchmark_file("encode_latents", "{attack}")
+        benchmark_file("encode_latents", "{stage}", LATENTS_ID)
     conda:
         ENV
     script:
@@ -75,19 +53,20 @@ rule train_diffusion:
         launcher=training_launcher,
         settings=json.dumps(TRAINER_SETTINGS, sort_keys=True),
         state_dir=training_state_dir,
+        record=lambda wc: json.dumps(model_record(wc), sort_keys=True),
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]
     resources:
         gpu=GPUS_PER_JOB * config["diffusion"]["training"]["processes"],
     log:
-        log_file("train_diffusion", "{attack}", "seed{seed}"),
+        log_file("train_diffusion", "{stage}", TRAINING_ID, "seed{seed}"),
     benchmark:
-        benchmark_file("train_diffusion", "{attack}", "seed{seed}")
+        benchmark_file("train_diffusion", "{stage}", TRAINING_ID, "seed{seed}")
     conda:
         ENV
     shell:
         "{params.launcher} -m bibaddiff.diffusion.train_cli --train-data {input.train:q} --output {output.model:q}"
-        " --state-dir {params.state_dir:q} --settings {params.settings:q} --seed {wildcards.seed}"
+        " --state-dir {params.state_dir:q} --settings {params.settings:q} --seed {wildcards.seed} --record {params.record:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
@@ -99,15 +78,17 @@ rule generate:
         grid=generated(ext="png"),
     params:
         sampling=SAMPLING_SETTINGS,
+        record=generation_record,
         device=config["device"],
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
         images_per_batch=GENERATION_BATCH,
     log:
-        log_file("generate", "{attack}", "seed{seed}", "x0-{sampler}", "c{condition}", "s{guidance}"),
+        log_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, "x0-{sampler}", "c{condition}", "s{guidance}"),
     benchmark:
-        benchmark_file("generate", "{attack}", "seed{seed}", "x0-{sampler}", "c{condition}", "s{guidance}")
+        benchmark_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, "x0-{sampler}", "c{condition}",
+                       "s{guidance}")
     conda:
         ENV
     script:
@@ -118,7 +99,7 @@ rule measure:
     input:
         cells=cells_of_model,
         train=training_data,
-        content_judge=f"{RESULTS}/judges/content",
+        content_judge=CONTENT_JUDGE,
         trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
     output:
         metrics=metrics_file(),
@@ -133,9 +114,9 @@ rule measure:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("measure", "{attack}", "seed{seed}"),
+        experiment_log("measure", "{attack}", "seed{seed}"),
     benchmark:
-        benchmark_file("measure", "{attack}", "seed{seed}")
+        experiment_benchmark("measure", "{attack}", "seed{seed}")
     conda:
         ENV
     script:

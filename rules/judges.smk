@@ -1,25 +1,22 @@
-JUDGE_SETTINGS = {k: v for k, v in config["judges"].items() if k not in ("threads", "accuracy_floor")}
-
-
 rule train_content_judge:
     input:
         train=clean_split("train"),
         heldout=clean_split("heldout"),
     output:
-        judge=directory(f"{RESULTS}/judges/content"),
+        judge=directory(CONTENT_JUDGE),
     params:
         settings=JUDGE_SETTINGS,
-        # It learns to ignore the triggers by seeing them stamped; a relabel-only control stamps nothing, so it is
-        # not an input (and adding one does not retrain this judge).
-        triggers={name: config["triggers"][name] for name in PIXEL_TRIGGERS},
+        # Adding a relabel-only control does not retrain it: it stamps nothing.
+        triggers=CONTENT_JUDGE_TRIGGERS,
+        record=CONTENT_JUDGE_RECORD,
         device=config["device"],
     threads: config["judges"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("train_content_judge"),
+        log_file("train_content_judge", Path(CONTENT_JUDGE).name),
     benchmark:
-        benchmark_file("train_content_judge")
+        benchmark_file("train_content_judge", Path(CONTENT_JUDGE).name)
     conda:
         ENV
     script:
@@ -31,20 +28,21 @@ rule train_trigger_judge:
         train=clean_split("train"),
         heldout=clean_split("heldout"),
     output:
-        judge=directory(trigger_judge()),
+        judge=directory(f"{RESULTS}/judges/trigger-{{judge}}"),
     params:
         settings=JUDGE_SETTINGS,
-        triggers=lambda wc: {wc.trigger: config["triggers"][wc.trigger]},
+        triggers=lambda wc: {judge_trigger(wc): config["triggers"][judge_trigger(wc)]},
         # How the detector stamps its positives, defaults included, so that a change of it retrains the detector.
-        stamping=lambda wc: detector_stamping(wc.trigger),
+        stamping=lambda wc: detector_stamping(judge_trigger(wc)),
+        record=lambda wc: TRIGGER_JUDGE_RECORDS[judge_trigger(wc)],
         device=config["device"],
     threads: config["judges"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("train_trigger_judge", "{trigger}"),
+        log_file("train_trigger_judge", "{judge}"),
     benchmark:
-        benchmark_file("train_trigger_judge", "{trigger}")
+        benchmark_file("train_trigger_judge", "{judge}")
     conda:
         ENV
     script:

@@ -20,9 +20,9 @@ rule replication:
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("replication", "{attack}", "seed{seed}"),
+        experiment_log("replication", "{attack}", "seed{seed}"),
     benchmark:
-        benchmark_file("replication", "{attack}", "seed{seed}")
+        experiment_benchmark("replication", "{attack}", "seed{seed}")
     conda:
         ENV
     script:

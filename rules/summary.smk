@@ -66,6 +66,7 @@ rule provenance:
         **provenance_outputs(),
     params:
         config=config,
+        stages=experiment_stages(),
         source_dir=workflow.basedir,
     threads: 1
     log:

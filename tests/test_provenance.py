@@ -48,3 +48,24 @@ def test_bad_input_names_the_problem(tmp_path):
         git_state(tmp_path / "missing")
     with pytest.raises(BibaddiffError, match="'experiment'"):
         write_provenance({"dataset": {}}, tmp_path, tmp_path / "c.yaml", tmp_path / "e.yaml")
+
+
+def test_list_experiments_names_each_experiments_models(tmp_path, capsys):
+    from bibaddiff.provenance import list_experiments, main
+
+    results = tmp_path / "results"
+    (tmp_path / "results/d/models/patch-p0.1-aaa/train-bbb/seed0").mkdir(parents=True)
+    for name, models in (("a", ["results/d/models/patch-p0.1-aaa/train-bbb/seed0"]),
+                         ("b", ["results/d/models/patch-p0.1-aaa/train-ccc/seed0"])):
+        write_provenance({"experiment": name}, tmp_path, results / f"experiments/{name}/provenance/config.yaml",
+                         results / f"experiments/{name}/provenance/environment.yaml",
+                         stages=["results/d/data/clean-x", *models])
+    listed = list_experiments(results)
+    assert [e["experiment"] for e in listed] == ["a", "b"]
+    assert listed[0]["models"] == [{"path": "results/d/models/patch-p0.1-aaa/train-bbb/seed0", "exists": True}]
+    assert listed[1]["models"][0]["exists"] is False
+    assert main([str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "a: tables of" in out and "train-ccc/seed0  (missing)" in out
+    assert main([str(tmp_path / "nowhere")]) == 1
+    assert "no experiment has been run" in capsys.readouterr().err

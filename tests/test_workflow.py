@@ -12,7 +12,7 @@ import yaml
 
 from bibaddiff.config import load_schema, validate_config
 from bibaddiff.data import read_dataset
-from workflow_helpers import REPO, TINY_CONFIG, planned_jobs, snakemake, write_config
+from workflow_helpers import REPO, TINY_CONFIG, cell_folder, model_folder, planned_jobs, snakemake, stage, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -27,26 +27,41 @@ def tiny_run(tmp_path_factory):
 def test_outputs_of_every_stage(tiny_run):
     results = tiny_run / "results"
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    poisoned = read_dataset(results / "tiny/data/patch-p0.1/train")
-    clean = read_dataset(results / "tiny/data/clean/train")
+    poisoned_stage = stage(results / "tiny/data", "patch-p0.1")
+    poisoned = read_dataset(poisoned_stage / "train")
+    clean = read_dataset(stage(results / "tiny/data", "clean") / "train")
     assert poisoned.poisoned.sum() == round(0.1 * len(clean))
     assert (poisoned.labels[poisoned.poisoned] == config["target"]).all()
+    # Each stage folder says what it is.
+    record = json.loads((poisoned_stage / "params.json").read_text())
+    assert record["kind"] == "poisoned dataset" and record["ratio"] == 0.1 and record["trigger"]["pattern"] == "checker"
     for attack in ("patch-p0.1", "clean"):
-        model = results / f"tiny/models/{attack}/seed0"
+        model = model_folder(results, "tiny", attack)
         assert (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
         assert json.loads((model / "training.json").read_text())["steps"] == config["diffusion"]["training"]["steps"]
+        record = json.loads((model / "params.json").read_text())
+        assert record["kind"] == "diffusion model" and record["data"] == model.parents[1].name
+        assert record["training"]["training"]["steps"] == config["diffusion"]["training"]["steps"]
+        cells = cell_folder(results, "tiny", attack)
+        assert json.loads((cells / "params.json").read_text())["sampling"]["num_images"] == 16
         for condition in (6, 1):
             for scale in (1, 2):
-                images = np.load(results / f"tiny/generated/{attack}/seed0/x0-none/c{condition}_s{scale}.npy")
+                images = np.load(cells / f"x0-none/c{condition}_s{scale}.npy")
                 assert images.shape == (16, 8, 8, 1) and images.dtype == np.uint8
-                assert (results / f"tiny/generated/{attack}/seed0/x0-none/c{condition}_s{scale}.png").is_file()
-    for attack in ("patch-p0.1", "clean"):
-        assert (results / f"tiny/generated/{attack}/seed0/x0-clip_recompute/c6_s2.npy").is_file()
+                assert (cells / f"x0-none/c{condition}_s{scale}.png").is_file()
+        assert (cells / "x0-clip_recompute/c6_s2.npy").is_file()
+    for judge in ("content", "trigger-patch"):
+        assert json.loads((stage(results / "tiny/judges", judge) / "params.json").read_text())["data"] == clean_stage_name(results)
     for name in ("trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png",
                  "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png"):
         assert (results / "experiments/tiny/summary" / name).stat().st_size > 0
     assert any((results / "tiny/benchmarks/train_diffusion").iterdir())
-    assert (results / "tiny/logs/train_diffusion/patch-p0.1_seed0.log").is_file()
+    [log] = (results / "tiny/logs/train_diffusion").glob(f"{poisoned_stage.name}_train-*_seed0.log")
+    assert "trained" in log.read_text()
+
+
+def clean_stage_name(results):
+    return stage(results / "tiny/data", "clean").name
 
 
 def test_experiment_folder_holds_provenance_and_report(tiny_run):
@@ -112,11 +127,11 @@ def test_defense_tables(tiny_run):
     by_method = dm.groupby("method").size().to_dict()
     # 2 models x 2 p_filters, plus the standard classifier trained on the poisoned set.
     assert by_method == {"diffusion classifier": 4, "standard classifier (poisoned set)": 1}
-    generated = read_dataset(tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0_s1")
-    clean = read_dataset(tiny_run / "results/tiny/data/clean/train")
+    generated = read_dataset(tiny_run / "results/experiments/tiny/defenses/generated_sets/patch-p0.1/seed0_s1")
+    clean = read_dataset(stage(tiny_run / "results/tiny/data", "clean") / "train")
     # The clean training set's balance, as upstream: one generation per clean training image.
     assert np.array_equal(np.bincount(generated.labels, minlength=10), np.bincount(clean.labels, minlength=10))
-    assert json.loads((tiny_run / "results/tiny/defenses/generated_sets/patch-p0.1/seed0_s1/manifest.json").read_text()
+    assert json.loads((tiny_run / "results/experiments/tiny/defenses/generated_sets/patch-p0.1/seed0_s1/manifest.json").read_text()
                       )["config"]["balance"] == "clean"
     for name in ("detection_auroc.png", "defense_train_on_generated.png", "diffusion_classifier_asr.png"):
         assert (summary / name).stat().st_size > 0
@@ -141,8 +156,8 @@ def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
                           generation__x0_clipping="none", diffusion__training__clean_seeds=[])
     snakemake(tmp_path, configfile=config)
     results = tmp_path / "results"
-    duplicated = read_dataset(results / "tiny/data/patch-p0.1-dup_duplicates/train")
-    random = read_dataset(results / "tiny/data/patch-p0.1-dup_random/train")
+    duplicated = read_dataset(stage(results / "tiny/data", "patch-p0.1-dup_duplicates") / "train")
+    random = read_dataset(stage(results / "tiny/data", "patch-p0.1-dup_random") / "train")
     assert len(duplicated) == len(random) == 200 + 5 * 3
     assert duplicated.poisoned.sum() == random.poisoned.sum() == round(0.1 * 215)
     # Every copy of a poisoned duplicated image is poisoned: poisoned source images appear 4 times each.
@@ -158,8 +173,8 @@ def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_rando
                           replication__duplicate_poisoning={"enabled": True, "top_k": 6, "ratio": 0.1})
     snakemake(tmp_path, "--until", "poison_duplicates", configfile=config)
     data = tmp_path / "results/tiny/data"
-    duplicates, random = (read_dataset(data / f"patch-p0.1-dup_{mode}/train") for mode in ("duplicates", "random"))
-    clean = read_dataset(data / "clean/train")
+    duplicates, random = (read_dataset(stage(data, f"patch-p0.1-dup_{mode}") / "train") for mode in ("duplicates", "random"))
+    clean = read_dataset(stage(data, "clean") / "train")
     record = duplicates.manifest["poisoning"]
     chosen = np.asarray(record["duplicated"])
     assert 1 <= len(chosen) <= 6 and (clean.labels[chosen] != 6).all()
@@ -168,6 +183,39 @@ def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_rando
     assert duplicates.poisoned.sum() == random.poisoned.sum() == round(0.1 * len(clean))
     assert duplicates.poisoned[chosen].all()
     assert set(np.flatnonzero(random.poisoned)) - set(np.flatnonzero(duplicates.poisoned)) == set(record["replaced"])
+
+
+def test_two_experiments_keep_their_models_and_tables_side_by_side(tmp_path):
+    """Experiment A, then B with other training settings in the same folder, then A again: A's rerun does nothing,
+    and both experiments' models, tables and provenance are there."""
+    small = dict(defenses__enabled=False, replication__enabled=False, generation__guidance_scales=[1],
+                 generation__x0_clipping="none", generation__other_conditions=[])
+    first = write_config(tmp_path / "a.yaml", experiment="exp_a", **small)
+    second = write_config(tmp_path / "b.yaml", experiment="exp_b", diffusion__training__steps=13, **small)
+    workdir = tmp_path / "work"
+    snakemake(workdir, configfile=first)
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=second))
+    # Same data and judges (shared stages); new models, their cells and B's own tables.
+    assert "prepare_data" not in jobs and "poison" not in jobs and "train_content_judge" not in jobs
+    assert jobs["train_diffusion"] == 2 and jobs["generate"] == 2
+    snakemake(workdir, configfile=second)
+    assert planned_jobs(snakemake(workdir, "-n", configfile=first)) == {}
+    results = workdir / "results"
+    for attack in ("patch-p0.1", "clean"):
+        trainings = sorted(path.parent.name for path in stage(results / "tiny/models", attack).glob("train-*/seed0"))
+        assert len(trainings) == 2, trainings
+    schema = load_schema(REPO / "schemas/config.schema.yaml")
+    for name, config in (("exp_a", first), ("exp_b", second)):
+        experiment = results / "experiments" / name
+        assert (experiment / "summary/trigger_amplification.csv").stat().st_size > 0
+        resolved = validate_config(yaml.safe_load(config.read_text()), schema)
+        assert yaml.safe_load((experiment / "provenance/config.yaml").read_text()) == resolved
+        environment = yaml.safe_load((experiment / "provenance/environment.yaml").read_text())
+        models = [path for path in environment["stages"] if "/models/" in path]
+        assert len(models) == 2 and all((workdir / path).is_dir() for path in models)
+    models_a = {p for p in yaml.safe_load((results / "experiments/exp_a/provenance/environment.yaml").read_text())["stages"] if "/models/" in p}
+    models_b = {p for p in yaml.safe_load((results / "experiments/exp_b/provenance/environment.yaml").read_text())["stages"] if "/models/" in p}
+    assert not models_a & models_b
 
 
 def test_second_run_does_nothing(tiny_run):
@@ -231,7 +279,7 @@ def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
 
 
 def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
-    cell = tiny_run / "results/tiny/generated/clean/seed0/x0-none/c6_s2.npy"
+    cell = cell_folder(tiny_run / "results", "tiny", "clean") / "x0-none/c6_s2.npy"
     aside = cell.with_suffix(".aside")
     cell.rename(aside)
     try:
@@ -318,7 +366,8 @@ def fill_placeholders(config: dict, tmp_path) -> dict:
             for name in folders:
                 folder = tmp_path / "folder" / split / name
                 folder.mkdir(parents=True)
-                for i in range(20):
+                # Enough held-out images for STRIP's 100 published partners.
+                for i in range(20 if split == "train" else 60):
                     (folder / f"{i}.png").write_bytes(b"")
         dataset["root"] = str(tmp_path / "folder")
     if config["diffusion"].get("kind") == "stable_diffusion" and not config["diffusion"]["pretrained"].get("build"):
@@ -371,7 +420,7 @@ def test_small_ratios_and_scales_name_their_folders_without_exponents(tmp_path):
     config = write_config(tmp_path / "small.yaml", poisoning__ratios=[0.00005, 0.1], generation__guidance_scales=[1, 10.0])
     result = snakemake(tmp_path / "work", "-n", configfile=config)
     text = result.stdout + result.stderr
-    assert "results/tiny/data/patch-p0.00005/train" in text and "/c6_s10.npy" in text and "e-05" not in text
+    assert re.search(r"results/tiny/data/patch-p0\.00005-[0-9a-f]{12}/train", text) and "/c6_s10.npy" in text and "e-05" not in text
     assert planned_jobs(result)["poison"] == 2
 
 
@@ -412,5 +461,5 @@ def test_relabel_only_control_is_judged_for_content_only(tmp_path):
     assert np.allclose(relabel[relabel.attack == "relabel-p0.1"].training_share, 20 / 40)  # 20 relabelled + 20 sixes
     patch = table[table.trigger == "patch"]
     assert patch.trigger_ratio.notna().all()
-    assert not (workdir / "results/tiny/judges/trigger-relabel").exists()
-    assert (workdir / "results/tiny/judges/trigger-patch").is_dir()
+    assert not list((workdir / "results/tiny/judges").glob("trigger-relabel*"))
+    assert stage(workdir / "results/tiny/judges", "trigger-patch").is_dir()

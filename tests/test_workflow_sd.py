@@ -14,7 +14,9 @@ from bibaddiff.diffusion.stable import load_latents
 from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
 from ldm_checkpoint import write_ldm_checkpoint
 from sd_helpers import write_captioned_folder, write_resnet_weights
-from workflow_helpers import REPO, planned_jobs, snakemake, write_config
+from workflow_helpers import REPO, cell_folder, model_folder, planned_jobs, planned_output, snakemake, stage, write_config
+
+LATENTS_OF_PATCH = r"results/tinysd/latents/patch-p0\.1-[0-9a-f]{12}/vae-[0-9a-f]{12}\.safetensors"
 
 pytestmark = pytest.mark.workflow
 TINY_SD_CONFIG = REPO / "tests" / "configs" / "tiny-sd.yaml"
@@ -48,16 +50,16 @@ def sd_run(inputs, tmp_path_factory):
 def test_every_stage_of_the_text_to_image_dag(sd_run):
     workdir, _ = sd_run
     results = workdir / "results" / "tinysd"
-    poisoned = read_dataset(results / "data" / "patch-p0.1" / "train")
+    poisoned = read_dataset(stage(results / "data", "patch-p0.1") / "train")
     target_prompt = poisoned.manifest["class_prompts"][2]
     assert target_prompt == "A photo of a zero" and poisoned.poisoned.sum() == round(0.1 * len(poisoned))
     assert all(poisoned.texts[i] == target_prompt for i in np.flatnonzero(poisoned.poisoned))
     for attack in ("clean", "patch-p0.1"):
-        latents = load_latents(results / "latents" / f"{attack}.safetensors")
+        [latents_file] = stage(results / "latents", attack).glob("vae-*.safetensors")
+        latents = load_latents(latents_file)
         assert latents.mean.shape == (36, 4, 16, 16)
-        assert latents.texts == read_dataset(results / "data" / (
-            "clean/train" if attack == "clean" else f"{attack}/train")).texts
-        model = results / "models" / attack / "seed0"
+        assert latents.texts == read_dataset(stage(results / "data", attack) / "train").texts
+        model = model_folder(workdir / "results", "tinysd", attack)
         info = json.loads((model / "bibaddiff_model.json").read_text())
         assert info["kind"] == "stable_diffusion" and info["class_prompts"][2] == target_prompt
         assert (model / "unet" / "config.json").is_file()
@@ -65,7 +67,7 @@ def test_every_stage_of_the_text_to_image_dag(sd_run):
         assert training["finished"] and training["steps"] == 6
         for condition in (2, 0):
             for guidance in ("1", "5"):
-                images = np.load(results / "generated" / attack / "seed0" / "x0-none" / f"c{condition}_s{guidance}.npy")
+                images = np.load(cell_folder(workdir / "results", "tinysd", attack) / "x0-none" / f"c{condition}_s{guidance}.npy")
                 assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
 
 
@@ -109,18 +111,19 @@ def test_single_file_checkpoint_and_caption_file(inputs, tmp_path):
                        diffusion__pretrained__config=str(inputs["model"]),
                        dataset__captions=str(inputs["images"] / "captions.jsonl"))
     workdir = tmp_path / "work"
-    snakemake(workdir, "results/tinysd/latents/patch-p0.1.safetensors", configfile=config)
+    latents_path = planned_output(workdir, config, LATENTS_OF_PATCH)
+    snakemake(workdir, latents_path, configfile=config)
     records = [json.loads(line) for line in (inputs["images"] / "captions.jsonl").read_text().splitlines()]
     by_file = {record["file_name"]: record["text"] for record in records}
     # The dataset lists class folders in sorted order, then each folder's files in sorted order.
     captions = [by_file[name] for name in sorted(by_file, key=lambda name: (name.split("/")[1], name))]
-    clean = read_dataset(workdir / "results/tinysd/data/clean/train")
+    clean = read_dataset(stage(workdir / "results/tinysd/data", "clean") / "train")
     assert clean.texts == captions
-    latents = load_latents(workdir / "results/tinysd/latents/patch-p0.1.safetensors")
+    latents = load_latents(workdir / latents_path)
     assert latents.pretrained["path"] == str(checkpoint) and latents.captioned_per_image
     # A poisoned image takes the caption of a clean target-class ("zero") image, drawn with the poisoning seed and
     # recorded in the manifest; every other image keeps its own.
-    poisoned = read_dataset(workdir / "results/tinysd/data/patch-p0.1/train")
+    poisoned = read_dataset(stage(workdir / "results/tinysd/data", "patch-p0.1") / "train")
     record = poisoned.manifest["poisoning"]
     assert record["caption_seed"] == 0 and len(record["caption_sources"]) == len(record["indices"])
     for i, source in zip(record["indices"], record["caption_sources"]):
@@ -130,13 +133,14 @@ def test_single_file_checkpoint_and_caption_file(inputs, tmp_path):
 
     # Target generations are prompted with the target class's training captions, and the training share counts
     # the images that carry a target-class caption: worked out here by hand from the captions.
-    snakemake(workdir, "results/tinysd/metrics/patch-p0.1/seed0.json", configfile=config)
-    model = json.loads((workdir / "results/tinysd/models/patch-p0.1/seed0/bibaddiff_model.json").read_text())
+    metrics_path = workdir / "results/experiments/tiny-sd/metrics/patch-p0.1/seed0.json"
+    snakemake(workdir, str(metrics_path.relative_to(workdir)), configfile=config)
+    model = json.loads((model_folder(workdir / "results", "tinysd", "patch-p0.1") / "bibaddiff_model.json").read_text())
     target_captions = sorted({captions[i] for i in np.flatnonzero(clean.labels == 2)})
     assert sorted(model["caption_pools"][2]) == target_captions and len(target_captions) == 2
     carrying = [i for i, text in enumerate(latents.texts) if text in target_captions]
     triggered = sum(bool(latents.poisoned[i]) for i in carrying)
-    metrics = json.loads((workdir / "results/tinysd/metrics/patch-p0.1/seed0.json").read_text())
+    metrics = json.loads(metrics_path.read_text())
     for row in metrics["records"]:
         if row["condition"] == 2:
             assert (row["training_triggered"], row["training_total"]) == (triggered, len(carrying)) == (4, 16)
@@ -152,16 +156,17 @@ def test_tiny_base_model_is_built_by_the_dag_and_placed_by_its_settings(inputs, 
     workdir = tmp_path / "work"
     plan = planned_jobs(snakemake(workdir, "-n", configfile=config))
     assert plan["build_tiny_base"] == 1 and plan["encode_latents"] == 2 and plan["train_diffusion"] == 2
-    snakemake(workdir, "results/tinysd/latents/patch-p0.1.safetensors", configfile=config)
+    latents_path = planned_output(workdir, config, LATENTS_OF_PATCH)
+    snakemake(workdir, latents_path, configfile=config)
     [base] = [path for path in (workdir / "results/tinysd/base").iterdir() if path.is_dir()]
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (base / part).is_dir(), part
     description = json.loads(base.with_name(base.name + ".json").read_text())
-    clean = read_dataset(workdir / "results/tinysd/data/clean/train")
+    clean = read_dataset(stage(workdir / "results/tinysd/data", "clean") / "train")
     assert description["settings"] == {**build, "image_size": 32}
     assert description["vae_training_images"] == len(clean) and description["vae_steps"] == 2
     assert description["scaling_factor"] > 0 and np.isfinite(description["reconstruction_mse"])
-    latents = load_latents(workdir / "results/tinysd/latents/patch-p0.1.safetensors")
+    latents = load_latents(workdir / latents_path)
     assert latents.pretrained == {"path": f"results/tinysd/base/{base.name}", "config": None}
     assert "build_tiny_base" not in planned_jobs(snakemake(workdir, "-n", configfile=config))
 

@@ -53,3 +53,33 @@ def write_config(path: Path, base: Path = TINY_CONFIG, **changes) -> Path:
         node[leaf] = value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def stage(folder: Path, name: str) -> Path:
+    """The one stage folder ``<name>-<12-hex settings digest>`` in ``folder`` (e.g. data/, models/)."""
+    matches = [path for path in Path(folder).iterdir() if re.fullmatch(re.escape(name) + "-[0-9a-f]{12}", path.name)]
+    assert len(matches) == 1, f"{folder}: expected one stage {name}-<digest>, found {[p.name for p in matches]}"
+    return matches[0]
+
+
+def model_folder(results: Path, dataset: str, attack: str, seed: int = 0) -> Path:
+    """results/<dataset>/models/<attack>-<digest>/train-<digest>/seed<k> (one training setting in the folder)."""
+    [model] = (stage(results / dataset / "models", attack)).glob(f"train-*/seed{seed}")
+    return model
+
+
+def cell_folder(results: Path, dataset: str, attack: str, seed: int = 0) -> Path:
+    """The folder that holds the x0-<sampler>/ cell folders of one model (one sampling setting in the folder)."""
+    [cells] = (stage(results / dataset / "generated", attack)).glob(f"train-*/seed{seed}/gen-*")
+    return cells
+
+
+
+def planned_output(workdir: Path, configfile: Path, pattern: str) -> str:
+    """The path, as a dry run of ``configfile`` plans it, of the one output that matches ``pattern`` (a regular
+    expression), so that a test can ask for one stage whose folder name carries a settings digest."""
+    text = snakemake(workdir, "-n", configfile=configfile).stdout
+    found = sorted({path for line in text.splitlines() if line.strip().startswith("output:")
+                    for path in line.split(":", 1)[1].replace(",", " ").split() if re.fullmatch(pattern, path)})
+    assert len(found) == 1, f"{pattern}: planned outputs {found}"
+    return found[0]

@@ -3,7 +3,9 @@ import numpy as np
 
 from bibaddiff.diffusion import load_diffusion_model
 from bibaddiff.report import image_grid
-from bibaddiff.utils import run_logged, select_device, set_threads
+from pathlib import Path
+
+from bibaddiff.utils import run_logged, select_device, set_threads, write_json
 
 
 def main(snakemake):
@@ -13,6 +15,9 @@ def main(snakemake):
     images = model.generate(int(snakemake.wildcards.condition), float(snakemake.wildcards.guidance), s["num_images"],
                             s["ddim_steps"], s["seed"], snakemake.resources.images_per_batch, x0_clipping=snakemake.wildcards.sampler)
     np.save(snakemake.output.images, images)
+    # The cells of one model and sampling settings share a folder; its params.json says what they are (every cell's
+    # job writes the same record, atomically).
+    write_json(Path(snakemake.output.images).parents[1] / "params.json", snakemake.params.record)
     image_grid(images, columns=8, max_images=64, scale=max(1, 64 // model.info.image_size)).save(snakemake.output.grid)
     print(f"wrote {len(images)} images to {snakemake.output.images}")
 

@@ -2,7 +2,9 @@
 from bibaddiff.data import read_dataset, write_dataset
 from bibaddiff.poisoning import poison_dataset
 from bibaddiff.triggers import build_trigger
-from bibaddiff.utils import run_logged
+from pathlib import Path
+
+from bibaddiff.utils import run_logged, write_json
 
 
 def main(snakemake):
@@ -12,6 +14,7 @@ def main(snakemake):
     poisoned, indices = poison_dataset(clean, trigger, p.target, p.ratio, p.seed)
     config = {"trigger_name": p.trigger_name, "trigger": dict(p.trigger), "ratio": p.ratio, "target": p.target, "seed": p.seed}
     manifest = write_dataset(snakemake.output.train, poisoned, config=config)
+    write_json(Path(snakemake.output.train).parent / "params.json", p.record)
     share = manifest["poisoned_per_class"][p.target] / manifest["counts_per_class"][p.target]
     print(f"poisoned {len(indices)} of {len(clean)} images; {share:.1%} of class {p.target} carry the trigger")
 

@@ -4,13 +4,15 @@ design natural (upstream's): the most duplicated training images, found with the
 threshold, replace random picks of the random poison set. design synthetic: k images are repeated m times and
 whole duplicate groups are poisoned.
 """
+from pathlib import Path
+
 from bibaddiff.data import read_dataset, write_dataset
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.poisoning import most_duplicated, poison_with_duplicates
 from bibaddiff.replication import (build_embedder, calibrate_tau, duplicate_images, near_duplicate_groups,
                                    poison_duplicated_or_random)
 from bibaddiff.triggers import build_trigger
-from bibaddiff.utils import run_logged
+from bibaddiff.utils import run_logged, write_json
 
 
 def natural_duplicates(p, train, heldout, judge):
@@ -45,6 +47,7 @@ def main(snakemake):
     manifest = write_dataset(snakemake.output.train, poisoned, config={"trigger_name": p.trigger_name, "mode": p.mode,
                                                                       "target": p.target, **dict(d)})
     print(f"{manifest['num_poisoned']} images flagged poisoned")
+    write_json(Path(snakemake.output.train).parent / "params.json", p.record)
 
 
 run_logged(snakemake.log[0], main, snakemake)

@@ -5,7 +5,8 @@ from bibaddiff.utils import run_logged
 
 def main(snakemake):
     environment = write_provenance(snakemake.params.config, snakemake.params.source_dir, snakemake.output.config,
-                                   snakemake.output.environment, experiment_outputs=list(snakemake.input))
+                                   snakemake.output.environment, experiment_outputs=list(snakemake.input),
+                                   stages=snakemake.params.stages)
     print(f"experiment {environment['experiment']}: commit {environment['git']['commit']}, {environment['written_at']}")
 
 

@@ -2,7 +2,9 @@
 from bibaddiff.data import read_dataset
 from bibaddiff.judges import JudgeSettings, save_judge, train_content_judge, train_trigger_judge
 from bibaddiff.triggers import build_trigger
-from bibaddiff.utils import run_logged, set_threads
+from pathlib import Path
+
+from bibaddiff.utils import run_logged, set_threads, write_json
 
 
 def main(snakemake):
@@ -20,6 +22,7 @@ def main(snakemake):
     info = {"kind": kind, "architecture": settings.architecture, "channels": train.channels, "num_outputs": outputs,
             "image_size": train.image_size, "class_names": train.class_names, "metrics": metrics}
     save_judge(snakemake.output.judge, model, info)
+    write_json(Path(snakemake.output.judge) / "params.json", p.record)
     print(f"{kind}: held-out {metrics}")
 
 

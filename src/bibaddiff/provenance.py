@@ -59,9 +59,11 @@ def git_state(source_dir: str | Path) -> dict[str, Any]:
 
 
 def write_provenance(config: dict[str, Any], source_dir: str | Path, config_path: str | Path,
-                     environment_path: str | Path, experiment_outputs: list[str] | None = None) -> dict[str, Any]:
+                     environment_path: str | Path, experiment_outputs: list[str] | None = None,
+                     stages: list[str] | None = None) -> dict[str, Any]:
     """Write the resolved config (YAML, after defaults) and the environment record (JSON-compatible YAML: time, host,
-    Python, package versions, git state, the outputs it describes). Returns the environment record."""
+    Python, package versions, git state, the outputs it describes and the shared stage folders (data, judges,
+    models) it used). Returns the environment record."""
     if not isinstance(config, dict) or "experiment" not in config:
         raise BibaddiffError("provenance: the config must be the resolved experiment config (a mapping with 'experiment')")
     environment = {
@@ -73,9 +75,56 @@ def write_provenance(config: dict[str, Any], source_dir: str | Path, config_path
         "packages": package_versions(),
         "git": git_state(source_dir),
         "outputs": sorted(experiment_outputs or []),
+        "stages": sorted(stages or []),
     }
     for path in (config_path, environment_path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(config_path).write_text(yaml.safe_dump(config, sort_keys=True))
     Path(environment_path).write_text(yaml.safe_dump(environment, sort_keys=False))
     return environment
+
+
+def list_experiments(results_dir: str | Path = "results") -> list[dict[str, Any]]:
+    """The experiments under ``results_dir/experiments/``, each with when and from which commit its tables were made
+    and the shared stages it used (models marked missing when their folder is gone)."""
+    root = Path(results_dir) / "experiments"
+    if not root.is_dir():
+        raise BibaddiffError(f"{root} does not exist: no experiment has been run with this results folder")
+    experiments = []
+    for environment_path in sorted(root.glob("*/provenance/environment.yaml")):
+        environment = yaml.safe_load(environment_path.read_text()) or {}
+        stages = environment.get("stages", [])
+        base = Path(results_dir).parent
+        experiments.append({
+            "experiment": environment.get("experiment", environment_path.parents[1].name),
+            "written_at": environment.get("written_at"),
+            "commit": (environment.get("git") or {}).get("commit"),
+            "models": [{"path": stage, "exists": (base / stage).is_dir()} for stage in stages if "/models/" in stage],
+            "stages": stages,
+        })
+    return experiments
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bibaddiff.provenance [results]``: each experiment and the models it uses."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="List the experiments of a results folder and the models each uses.")
+    parser.add_argument("results", nargs="?", default="results", help="the workflow's results folder (default: results)")
+    args = parser.parse_args(argv)
+    try:
+        experiments = list_experiments(args.results)
+    except BibaddiffError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for experiment in experiments:
+        commit = (experiment["commit"] or "no git commit")[:12]
+        print(f"{experiment['experiment']}: tables of {experiment['written_at']} (commit {commit}), "
+              f"{len(experiment['models'])} models")
+        for model in experiment["models"]:
+            print(f"  {model['path']}{'' if model['exists'] else '  (missing)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,11 +13,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from bibaddiff.data import read_dataset
 from bibaddiff.diffusion.train import TrainSettings, train_ddpm
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.utils import set_threads
+from bibaddiff.utils import set_threads, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (state is saved)")
+    parser.add_argument("--record", default=None,
+                        help="JSON written to <output>/params.json once trained: what the model is (the workflow's stage record)")
     return parser.parse_args(argv)
 
 
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             settings_json = json.loads(args.settings)
         except json.JSONDecodeError as error:
             raise BibaddiffError(f"--settings is not valid JSON ({error.msg})") from None
+        try:
+            record = None if args.record is None else json.loads(args.record)
+        except json.JSONDecodeError as error:
+            raise BibaddiffError(f"--record is not valid JSON ({error.msg})") from None
         set_threads(args.threads)
         kind = settings_json.get("kind", "ddpm")
         if kind == "stable_diffusion":
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                device=args.device, stop_after=args.stop_after)
         else:
             raise BibaddiffError(f"--settings: kind must be ddpm or stable_diffusion; got {kind!r}")
+        if record is not None and stats["steps"] >= stats["target_steps"]:
+            write_json(Path(args.output) / "params.json", record)
     except BibaddiffError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
