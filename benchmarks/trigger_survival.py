@@ -5,7 +5,7 @@ A latent diffusion model can only learn a trigger that its VAE can represent, so
 trigger is not learned. Example (the base model that configs/digits-sd-cpu.yaml builds):
 
     python benchmarks/trigger_survival.py --pretrained results/digits-sd/base/tiny-<digest> \
-        --images results/digits-sd/data/clean/heldout --config configs/digits-sd-cpu.yaml \
+        --images results/digits-sd/data/clean-<digest>/heldout --config configs/digits-sd-cpu.yaml \
         --trigger 'checker3={"type": "patch", "pattern": "checker", "size": 3}'
 
 Prints a Markdown table: per trigger, the mean absolute error (0-255) inside the trigger's pixels and elsewhere.
