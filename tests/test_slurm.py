@@ -44,7 +44,8 @@ def slurm_cluster():
 
 
 def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
-    """A dry run with the shipped profile: GPU rules ask SLURM for a GPU, light rules do not."""
+    """A dry run with the shipped profile: rules that may run on the device ask SLURM for a GPU (measurement runs the
+    judges on it), rules that never touch it do not."""
     config = write_config(tmp_path / "gpu.yaml", device="auto")
     result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), configfile=config)
     text = result.stdout
@@ -52,7 +53,9 @@ def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
     train = train[:train.index("\n\n")]
     assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=CHANGE_ME_partition" in train
     measure = text[text.index("rule measure:"):]
-    assert "gpu=" not in measure[:measure.index("\n\n")]
+    assert "gpu=1" in measure[:measure.index("\n\n")]
+    poison = text[text.index("rule poison:"):]
+    assert "gpu=" not in poison[:poison.index("\n\n")]
 
 
 def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):

@@ -196,41 +196,43 @@ def model_kind(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
 def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     """Class names and training images per class of a dataset source, without preparing it."""
     source = dataset["source"]
-    cap = dataset.get("max_images_per_class")
     if source == "digits":
-        # The labels alone: the images are neither scaled nor copied to count classes.
-        _, labels = digits_arrays()
-        train_idx, _ = digits_split(dataset, len(labels))
-        counts = np.bincount(labels[train_idx], minlength=10)
-        return [str(i) for i in range(10)], np.minimum(counts, cap) if cap else counts
-    if source == "cifar10":
+        folders = [str(i) for i in range(10)]
+    elif source == "cifar10":
         check_cifar10_root(dataset)
-        counts = np.full(10, 5000)
-        return CIFAR10_CLASSES, np.minimum(counts, cap) if cap else counts
-    root = dataset.get("root")
-    if not root:
-        raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
-    folders = imagefolder_classes(root, "train")
-    imagefolder_classes(root, dataset.get("heldout_split", "val"))
-    labels = [label for _, label in imagefolder_files(root, "train", folders)]
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(folders))
-    return folders, np.minimum(counts, cap) if cap else counts
+        folders = CIFAR10_CLASSES
+    else:
+        if not dataset.get("root"):
+            raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
+        folders = imagefolder_classes(dataset["root"], "train")
+        imagefolder_classes(dataset["root"], dataset.get("heldout_split", "val"))
+    return folders, class_counts(dataset, "train", folders)
 
 
 def heldout_size(dataset: dict[str, Any], folders: list[str]) -> int:
     """Held-out images a source gives (after ``max_images_per_class``, a quarter of it per class), without loading it."""
+    return int(class_counts(dataset, "heldout", folders).sum())
+
+
+def class_counts(dataset: dict[str, Any], split: str, folders: list[str]) -> np.ndarray:
+    """Images per class of a source's ``train`` or ``heldout`` split, capped as load_source caps them (the held-out
+    split at a quarter of ``max_images_per_class``); labels only, no image is read."""
     source = dataset["source"]
-    cap = dataset.get("max_images_per_class")
     if source == "digits":
+        # The labels alone: the images are neither scaled nor copied to count classes.
         _, labels = digits_arrays()
-        _, heldout_idx = digits_split(dataset, len(labels))
-        counts = np.bincount(labels[heldout_idx], minlength=10)
+        train_idx, heldout_idx = digits_split(dataset, len(labels))
+        counts = np.bincount(labels[train_idx if split == "train" else heldout_idx], minlength=10)
     elif source == "cifar10":
-        counts = np.full(10, 1000)
+        counts = np.full(10, 5000 if split == "train" else 1000)
     else:
-        labels = [label for _, label in imagefolder_files(dataset["root"], dataset.get("heldout_split", "val"), folders)]
+        folder = "train" if split == "train" else dataset.get("heldout_split", "val")
+        labels = [label for _, label in imagefolder_files(dataset["root"], folder, folders)]
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(folders))
-    return int((np.minimum(counts, max(1, cap // 4)) if cap else counts).sum())
+    cap = dataset.get("max_images_per_class")
+    if cap:
+        counts = np.minimum(counts, cap if split == "train" else max(1, cap // 4))
+    return counts
 
 
 def check_strip_partners(config: dict[str, Any], folders: list[str]) -> None:
