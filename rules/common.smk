@@ -136,11 +136,10 @@ def poisoned_record(attack):
     return record
 
 
-STAGE_RECORDS = {CLEAN_STAGE: CLEAN_RECORD}
-STAGE_RECORDS.update({f"{attack}-{settings_digest(poisoned_record(attack))}": poisoned_record(attack)
-                      for attack in ATTACKS if attack != "clean"})
-STAGE_OF = {attack: CLEAN_STAGE if attack == "clean" else f"{attack}-{settings_digest(poisoned_record(attack))}"
+POISONED_RECORDS = {attack: poisoned_record(attack) for attack in ATTACKS if attack != "clean"}
+STAGE_OF = {attack: CLEAN_STAGE if attack == "clean" else f"{attack}-{settings_digest(POISONED_RECORDS[attack])}"
             for attack in ATTACKS}
+STAGE_RECORDS = {CLEAN_STAGE: CLEAN_RECORD, **{STAGE_OF[attack]: record for attack, record in POISONED_RECORDS.items()}}
 ATTACK_OF_STAGE = {stage: attack for attack, stage in STAGE_OF.items()}
 if Path(f"{RESULTS}/data/clean").is_dir() or any(Path(RESULTS, "models").glob("*/seed*")):
     # Folders named by the attack alone, from before stages were placed by their settings; nothing reads them now.

@@ -224,9 +224,11 @@ def test_digits_read_without_sklearn_equal_load_digits(monkeypatch):
     for found in (True, False):
         if not found:  # scikit-learn's files are not where we expect: its loader is used instead
             monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+        digits_arrays.cache_clear()
         pixels, labels = digits_arrays()
         np.testing.assert_array_equal(pixels, digits.images)
         np.testing.assert_array_equal(labels, digits.target)
+    digits_arrays.cache_clear()
 
 
 def test_digits_split_is_deterministic_and_seeded():

@@ -8,6 +8,7 @@ Format: a folder of PNG files with ``metadata.jsonl`` (one JSON object per image
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -283,6 +284,7 @@ def resize_images(images: np.ndarray, size: int, resample: int = Image.NEAREST) 
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits: (1797, 8, 8) pixel values 0..16 and their labels, as ``load_digits`` returns
     them. The bundled CSV is read directly when it is where scikit-learn keeps it, because importing scikit-learn
@@ -292,11 +294,15 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
                if package and package.submodule_search_locations else None)
     if bundled is not None and bundled.is_file():
         table = np.loadtxt(bundled, delimiter=",")
-        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits
+        pixels, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    else:
+        from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    return digits.images, digits.target.astype(np.int64)
+        digits = load_digits()
+        pixels, labels = digits.images, digits.target.astype(np.int64)
+    # Read once per process (config validation counts both splits); shared, so nobody may change them in place.
+    pixels.flags.writeable = labels.flags.writeable = False
+    return pixels, labels
 
 
 def digits_split(config: dict[str, Any], num_images: int) -> tuple[np.ndarray, np.ndarray]:
