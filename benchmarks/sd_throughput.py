@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bibaddiff.diffusion.finetune import FinetuneSettings, UNetTrainer  # noqa: E402
-from bibaddiff.diffusion.sampling import generate_images, to_model_space, to_uint8  # noqa: E402
+from bibaddiff.diffusion.sampling import generate_images  # noqa: E402
+from bibaddiff.images import to_model_space, to_uint8  # noqa: E402
 from bibaddiff.diffusion.stable import PromptConditionedUNet  # noqa: E402
 from bibaddiff.utils import select_device, set_threads, write_json  # noqa: E402
 

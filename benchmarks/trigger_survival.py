@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from bibaddiff.data import read_dataset
-from bibaddiff.diffusion.sampling import to_model_space, to_uint8
+from bibaddiff.images import to_model_space, to_uint8
 from bibaddiff.diffusion.stable import load_components
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger

@@ -582,7 +582,7 @@ def test_schema_types_exactly_the_settings_each_detector_takes():
 
 
 def test_schema_gives_each_embedder_type_exactly_its_keys():
-    from bibaddiff.replication import _EMBEDDER_KEYS
+    from bibaddiff.replication.embedders import _EMBEDDER_KEYS
 
     embedder = schema()["properties"]["replication"]["properties"]["embedder"]
     per_type = {rule["if"]["properties"]["type"]["const"]: set(rule["then"]["propertyNames"]["enum"])

@@ -189,7 +189,7 @@ def test_penultimate_features_of_resnet_feed_its_fc():
     features = penultimate_features(model, images)
     assert features.shape == (3, 512)
     with torch.no_grad():
-        from bibaddiff.diffusion.sampling import to_model_space
+        from bibaddiff.images import to_model_space
         logits = model(to_model_space(images)).numpy()
         via_fc = model.fc(torch.from_numpy(features).float()).numpy()
     np.testing.assert_allclose(via_fc, logits, rtol=1e-4, atol=1e-5)
@@ -205,7 +205,7 @@ def _entropy_of_predictions(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def test_strip_superimposes_the_given_partners(poisoned_digits):
-    from bibaddiff.diffusion.sampling import to_model_space
+    from bibaddiff.images import to_model_space
 
     data = poisoned_digits
     images, labels = data.images[:12], data.labels[:12]
@@ -295,7 +295,7 @@ def test_cognitive_distillation_published_runs_and_tv_weight_matters(poisoned_di
 
 
 def test_rotate_translate_matches_numpy_for_right_angles_and_whole_pixel_shifts():
-    from bibaddiff.diffusion.sampling import to_model_space, to_uint8
+    from bibaddiff.images import to_model_space, to_uint8
 
     images = np.random.default_rng(0).integers(0, 256, size=(2, 5, 5, 1)).astype(np.uint8)
     x = to_model_space(images)

@@ -11,7 +11,7 @@ from torch import nn
 
 from bibaddiff.defenses.diffusion_classifier import class_denoising_errors, diffusion_classify
 from bibaddiff.diffusion.model import build_scheduler, build_unet
-from bibaddiff.diffusion.sampling import to_model_space
+from bibaddiff.images import to_model_space
 from bibaddiff.errors import BibaddiffError
 
 SIZE, CHANNELS, CLASSES = 8, 1, 3

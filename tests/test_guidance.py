@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bibaddiff.diffusion.sampling import cell_noise, combine_guidance, to_model_space, to_uint8
+from bibaddiff.diffusion.sampling import cell_noise, combine_guidance
+from bibaddiff.images import to_model_space, to_uint8
 
 
 def eps_pair():

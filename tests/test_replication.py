@@ -9,15 +9,13 @@ import torch
 
 from bibaddiff.data import ImageDataset, load_source
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.poisoning import select_poison_indices
+from bibaddiff.poisoning import duplicate_images, poison_duplicated_or_random, select_poison_indices
 from bibaddiff.replication import (
     build_embedder,
     calibrate_tau,
-    duplicate_images,
     l2_normalise,
     near_duplicate_groups,
     nearest_neighbours,
-    poison_duplicated_or_random,
     replication_report,
 )
 from bibaddiff.triggers import build_trigger
@@ -243,7 +241,7 @@ def test_torchscript_embedder(tmp_path):
 
 
 def test_classifier_embedder_uses_penultimate_features(tmp_path):
-    from bibaddiff.diffusion.sampling import to_model_space
+    from bibaddiff.images import to_model_space
     from bibaddiff.judges import SmallCNN, save_judge
 
     torch.manual_seed(0)

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bibaddiff.data import load_source
 from bibaddiff.defenses.train_on_generated import train_and_evaluate_classifier

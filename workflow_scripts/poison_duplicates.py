@@ -8,9 +8,8 @@ from pathlib import Path
 
 from bibaddiff.data import read_dataset, write_dataset
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.poisoning import most_duplicated, poison_with_duplicates
-from bibaddiff.replication import (build_embedder, calibrate_tau, duplicate_images, near_duplicate_groups,
-                                   poison_duplicated_or_random)
+from bibaddiff.poisoning import duplicate_images, most_duplicated, poison_duplicated_or_random, poison_with_duplicates
+from bibaddiff.replication import build_embedder, calibrate_tau, near_duplicate_groups
 from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, write_json
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset
-from bibaddiff.diffusion.sampling import to_model_space
+from bibaddiff.images import to_model_space
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import accuracy
 from bibaddiff.triggers import Trigger

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 
 GROUPS = ("G1", "G2", "G3", "G4")
@@ -160,8 +161,7 @@ def attack_success_rate(predictions: np.ndarray, true_labels: np.ndarray, target
     predictions, true_labels = np.asarray(predictions), np.asarray(true_labels)
     if predictions.ndim != 1 or predictions.shape != true_labels.shape:
         raise BibaddiffError(f"predictions and true_labels must be 1-D and equal in length; got {predictions.shape} and {true_labels.shape}")
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
-        raise BibaddiffError(f"target must be a non-negative class index; got {target!r}")
+    check_int(target, "target (a class index)", 0)
     victims = true_labels != target
     if not victims.any():
         return math.nan

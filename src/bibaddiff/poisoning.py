@@ -1,11 +1,14 @@
-"""BadNets-like poisoning: stamp a seeded choice of non-target images and relabel them to the target."""
+"""BadNets-like poisoning: stamp a seeded choice of non-target images and relabel them to the target; and the two
+duplicate-poisoning designs of the replication experiment (upstream's natural duplicates among the random poison
+set, or synthetic groups of repeated images poisoned whole)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from bibaddiff.checks import check_class_index, check_int
 from bibaddiff.data import ImageDataset
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import Trigger
@@ -103,8 +106,7 @@ def _target_caption(dataset: ImageDataset, target: int) -> str:
 def most_duplicated(groups: list[list[int]], labels: np.ndarray, target: int, top_k: int) -> np.ndarray:
     """Up to ``top_k`` non-target images from the largest near-duplicate ``groups`` (ties: the group with the
     lowest first index), every member of a group before the next group: the training set's most duplicated images."""
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise BibaddiffError(f"replication.duplicate_poisoning.top_k must be a positive integer; got {top_k!r}")
+    check_int(top_k, "replication.duplicate_poisoning.top_k", 1)
     labels = np.asarray(labels)
     chosen: list[int] = []
     for group in sorted(groups, key=lambda members: (-len(members), min(members))):
@@ -144,3 +146,117 @@ def poison_with_duplicates(dataset: ImageDataset, duplicated: np.ndarray, trigge
         indices = np.sort(np.concatenate([indices[~np.isin(indices, replaced)], missing]))
         record["replaced"] = np.sort(replaced).tolist()
     return poison_at(dataset, indices, trigger, target, record), indices
+
+
+# ---------------------------------------------------- synthetic duplicates (replication.duplicate_poisoning.design: synthetic)
+
+
+def duplicate_images(dataset: ImageDataset, k: int, m: int, seed: int,
+                     exclude_label: int | None) -> tuple[ImageDataset, np.ndarray]:
+    """Repeat k seeded images from classes other than ``exclude_label`` so each appears m times in total.
+
+    The m - 1 extra copies of each chosen image are appended at the end, group after group; ``source_index``
+    is copied with them, so every copy is traceable. Returns the new dataset and the duplicate groups, an int
+    array (k, m): row i holds the positions of all copies of the i-th chosen image, the original first.
+    ``exclude_label=None`` allows every class.
+    """
+    if not isinstance(dataset, ImageDataset):
+        raise BibaddiffError(f"dataset must be an ImageDataset; got {type(dataset).__name__}")
+    check_int(k, "k (number of duplicated images)", 0)
+    check_int(m, "m (copies of each duplicated image)", 2)
+    if exclude_label is not None:
+        check_class_index(exclude_label, "exclude_label", dataset.num_classes)
+    check_int(seed, "seed", 0)
+    candidates = np.arange(len(dataset)) if exclude_label is None else np.flatnonzero(dataset.labels != exclude_label)
+    if k > len(candidates):
+        raise BibaddiffError(
+            f"cannot duplicate k={k} images ({k}x{m}={k * m} copies): only {len(candidates)} images lie outside "
+            f"class {exclude_label}"
+        )
+    n = len(dataset)
+    chosen = np.sort(np.random.default_rng(seed).choice(candidates, size=k, replace=False)).astype(np.int64)
+    extra = np.repeat(chosen, m - 1)
+    duplicated = dataset.subset(np.concatenate([np.arange(n), extra]))
+    groups = np.column_stack([chosen, n + np.arange(k * (m - 1)).reshape(k, m - 1)]).astype(np.int64)
+    duplicated.manifest["duplication"] = {
+        "k": int(k), "m": int(m), "seed": int(seed),
+        "exclude_label": None if exclude_label is None else int(exclude_label),
+        "positions": chosen.tolist(), "source_index": dataset.source_index[chosen].tolist(),
+    }
+    return duplicated, groups
+
+
+def poison_duplicated_or_random(dataset: ImageDataset, duplicated_positions: np.ndarray | Sequence[Sequence[int]],
+                                trigger: Trigger, target: int, ratio: float, mode: str,
+                                seed: int) -> tuple[ImageDataset, np.ndarray]:
+    """Poison round(ratio * N) images, either whole duplicate groups or uniformly drawn ones.
+
+    ``mode="duplicates"``: round(ratio * N) // m seeded duplicate groups are poisoned entirely (every copy); if
+    the count is not a multiple of m, the remainder comes from non-target images that belong to no duplicate
+    group, so unchosen groups stay entirely clean. ``mode="random"``: the same count drawn uniformly from all
+    non-target images (copies included), exactly as ``poison_dataset`` draws. Returns the poisoned dataset and
+    the sorted poisoned positions.
+    """
+    if not isinstance(dataset, ImageDataset):
+        raise BibaddiffError(f"dataset must be an ImageDataset; got {type(dataset).__name__}")
+    if mode not in ("random", "duplicates"):
+        raise BibaddiffError(f"mode must be 'random' or 'duplicates'; got {mode!r}")
+    check_class_index(target, "target", dataset.num_classes)
+    check_int(seed, "seed", 0)
+    groups = _check_groups(duplicated_positions, dataset)
+    count = num_poisoned(len(dataset), ratio)
+    # The same keys as poison_dataset writes, plus how the positions were chosen.
+    record: dict[str, Any] = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio),
+                              "seed": int(seed), "mode": mode}
+    if mode == "random":
+        positions = select_poison_indices(dataset.labels, target, ratio, seed)
+    else:
+        if len(groups) == 0:
+            raise BibaddiffError("mode 'duplicates' needs duplicate groups; duplicated_positions is empty")
+        in_target = np.flatnonzero(np.any(dataset.labels[groups] == target, axis=1))
+        if len(in_target):
+            raise BibaddiffError(f"duplicated images must lie outside target class {target}; "
+                                 f"group at position {int(groups[in_target[0], 0])} is in it")
+        m = groups.shape[1]
+        whole_groups = count // m
+        if whole_groups > len(groups):
+            raise BibaddiffError(
+                f"ratio {ratio} asks for {count} poisoned images = {whole_groups} whole groups of {m} copies, "
+                f"but only {len(groups)} duplicated images exist"
+            )
+        rng = np.random.default_rng(seed)
+        chosen_groups = np.sort(rng.choice(len(groups), size=whole_groups, replace=False))
+        remainder = count - whole_groups * m
+        in_any_group = np.zeros(len(dataset), bool)
+        in_any_group[groups.reshape(-1)] = True
+        fill_candidates = np.flatnonzero((dataset.labels != target) & ~in_any_group)
+        if remainder > len(fill_candidates):
+            raise BibaddiffError(
+                f"ratio {ratio} asks for {remainder} poisoned images beyond {whole_groups} whole groups, but only "
+                f"{len(fill_candidates)} non-target images lie outside the duplicate groups"
+            )
+        fill = rng.choice(fill_candidates, size=remainder, replace=False)
+        positions = np.sort(np.concatenate([groups[chosen_groups].reshape(-1), fill]).astype(np.int64))
+        record.update(duplicate_groups_poisoned=int(whole_groups), random_fill=int(remainder),
+                      poisoned_group_positions=groups[chosen_groups, 0].tolist())
+    return poison_at(dataset, positions, trigger, target, record), positions
+
+
+def _check_groups(duplicated_positions: Any, dataset: ImageDataset) -> np.ndarray:
+    try:
+        groups = np.asarray(duplicated_positions, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise BibaddiffError("duplicated_positions must be a (k, m) integer array of copy positions") from None
+    if groups.size == 0:
+        return groups.reshape(0, 0)
+    if groups.ndim != 2 or groups.shape[1] < 2:
+        raise BibaddiffError(f"duplicated_positions must have shape (k, m) with m >= 2; got {groups.shape}")
+    if groups.min() < 0 or groups.max() >= len(dataset):
+        raise BibaddiffError(f"duplicated_positions must lie in [0, {len(dataset)}); got {groups.min()}..{groups.max()}")
+    if len(np.unique(groups)) != groups.size:
+        raise BibaddiffError("duplicated_positions must not repeat a position")
+    sources = dataset.source_index[groups]
+    if np.any(sources != sources[:, :1]):
+        row = int(np.flatnonzero(np.any(sources != sources[:, :1], axis=1))[0])
+        raise BibaddiffError(f"duplicated_positions row {row} mixes images of different source_index {sources[row].tolist()}")
+    return groups

@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 
 TRIGGER_TYPES = ("patch", "blend", "stamp", "wanet", "additive", "relabel")
@@ -463,9 +464,7 @@ def wanet_grid(ins: np.ndarray, image_size: int, s: float, grid_rescale: float) 
 
 def _wanet(name: str, spec: dict[str, Any], image_size: int, channels: int) -> WarpTrigger:
     settings = {key: spec.get(key) if spec.get(key) is not None else value for key, value in WANET_DEFAULTS.items()}
-    k = settings["k"]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= image_size:
-        raise BibaddiffError(f"triggers.{name}.k must be an integer in [1, {image_size}] (at most the image size); got {k!r}")
+    k = check_int(settings["k"], f"triggers.{name}.k", 1, image_size, hint="at most the image size")
     for key in ("s", "grid_rescale"):
         if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)) or not np.isfinite(settings[key]):
             raise BibaddiffError(f"triggers.{name}.{key} must be a finite number; got {settings[key]!r}")

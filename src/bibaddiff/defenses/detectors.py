@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from bibaddiff.diffusion.sampling import to_model_space
+from bibaddiff.images import to_model_space
+from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import auroc, tpr_at_fpr
 
@@ -60,18 +61,6 @@ def _check_inputs(model: Any, images: np.ndarray, labels: np.ndarray, min_images
     if len(images) < min_images:
         raise BibaddiffError(f"need at least {min_images} image(s); got {len(images)}")
     return images, labels.astype(np.int64)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise BibaddiffError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise BibaddiffError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
 
 
 def _is_finite_number(value: Any) -> bool:
@@ -107,7 +96,7 @@ def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int =
 @torch.no_grad()
 def _batched_outputs(model: nn.Module, images: np.ndarray, batch_size: int, forward: Callable) -> np.ndarray:
     images, _ = _check_inputs(model, images, np.zeros(len(np.asarray(images)), np.int64), min_images=1)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_int(batch_size, "batch_size", 1)
     model.eval()
     device = _device_of(model)
     chunks = [forward(to_model_space(images[i:i + batch_size]).to(device)).float().cpu().numpy()
@@ -157,11 +146,11 @@ def score_strip(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, par
       i.e. the pixel sum clipped to 255. ``blend="average"`` is a 50/50 blend (this module's earlier variant).
     """
     images, labels = _check_inputs(model, images, labels)
-    num_blends = _check_positive_int("num_blends", num_blends)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    num_blends = check_int(num_blends, "num_blends", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     if blend not in STRIP_BLENDS:
         raise BibaddiffError(f"blend must be one of {', '.join(STRIP_BLENDS)}; got {blend!r}")
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_int(seed, "seed", 0))
     n = len(images)
     # Partners are drawn once for the whole set, so the scores do not depend on the batch size.
     if partners is None:
@@ -198,7 +187,7 @@ def score_spectral(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, 
     for a uniform interface; the SVD is deterministic.
     """
     images, labels = _check_inputs(model, images, labels)
-    _check_seed(seed)
+    check_int(seed, "seed", 0)
     features = penultimate_features(model, images, batch_size)
     scores = np.zeros(len(images), np.float64)
     for members in _class_groups(labels):
@@ -224,8 +213,8 @@ def score_activation_clustering(model: nn.Module, images: np.ndarray, labels: np
     from sklearn.decomposition import PCA
 
     images, labels = _check_inputs(model, images, labels)
-    num_components = _check_positive_int("num_components", num_components)
-    seed = _check_seed(seed)
+    num_components = check_int(num_components, "num_components", 1)
+    seed = check_int(seed, "seed", 0)
     features = penultimate_features(model, images, batch_size)
     scores = np.zeros(len(images), np.float64)
     for members in tqdm(_class_groups(labels), desc="activation clustering", unit="class"):
@@ -314,9 +303,9 @@ def score_cognitive_distillation(model: nn.Module, images: np.ndarray, labels: n
     while matching probabilities does not (see tests/test_detectors.py).
     """
     images, labels = _check_inputs(model, images, labels)
-    steps = _check_positive_int("steps", steps)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    seed = _check_seed(seed)
+    steps = check_int(steps, "steps", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", 0)
     if variant not in CD_VARIANTS:
         raise BibaddiffError(f"variant must be one of {', '.join(CD_VARIANTS)}; got {variant!r}")
     preset = CD_VARIANTS[variant]
@@ -420,13 +409,13 @@ def score_fct(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, rotat
     intra-class loss; this function scores the classifier as given. ``labels`` are only checked.
     """
     images, labels = _check_inputs(model, images, labels)
-    num_transforms = _check_positive_int("num_transforms", num_transforms)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    num_transforms = check_int(num_transforms, "num_transforms", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     if not _is_finite_number(rotation_degrees) or not 0 <= rotation_degrees <= 180:
         raise BibaddiffError(f"rotation_degrees must be a number in [0, 180]; got {rotation_degrees!r}")
     if not _is_finite_number(translate) or not 0 <= translate <= 1:
         raise BibaddiffError(f"translate must be a number in [0, 1]; got {translate!r}")
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_int(seed, "seed", 0))
     n, height, width = len(images), images.shape[1], images.shape[2]
     # All draws up front, per image in order, so the scores do not depend on the batch size.
     angles = rng.uniform(-rotation_degrees, rotation_degrees, size=(n, num_transforms))
@@ -494,13 +483,13 @@ def bootstrap_interval(scores: np.ndarray, is_poisoned: np.ndarray, statistic: C
     """Percentile bootstrap interval of ``statistic(scores, flags)``, resampling the poisoned and the clean images
     separately with replacement (stratified, so every resample keeps both counts); nan when either class is empty."""
     scores, flags = np.asarray(scores, np.float64), np.asarray(is_poisoned).astype(bool)
-    resamples = _check_positive_int("resamples", resamples)
+    resamples = check_int(resamples, "resamples", 1)
     if not _is_finite_number(level) or not 0 < level < 1:
         raise BibaddiffError(f"level must lie in (0, 1); got {level!r}")
     positives, negatives = np.flatnonzero(flags), np.flatnonzero(~flags)
     if len(positives) == 0 or len(negatives) == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_int(seed, "seed", 0))
     resampled_flags = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
     values = np.empty(resamples)
     for b in range(resamples):

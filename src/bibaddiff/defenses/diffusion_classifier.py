@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bibaddiff.diffusion.sampling import to_model_space
+from bibaddiff.images import to_model_space
+from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 
 __all__ = ["diffusion_classify", "class_denoising_errors", "draw_timesteps_and_noise", "noise_levels",
@@ -55,19 +56,13 @@ def _check_p_filters(p_filters: Sequence[float]) -> list[float]:
     return [float(p) for p in p_filters]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise BibaddiffError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
 def _timestep_range(scheduler: Any, t_range: tuple[int, int] | None) -> tuple[int, int]:
     total = int(scheduler.config.num_train_timesteps)
     if t_range is None:
         return 0, total
     if not isinstance(t_range, (tuple, list)) or len(t_range) != 2:
         raise BibaddiffError(f"t_range must be a pair (t_min, t_max); got {t_range!r}")
-    t_min, t_max = (_check_int("t_range bound", t, 0) for t in t_range)
+    t_min, t_max = (check_int(t, "t_range bound", 0) for t in t_range)
     if not 0 <= t_min < t_max <= total:
         raise BibaddiffError(f"t_range must satisfy 0 <= t_min < t_max <= {total}; got {tuple(t_range)}")
     return t_min, t_max
@@ -77,8 +72,8 @@ def draw_timesteps_and_noise(num_draws: int, image_shape: tuple[int, int, int], 
                              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The K (timestep, noise) draws shared by every image and class: timesteps (K,) uniform in
     [t_min, t_max) and standard normal noise (K, C, H, W), from a CPU generator so that any device gives the same."""
-    num_draws = _check_int("num_draws", num_draws, 1)
-    seed = _check_int("seed", seed, 0)
+    num_draws = check_int(num_draws, "num_draws", 1)
+    seed = check_int(seed, "seed", 0)
     generator = torch.Generator().manual_seed(seed)
     timesteps = torch.randint(int(t_range[0]), int(t_range[1]), (num_draws,), generator=generator)
     noise = torch.randn((num_draws, *image_shape), generator=generator)
@@ -123,10 +118,10 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
     ``sigma_data``. The result is the weighted mean over draws.
     """
     p_filters = _check_p_filters(p_filters)
-    num_classes = _check_int("num_classes", num_classes, 2)
-    num_draws = _check_int("num_draws", num_draws, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
+    num_classes = check_int(num_classes, "num_classes", 2)
+    num_draws = check_int(num_draws, "num_draws", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", 0)
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise BibaddiffError(f"images must be a non-empty uint8 batch (N, H, W, C); got {images.dtype} {images.shape}")

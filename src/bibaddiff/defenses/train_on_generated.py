@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from bibaddiff.data import ImageDataset
-from bibaddiff.diffusion.model import DiffusionModel
+from bibaddiff.diffusion.base import DiffusionModel
+from bibaddiff.checks import check_class_index, check_int
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import JudgeSettings, predict, train_judge
 from bibaddiff.metrics import accuracy, attack_success_rate
@@ -42,10 +43,8 @@ def train_and_evaluate_classifier(train_images: np.ndarray, train_labels: np.nda
     ACC is measured on the clean held-out images. ASR is the share of held-out images from non-target classes,
     stamped with ``trigger``, that the classifier puts in ``target``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise BibaddiffError(f"num_classes must be an integer >= 2; got {num_classes!r}")
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < num_classes:
-        raise BibaddiffError(f"target must be a class index in [0, {num_classes}); got {target!r}")
+    check_int(num_classes, "num_classes", 2)
+    check_class_index(target, "target", num_classes)
     if not isinstance(trigger, Trigger):
         raise BibaddiffError(f"trigger must be a bibaddiff.triggers.Trigger; got {type(trigger).__name__}")
     if not isinstance(settings, JudgeSettings):

@@ -7,9 +7,8 @@ Exports are imported on first use, so that light submodules (``pretrained``) do 
 from importlib import import_module
 
 _EXPORTS = {
-    "DiffusionModel": "model", "build_unet": "model", "load_diffusion_model": "model", "load_model": "model",
-    "ModelInfo": "model", "combine_guidance": "sampling", "sample_ddim": "sampling", "generate_images": "sampling",
-    "to_uint8": "sampling", "to_model_space": "sampling",
+    "DiffusionModel": "base", "ModelInfo": "base", "build_unet": "model", "load_diffusion_model": "model",
+    "load_model": "model", "combine_guidance": "sampling", "sample_ddim": "sampling", "generate_images": "sampling",
 }
 __all__ = list(_EXPORTS)
 

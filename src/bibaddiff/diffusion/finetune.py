@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from bibaddiff.diffusion.model import MODEL_INFO_FILE
+from bibaddiff.diffusion.base import MODEL_INFO_FILE
 from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, caption_pools, load_components
 from bibaddiff.diffusion.train import (STATE_FILE, downsample, matching_state, restore_progress, run_statistics,
                                       save_training_state, schema_field, start_training)

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import read_json, write_json
-
-MODEL_INFO_FILE = "bibaddiff_model.json"
-
-
-@dataclass
-class ModelInfo:
-    """What a saved model needs besides its weights: the classes and which index is the null class."""
-
-    num_classes: int
-    class_names: list[str]
-    image_size: int
-    channels: int
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
 
 def build_unet(image_size: int, channels: int, num_classes: int, block_out_channels: list[int] = (16, 32, 64),
                layers_per_block: int = 1, attention: bool = False, norm_num_groups: int = 8,
@@ -92,41 +75,6 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tup
     unet = UNet2DModel.from_pretrained(directory / "unet").to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
     return unet, scheduler, info
-
-
-class DiffusionModel:
-    """A trained model of either kind (pixel DDPM or latent text-to-image) behind what generation, the
-    generated training sets and the diffusion classifier need.
-
-    ``denoiser(x_t, t, class_labels=...)`` predicts the scheduler's target in diffusion space; class index
-    ``num_classes`` is the null condition. ``encode`` maps uint8 images into diffusion space (pixels in [-1, 1],
-    or VAE latents) and ``decode`` maps samples back to uint8 images. ``prompt_rows(condition, num_images, seed)``,
-    when given, picks each generated image's conditioning row (a text-to-image model trained on per-image captions
-    is prompted with its class's captions rather than one class prompt).
-    """
-
-    def __init__(self, denoiser: Any, scheduler: Any, info: ModelInfo, sample_shape: tuple[int, int, int],
-                 encode: Any = None, decode: Any = None, kind: str = "ddpm", prompt_rows: Any = None):
-        from bibaddiff.diffusion.sampling import to_model_space, to_uint8
-
-        self.denoiser, self.scheduler, self.info, self.kind = denoiser, scheduler, info, kind
-        self.sample_shape = tuple(int(v) for v in sample_shape)
-        self.encode = encode or to_model_space
-        self.decode = decode or to_uint8
-        self.prompt_rows = prompt_rows
-
-    def generate(self, condition: int, guidance_scale: float, num_images: int, num_inference_steps: int, seed: int,
-                 batch_size: int, *, x0_clipping: str) -> np.ndarray:
-        from bibaddiff.diffusion.sampling import generate_images
-
-        if self.kind == "stable_diffusion" and x0_clipping != "none":
-            # Latents are not bounded by [-1, 1]; clipping them would destroy the images.
-            raise BibaddiffError(f"generation.x0_clipping: a stable_diffusion model samples latents, which only "
-                                 f"'none' leaves intact; got {x0_clipping!r}")
-        rows = None if self.prompt_rows is None else self.prompt_rows(condition, num_images, seed)
-        return generate_images(self.denoiser, self.scheduler, self.info.null_class, condition, guidance_scale,
-                               num_images, num_inference_steps, seed, batch_size, self.sample_shape, self.decode,
-                               x0_clipping=x0_clipping, rows=rows)
 
 
 def load_diffusion_model(directory: str | Path, device: torch.device | str = "cpu") -> DiffusionModel:

@@ -21,6 +21,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.images import to_uint8
 
 X0_CLIPPING_MODES = ("none", "clip", "clip_recompute")
 
@@ -34,17 +35,6 @@ def check_x0_clipping(mode: str) -> str:
 def combine_guidance(eps_null: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: ``eps_null + scale * (eps_cond - eps_null)``."""
     return eps_null + scale * (eps_cond - eps_null)
-
-
-def to_model_space(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(samples: torch.Tensor) -> np.ndarray:
-    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
-    pixels = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def cell_noise(num_images: int, channels: int, image_size: int, seed: int, condition: int) -> torch.Tensor:

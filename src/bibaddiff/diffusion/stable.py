@@ -19,9 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset, content_hash
-from bibaddiff.diffusion.model import MODEL_INFO_FILE, DiffusionModel, ModelInfo
+from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo
 from bibaddiff.diffusion.pretrained import check_pretrained
-from bibaddiff.diffusion.sampling import to_model_space, to_uint8
+from bibaddiff.images import to_model_space, to_uint8
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import read_json
 

@@ -117,7 +117,7 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, steps: int, batch_size: 
     reconstructs such patterns; the squares stand in for that breadth without ever showing the trigger itself."""
     from tqdm.auto import tqdm
 
-    from bibaddiff.diffusion.sampling import to_model_space
+    from bibaddiff.images import to_model_space
 
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:

@@ -24,8 +24,9 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset, content_hash
-from bibaddiff.diffusion.model import ModelInfo, build_scheduler, build_unet, save_model
-from bibaddiff.diffusion.sampling import to_model_space
+from bibaddiff.diffusion.base import ModelInfo
+from bibaddiff.diffusion.model import build_scheduler, build_unet, save_model
+from bibaddiff.images import to_model_space
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import select_device, write_json
 
