@@ -9,18 +9,18 @@ from bibaddiff.utils import run_logged, set_threads, write_json
 
 def main(snakemake):
     set_threads(snakemake.threads)
-    p = snakemake.params
+    params = snakemake.params
     data = read_dataset(snakemake.input.data)
     heldout = read_dataset(snakemake.input.heldout).images  # clean images: STRIP's partners, as published
-    model, _ = load_judge(snakemake.input.classifier, p.device)
-    in_target = data.labels == p.target
+    model, _ = load_judge(snakemake.input.classifier, params.device)
+    in_target = data.labels == params.target
     results = {}
-    for name in p.detectors:
+    for name in params.detectors:
         started = time.perf_counter()
-        scores = run_detector(name, model, data.images, data.labels, p.detector_settings.get(name), p.seed, heldout=heldout)
+        scores = run_detector(name, model, data.images, data.labels, params.detector_settings.get(name), params.seed, heldout=heldout)
         results[name] = {
-            "all": evaluate_detection(scores, data.poisoned, seed=p.seed),
-            "target_class": evaluate_detection(scores[in_target], data.poisoned[in_target], seed=p.seed),
+            "all": evaluate_detection(scores, data.poisoned, seed=params.seed),
+            "target_class": evaluate_detection(scores[in_target], data.poisoned[in_target], seed=params.seed),
             "seconds": time.perf_counter() - started,
         }
         print(f"{name}: {results[name]}")

@@ -6,11 +6,11 @@ from bibaddiff.utils import run_logged, select_device, set_threads
 
 def main(snakemake):
     set_threads(snakemake.threads)
-    p = snakemake.params
+    params = snakemake.params
     dataset = read_dataset(snakemake.input.train)
-    components = load_components(p.pretrained)
-    latents = encode_latents(dataset, components, snakemake.resources.images_per_batch, select_device(p.device))
-    save_latents(snakemake.output.latents, latents, dataset, p.pretrained)
+    components = load_components(params.pretrained)
+    latents = encode_latents(dataset, components, snakemake.resources.images_per_batch, select_device(params.device))
+    save_latents(snakemake.output.latents, latents, dataset, params.pretrained)
     print(f"encoded {len(dataset)} images to latents of shape {tuple(latents['mean'].shape[1:])}")
 
 

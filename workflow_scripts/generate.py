@@ -10,10 +10,11 @@ from bibaddiff.utils import run_logged, select_device, set_threads, write_json
 
 def main(snakemake):
     set_threads(snakemake.threads)
-    s = snakemake.params.sampling
+    sampling = snakemake.params.sampling
     model = load_diffusion_model(snakemake.input.model, select_device(snakemake.params.device))
-    images = model.generate(int(snakemake.wildcards.condition), float(snakemake.wildcards.guidance), s["num_images"],
-                            s["ddim_steps"], s["seed"], snakemake.resources.images_per_batch, x0_clipping=snakemake.wildcards.sampler)
+    cell = snakemake.wildcards
+    images = model.generate(int(cell.condition), float(cell.guidance), sampling["num_images"], sampling["ddim_steps"],
+                            sampling["seed"], snakemake.resources.images_per_batch, x0_clipping=cell.sampler)
     np.save(snakemake.output.images, images)
     # The cells of one model and sampling settings share a folder; its params.json says what they are (every cell's
     # job writes the same record, atomically).

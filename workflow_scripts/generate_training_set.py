@@ -10,17 +10,17 @@ from bibaddiff.utils import read_json, run_logged, select_device, set_threads
 
 def main(snakemake):
     set_threads(snakemake.threads)
-    p, s = snakemake.params, snakemake.params.sampling
+    params, sampling = snakemake.params, snakemake.params.sampling
     guidance = float(snakemake.wildcards.guidance)
     # The counts are in the manifest: no need to decode the set's images.
     counts = read_json(Path(snakemake.input.balance) / "manifest.json")["counts_per_class"]
-    model = load_diffusion_model(snakemake.input.model, select_device(p.device))
-    detector, _ = load_judge(snakemake.input.trigger_judges[0], p.device)
+    model = load_diffusion_model(snakemake.input.model, select_device(params.device))
+    detector, _ = load_judge(snakemake.input.trigger_judges[0], params.device)
     # A seed of its own, so that this set does not repeat the noise of the measured cells.
-    dataset = generated_training_set(model, counts, guidance, s["ddim_steps"], s["seed"] + 1, snakemake.resources.images_per_batch, detector,
-                                     x0_clipping=p.x0_clipping)
+    dataset = generated_training_set(model, counts, guidance, sampling["ddim_steps"], sampling["seed"] + 1,
+                                     snakemake.resources.images_per_batch, detector, x0_clipping=params.x0_clipping)
     manifest = write_dataset(snakemake.output.dataset, dataset,
-                             config={"guidance": guidance, "balance": p.balance, "counts": counts})
+                             config={"guidance": guidance, "balance": params.balance, "counts": counts})
     print(f"generated {manifest['num_images']} images; {manifest['num_poisoned']} carry the trigger (detector)")
 
 

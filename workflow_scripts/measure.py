@@ -5,15 +5,15 @@ from bibaddiff.utils import run_logged, write_json
 
 
 def main(snakemake):
-    p = snakemake.params
-    cells = [{**cell, "path": path} for cell, path in zip(p.cells, snakemake.input.cells)]
+    params = snakemake.params
+    cells = [{**cell, "path": path} for cell, path in zip(params.cells, snakemake.input.cells)]
     # A trigger without a detector (the relabel-only control) is judged for content only.
-    detectors = {name: None for name in p.triggers} | dict(zip(p.detected_triggers, snakemake.input.trigger_judges))
+    detectors = {name: None for name in params.triggers} | dict(zip(params.detected_triggers, snakemake.input.trigger_judges))
     records = measure_cells(cells, read_records(snakemake.input.train), snakemake.input.content_judge, detectors,
-                            p.device)
+                            params.device)
     write_json(snakemake.output.metrics, {
-        "attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed), "target": p.target,
-        "poison_ratio": p.ratio, "records": records,
+        "attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed), "target": params.target,
+        "poison_ratio": params.ratio, "records": records,
     })
 
 

@@ -14,12 +14,12 @@ from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, write_json
 
 
-def natural_duplicates(p, train, heldout, judge):
-    embed = build_embedder(p.embedder, judge, p.device)
+def natural_duplicates(params, train, heldout, judge):
+    embed = build_embedder(params.embedder, judge, params.device)
     train_embeddings = embed(train.images)
-    tau = calibrate_tau(embed(heldout.images), train_embeddings, p.tau_quantile) if p.tau is None else float(p.tau)
-    duplicated = most_duplicated(near_duplicate_groups(train_embeddings, tau), train.labels, p.target,
-                                 p.duplicates["top_k"])
+    tau = calibrate_tau(embed(heldout.images), train_embeddings, params.tau_quantile) if params.tau is None else float(params.tau)
+    duplicated = most_duplicated(near_duplicate_groups(train_embeddings, tau), train.labels, params.target,
+                                 params.duplicates["top_k"])
     if len(duplicated) == 0:
         raise BibaddiffError(f"no non-target near-duplicate training images at replication tau {tau:.4f}; lower "
                              "replication.tau or use replication.duplicate_poisoning.design: synthetic")
@@ -27,26 +27,30 @@ def natural_duplicates(p, train, heldout, judge):
 
 
 def main(snakemake):
-    p, d = snakemake.params, snakemake.params.duplicates
+    params, duplicates = snakemake.params, snakemake.params.duplicates
     clean = read_dataset(snakemake.input.train)
-    trigger = build_trigger(p.trigger_name, p.trigger, clean.image_size, clean.channels)
-    if d["design"] == "natural":
+    trigger = build_trigger(params.trigger_name, params.trigger, clean.image_size, clean.channels)
+    if duplicates["design"] == "natural":
         judge = snakemake.input.judge[0] if snakemake.input.judge else None
-        duplicated, tau = natural_duplicates(p, clean, read_dataset(snakemake.input.heldout), judge)
-        poisoned, positions = poison_with_duplicates(clean, duplicated, trigger, p.target, d["ratio"], d["seed"], p.mode)
-        print(f"{p.mode}: {len(positions)} poisoned; the {len(duplicated)} most duplicated images (tau {tau:.4f}, "
-              f"top_k {d['top_k']}) are {'among them' if p.mode == 'duplicates' else 'left as drawn'}")
+        duplicated, tau = natural_duplicates(params, clean, read_dataset(snakemake.input.heldout), judge)
+        poisoned, positions = poison_with_duplicates(clean, duplicated, trigger, params.target, duplicates["ratio"],
+                                                     duplicates["seed"], params.mode)
+        print(f"{params.mode}: {len(positions)} poisoned; the {len(duplicated)} most duplicated images (tau {tau:.4f}, "
+              f"top_k {duplicates['top_k']}) are {'among them' if params.mode == 'duplicates' else 'left as drawn'}")
     else:
         # The same duplicated set for both modes: only which images are poisoned differs.
-        clean, groups = duplicate_images(clean, d["k"], d["m"], d["seed"], exclude_label=p.target)
-        poisoned, positions = poison_duplicated_or_random(clean, groups, trigger, p.target, d["ratio"], p.mode, d["seed"])
+        clean, groups = duplicate_images(clean, duplicates["k"], duplicates["m"], duplicates["seed"],
+                                         exclude_label=params.target)
+        poisoned, positions = poison_duplicated_or_random(clean, groups, trigger, params.target, duplicates["ratio"],
+                                                          params.mode, duplicates["seed"])
         in_groups = set(groups.ravel().tolist())
-        print(f"{p.mode}: {len(clean)} images ({d['k']} repeated {d['m']} times), {len(positions)} poisoned, "
+        print(f"{params.mode}: {len(clean)} images ({duplicates['k']} repeated {duplicates['m']} times), "
+              f"{len(positions)} poisoned, "
               f"{sum(int(i) in in_groups for i in positions)} of them duplicates")
-    manifest = write_dataset(snakemake.output.train, poisoned, config={"trigger_name": p.trigger_name, "mode": p.mode,
-                                                                      "target": p.target, **dict(d)})
+    manifest = write_dataset(snakemake.output.train, poisoned, config={
+        "trigger_name": params.trigger_name, "mode": params.mode, "target": params.target, **dict(duplicates)})
     print(f"{manifest['num_poisoned']} images flagged poisoned")
-    write_json(Path(snakemake.output.train).parent / "params.json", p.record)
+    write_json(Path(snakemake.output.train).parent / "params.json", params.record)
 
 
 run_logged(snakemake.log[0], main, snakemake)

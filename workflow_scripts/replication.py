@@ -7,16 +7,16 @@ from bibaddiff.utils import run_logged, write_json
 
 
 def main(snakemake):
-    p = snakemake.params
+    params = snakemake.params
     train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)
-    embed = build_embedder(p.embedder, snakemake.input.judge[0] if snakemake.input.judge else None, p.device)
+    embed = build_embedder(params.embedder, snakemake.input.judge[0] if snakemake.input.judge else None, params.device)
     train_embeddings, heldout_embeddings = embed(train.images), embed(heldout.images)
-    calibrated = p.tau is None
-    tau = calibrate_tau(heldout_embeddings, train_embeddings, p.tau_quantile) if calibrated else float(p.tau)
+    calibrated = params.tau is None
+    tau = calibrate_tau(heldout_embeddings, train_embeddings, params.tau_quantile) if calibrated else float(params.tau)
     heldout_similarity = nearest_neighbours(heldout_embeddings, train_embeddings)[0][:, 0]
     groups = near_duplicate_groups(train_embeddings, tau)
     cells, arrays = [], {"heldout_similarity": heldout_similarity}
-    for k, (cell, path) in enumerate(zip(p.cells, snakemake.input.cells)):
+    for k, (cell, path) in enumerate(zip(params.cells, snakemake.input.cells)):
         summary, similarity, index = replication_report(embed(np.load(path)), train_embeddings, train.poisoned, tau)
         cells.append({**cell, **summary})
         arrays[f"cell{k}_similarity"], arrays[f"cell{k}_index"] = similarity, index
@@ -24,7 +24,7 @@ def main(snakemake):
     np.savez_compressed(snakemake.output.neighbours, **arrays)
     write_json(snakemake.output.summary, {
         "attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed), "tau": tau,
-        "tau_calibrated": calibrated, "tau_quantile": p.tau_quantile, "embedder": dict(p.embedder),
+        "tau_calibrated": calibrated, "tau_quantile": params.tau_quantile, "embedder": dict(params.embedder),
         "heldout_replication_rate": float(np.mean(heldout_similarity >= tau)),
         "training_near_duplicate_groups": len(groups),
         "training_images_in_near_duplicate_groups": int(sum(len(g) for g in groups)), "cells": cells,

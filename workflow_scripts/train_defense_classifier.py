@@ -8,15 +8,15 @@ from bibaddiff.utils import run_logged, set_threads
 
 def main(snakemake):
     set_threads(snakemake.threads)
-    p = snakemake.params
+    params = snakemake.params
     train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)
-    settings = JudgeSettings.from_config(p.settings)
-    model = train_judge(train.images, train.labels, train.num_classes, settings, p.settings["seed"], device=p.device,
+    settings = JudgeSettings.from_config(params.settings)
+    model = train_judge(train.images, train.labels, train.num_classes, settings, params.settings["seed"], device=params.device,
                         desc=f"classifier on {snakemake.wildcards.trainset}")
     evaluation = {}
-    for name, spec in p.triggers.items():
+    for name, spec in params.triggers.items():
         trigger = build_trigger(name, spec, train.image_size, train.channels)
-        evaluation[name] = evaluate_classifier(model, heldout.images, heldout.labels, trigger, p.target)
+        evaluation[name] = evaluate_classifier(model, heldout.images, heldout.labels, trigger, params.target)
         print(f"{snakemake.wildcards.trainset} / {name}: {evaluation[name]}")
     save_judge(snakemake.output.classifier, model, {
         "kind": f"classifier:{snakemake.wildcards.trainset}", "architecture": settings.architecture,

@@ -10,19 +10,19 @@ from bibaddiff.utils import run_logged, set_threads, write_json
 def main(snakemake):
     set_threads(snakemake.threads)
     train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)
-    p = snakemake.params
-    settings = JudgeSettings.from_config(p.settings)
-    triggers = [build_trigger(name, spec, train.image_size, train.channels) for name, spec in p.triggers.items()]
+    params = snakemake.params
+    settings = JudgeSettings.from_config(params.settings)
+    triggers = [build_trigger(name, spec, train.image_size, train.channels) for name, spec in params.triggers.items()]
     if snakemake.rule == "train_content_judge":
-        model, metrics = train_content_judge(train, heldout, triggers, settings, p.settings["seed"], p.device)
+        model, metrics = train_content_judge(train, heldout, triggers, settings, params.settings["seed"], params.device)
         kind, outputs = "content", train.num_classes
     else:
-        model, metrics = train_trigger_judge(train, heldout, triggers[0], settings, p.settings["seed"], p.device)
+        model, metrics = train_trigger_judge(train, heldout, triggers[0], settings, params.settings["seed"], params.device)
         kind, outputs = f"trigger:{triggers[0].name}", 2
     info = {"kind": kind, "architecture": settings.architecture, "channels": train.channels, "num_outputs": outputs,
             "image_size": train.image_size, "class_names": train.class_names, "metrics": metrics}
     save_judge(snakemake.output.judge, model, info)
-    write_json(Path(snakemake.output.judge) / "params.json", p.record)
+    write_json(Path(snakemake.output.judge) / "params.json", params.record)
     print(f"{kind}: held-out {metrics}")
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from bibaddiff.checks import check_int
 from bibaddiff.data import ImageDataset
 from bibaddiff.images import to_model_space
 from bibaddiff.errors import BibaddiffError
@@ -90,10 +91,30 @@ def build_judge(architecture: str, channels: int, num_outputs: int, pretrained_w
     return model
 
 
+def check_labelled_images(name: str, images: np.ndarray, labels: np.ndarray,
+                          num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, 1 or 3) and N integer labels in [0, num_classes) (non-negative when num_classes is
+    None), or one line naming the set."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise BibaddiffError(f"{name} images must be uint8 of shape (N, H, W, 1 or 3); got {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise BibaddiffError(f"{name} images are empty")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise BibaddiffError(f"{name} labels must be integers of shape ({len(images)},); got {labels.dtype} {labels.shape}")
+    if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
+        raise BibaddiffError(f"{name} labels must lie in [0, {num_classes or 'inf'}); got {labels.min()}..{labels.max()}")
+    return images, labels.astype(np.int64)
+
+
 def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settings: JudgeSettings, seed: int,
                 augment: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
                 device: str = "auto", desc: str = "judge") -> nn.Module:
     """Train a classifier on uint8 images; ``augment(images, labels, rng)`` may rewrite each batch."""
+    check_int(num_outputs, "num_outputs (classes)", 2)
+    if not isinstance(settings, JudgeSettings):
+        raise BibaddiffError(f"settings must be a JudgeSettings; got {type(settings).__name__}")
+    images, labels = check_labelled_images("training", images, labels, num_outputs)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch_device = select_device(device)

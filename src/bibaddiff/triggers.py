@@ -86,11 +86,6 @@ class WeightedTrigger(Trigger):
         out[:, rows, cols, :] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return out
 
-    @property
-    def region(self) -> np.ndarray:
-        """Boolean (H, W) mask of the pixels the trigger changes."""
-        return self.weight[..., 0] > 0
-
 
 @dataclass(frozen=True)
 class BlendTrigger(WeightedTrigger):
