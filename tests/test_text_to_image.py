@@ -23,7 +23,7 @@ from bibaddiff.diffusion.stable import (
     LORA_WEIGHTS_FILE, embed_prompts, encode_latents, load_components, load_latents, pooled_prompt_rows, save_latents,
 )
 from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
-from bibaddiff.diffusion.train import STATE_FILE
+from bibaddiff.diffusion.trainer import STATE_FILE
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import build_judge
 from bibaddiff.poisoning import poison_dataset

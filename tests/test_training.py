@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from bibaddiff.data import load_source, write_dataset
-from bibaddiff.diffusion.train import STATE_FILE, TrainSettings, train_ddpm
+from bibaddiff.diffusion.train import TrainSettings, train_ddpm
+from bibaddiff.diffusion.trainer import STATE_FILE
 
 MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4}
 
