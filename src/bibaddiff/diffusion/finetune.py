@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from bibaddiff.diffusion.base import MODEL_INFO_FILE
-from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, caption_pools, load_components
-from bibaddiff.diffusion.trainer import (MAX_GRAD_NORM, Trainer, check_common_settings, finish_training, run_training, schema_field,
-                                         settings_fingerprint, start_training)
+from bibaddiff.diffusion.stable import LORA_WEIGHTS_FILE, LatentDataset, caption_pools, encode_text, load_components
+from bibaddiff.diffusion.trainer import (MAX_GRAD_NORM, Trainer, check_common_settings, finish_training, run_training,
+                                         schema_field, settings_fingerprint, start_training)
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import write_json
 
@@ -93,7 +93,7 @@ def finetune_stable_diffusion(latents: LatentDataset, pretrained: dict[str, Any]
             latents.mean[index].shape, generator=generator)
         dropped = (torch.rand(local_batch, generator=generator) < settings.label_dropout).tolist()
         captions = ["" if drop else texts[i] for i, drop in zip(index.tolist(), dropped)]
-        return trainer.step(clean, encode_captions(components.tokenizer, text_encoder, captions, torch_device), generator)
+        return trainer.step(clean, encode_text(components.tokenizer, text_encoder, captions, torch_device), generator)
 
     fingerprint = settings_fingerprint(settings, seed, data=latents.dataset_hash, pretrained=pretrained)
     stats, losses = run_training(trainer, take_step, generator, settings, state_dir, fingerprint, seed,
@@ -147,13 +147,6 @@ def make_trainable(unet: torch.nn.Module, settings: FinetuneSettings) -> dict[st
     if not trainable:
         raise BibaddiffError("no UNet parameter is trainable; check diffusion.training.finetune")
     return trainable
-
-
-@torch.no_grad()
-def encode_captions(tokenizer: Any, text_encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
-    tokens = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                       return_tensors="pt")
-    return text_encoder(tokens.input_ids.to(device))[0]
 
 
 def _save_finetuned(output_dir: Path, unet: Any, scheduler: Any, latents: LatentDataset, pretrained: dict[str, Any],

@@ -75,16 +75,19 @@ def load_components(pretrained: dict[str, Any], unet: Any = None) -> StableDiffu
 
 
 @torch.no_grad()
+def encode_text(tokenizer: Any, text_encoder: Any, texts: list[str], device: torch.device | str) -> torch.Tensor:
+    """The text encoder's last hidden states for ``texts``, padded to the tokenizer's length, on ``device``:
+    (N, L, D)."""
+    tokens = tokenizer(list(texts), padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
 def embed_prompts(components: StableDiffusionComponents, prompts: list[str], device: torch.device | str = "cpu",
                   batch_size: int = 64) -> torch.Tensor:
-    """The text encoder's last hidden states for ``prompts``, padded to the tokenizer's length: (N, L, D)."""
-    tokenizer, encoder = components.tokenizer, components.text_encoder
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(list(prompts[start:start + batch_size]), padding="max_length", truncation=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt")
-        outputs.append(encoder(tokens.input_ids.to(device))[0].float().cpu())
-    return torch.cat(outputs)
+    """:func:`encode_text` of ``prompts`` in batches, gathered as float32 on the CPU: (N, L, D)."""
+    return torch.cat([encode_text(components.tokenizer, components.text_encoder, prompts[start:start + batch_size],
+                                  device).float().cpu() for start in range(0, len(prompts), batch_size)])
 
 
 # --------------------------------------------------------------------------------------------- latents
