@@ -306,63 +306,77 @@ def score_cognitive_distillation(model: nn.Module, images: np.ndarray, labels: n
     steps = check_int(steps, "steps", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     seed = check_int(seed, "seed", 0)
-    if variant not in CD_VARIANTS:
-        raise BibaddiffError(f"variant must be one of {', '.join(CD_VARIANTS)}; got {variant!r}")
-    preset = CD_VARIANTS[variant]
-    match = preset["match"] if match is None else match
-    l1_weight = preset["l1_weight"] if l1_weight is None else l1_weight
-    tv_weight = preset["tv_weight"] if tv_weight is None else tv_weight
-    noise = preset["noise"] if noise is None else noise
-    if not _is_finite_number(learning_rate) or learning_rate <= 0:
-        raise BibaddiffError(f"learning_rate must be a finite number > 0; got {learning_rate!r}")
-    for name, value in (("l1_weight", l1_weight), ("tv_weight", tv_weight)):
-        if not _is_finite_number(value) or value < 0:
-            raise BibaddiffError(f"{name} must be a finite number >= 0; got {value!r}")
-    if match not in CD_MATCH:
-        raise BibaddiffError(f"match must be one of {', '.join(CD_MATCH)}; got {match!r}")
-    if noise not in CD_NOISE:
-        raise BibaddiffError(f"noise must be one of {', '.join(CD_NOISE)}; got {noise!r}")
-    if preset["mask"] == "tanh":
-        initial, to_mask = 1.0, lambda w: 0.5 * (torch.tanh(w) + 1.0)
-    else:
-        initial, to_mask = 2.0, torch.sigmoid
+    settings = _cd_settings(variant, match, l1_weight, tv_weight, noise, learning_rate)
     model.eval()
     device = _device_of(model)
     # The model stays fixed: only the masks get gradients, so no parameter's .grad is touched.
     frozen = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    n, height, width = len(images), images.shape[1], images.shape[2]
-    scores = np.empty(n, np.float64)
+    scores = np.empty(len(images), np.float64)
     generator = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=math.ceil(n / batch_size) * steps, desc="cognitive distillation", unit="step")
+    bar = tqdm(total=math.ceil(len(images) / batch_size) * steps, desc="cognitive distillation", unit="step")
     try:
         with torch.enable_grad():
-            for start in range(0, n, batch_size):
+            for start in range(0, len(images), batch_size):
                 x = to_model_space(images[start:start + batch_size]).to(device)
-                with torch.no_grad():
-                    reference = _cd_output(model(x), match)
-                # Both variants start from a mask of about 0.88 everywhere: the prediction holds at once, and the L1
-                # term then removes whatever the prediction does not need.
-                mask_logits = torch.full((len(x), 1, height, width), initial, device=device, requires_grad=True)
-                optimizer = torch.optim.Adam([mask_logits], lr=float(learning_rate), betas=preset["betas"])
-                noise_shape = x.shape if noise == "pixel" else (*x.shape[:2], 1, 1)
-                for _ in range(steps):
-                    fill = (torch.rand(noise_shape, generator=generator) * 2.0 - 1.0).to(device)
-                    # Summed over the batch, each image's mask gets exactly its own loss's gradient.
-                    loss = cognitive_distillation_objective(
-                        model, x, to_mask(mask_logits), reference, fill, match=match, l1_weight=l1_weight,
-                        tv_weight=tv_weight, class_reduction=preset["class_reduction"]).sum()
-                    (grad,) = torch.autograd.grad(loss, [mask_logits])
-                    mask_logits.grad = grad
-                    optimizer.step()
-                    bar.update(1)
-                scores[start:start + len(x)] = -to_mask(mask_logits).detach().sum(dim=(1, 2, 3)).double().cpu().numpy()
+                masks = _distil_masks(model, x, settings, steps, generator, bar)
+                scores[start:start + len(x)] = -masks.sum(dim=(1, 2, 3)).double().cpu().numpy()
     finally:
         bar.close()
         for p, needed in zip(model.parameters(), frozen):
             p.requires_grad_(needed)
     return scores
+
+
+def _cd_settings(variant: str, match: str | None, l1_weight: float | None, tv_weight: float | None,
+                 noise: str | None, learning_rate: float) -> dict[str, Any]:
+    """The variant's preset with the given overrides, checked."""
+    if variant not in CD_VARIANTS:
+        raise BibaddiffError(f"variant must be one of {', '.join(CD_VARIANTS)}; got {variant!r}")
+    preset = CD_VARIANTS[variant]
+    settings = {**preset, "match": preset["match"] if match is None else match,
+                "l1_weight": preset["l1_weight"] if l1_weight is None else l1_weight,
+                "tv_weight": preset["tv_weight"] if tv_weight is None else tv_weight,
+                "noise": preset["noise"] if noise is None else noise, "learning_rate": learning_rate}
+    if not _is_finite_number(learning_rate) or learning_rate <= 0:
+        raise BibaddiffError(f"learning_rate must be a finite number > 0; got {learning_rate!r}")
+    for name in ("l1_weight", "tv_weight"):
+        if not _is_finite_number(settings[name]) or settings[name] < 0:
+            raise BibaddiffError(f"{name} must be a finite number >= 0; got {settings[name]!r}")
+    if settings["match"] not in CD_MATCH:
+        raise BibaddiffError(f"match must be one of {', '.join(CD_MATCH)}; got {settings['match']!r}")
+    if settings["noise"] not in CD_NOISE:
+        raise BibaddiffError(f"noise must be one of {', '.join(CD_NOISE)}; got {settings['noise']!r}")
+    return settings
+
+
+def _distil_masks(model: nn.Module, x: torch.Tensor, settings: dict[str, Any], steps: int,
+                  generator: torch.Generator, bar: Any) -> torch.Tensor:
+    """The masks (B, 1, H, W) that minimise the objective for one batch of model-space images after ``steps``."""
+    if settings["mask"] == "tanh":
+        initial, to_mask = 1.0, lambda w: 0.5 * (torch.tanh(w) + 1.0)
+    else:
+        initial, to_mask = 2.0, torch.sigmoid
+    with torch.no_grad():
+        reference = _cd_output(model(x), settings["match"])
+    # Both variants start from a mask of about 0.88 everywhere: the prediction holds at once, and the L1 term then
+    # removes whatever the prediction does not need.
+    mask_logits = torch.full((len(x), 1, *x.shape[2:]), initial, device=x.device, requires_grad=True)
+    optimizer = torch.optim.Adam([mask_logits], lr=float(settings["learning_rate"]), betas=settings["betas"])
+    noise_shape = x.shape if settings["noise"] == "pixel" else (*x.shape[:2], 1, 1)
+    for _ in range(steps):
+        fill = (torch.rand(noise_shape, generator=generator) * 2.0 - 1.0).to(x.device)
+        # Summed over the batch, each image's mask gets exactly its own loss's gradient.
+        loss = cognitive_distillation_objective(
+            model, x, to_mask(mask_logits), reference, fill, match=settings["match"],
+            l1_weight=settings["l1_weight"], tv_weight=settings["tv_weight"],
+            class_reduction=settings["class_reduction"]).sum()
+        (grad,) = torch.autograd.grad(loss, [mask_logits])
+        mask_logits.grad = grad
+        optimizer.step()
+        bar.update(1)
+    return to_mask(mask_logits).detach()
 
 
 def rotate_translate(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

@@ -122,31 +122,11 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
     num_draws = check_int(num_draws, "num_draws", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     seed = check_int(seed, "seed", 0)
-    images = np.asarray(images_uint8)
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-        raise BibaddiffError(f"images must be a non-empty uint8 batch (N, H, W, C); got {images.dtype} {images.shape}")
-    config = unet.config
-    expected = (int(config.sample_size), int(config.sample_size), int(config.in_channels))
-    if encode is None and images.shape[1:] != expected:
-        raise BibaddiffError(f"images of shape {images.shape[1:]} do not fit the UNet, which expects {expected}")
-    embeds = getattr(config, "num_class_embeds", None)
-    # bibaddiff's UNet has one embedding per class plus the null class (index num_classes), never used here.
-    if embeds is not None and num_classes + 1 > int(embeds):
-        raise BibaddiffError(f"num_classes {num_classes} needs {num_classes + 1} class embeddings (with the null "
-                             f"class); the UNet has {embeds}")
-    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
-    if prediction_type != "epsilon":
-        raise BibaddiffError(f"the diffusion classifier needs an epsilon-prediction model; got prediction_type {prediction_type!r}")
+    images = _check_model_and_images(unet, scheduler, images_uint8, num_classes, encode)
     t_min, t_max = _timestep_range(scheduler, t_range)
-
     device = next(unet.parameters()).device
     unet.eval()
-    # (N, C, H, W) on the CPU; batches move to the device as they are built
-    if encode is None:
-        clean = to_model_space(images)
-    else:
-        clean = torch.cat([encode(images[start:start + batch_size]).float().cpu()
-                           for start in range(0, len(images), batch_size)])
+    clean = _diffusion_space(images, encode, batch_size)
     n, pixels = len(images), int(np.prod(clean.shape[1:]))
     # Draws are indexed (draw, image); shared draws repeat one row for every image.
     generator = torch.Generator().manual_seed(seed)
@@ -182,6 +162,35 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
             np.add.at(totals[p], (rows, cols), weight * value)
     return {p: total / weight_sums[:, None] for p, total in totals.items()}
 
+
+
+def _check_model_and_images(unet: Any, scheduler: Any, images_uint8: np.ndarray, num_classes: int,
+                            encode: Callable | None) -> np.ndarray:
+    """The images as an array, once they, the class count and the model fit the diffusion classifier."""
+    images = np.asarray(images_uint8)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise BibaddiffError(f"images must be a non-empty uint8 batch (N, H, W, C); got {images.dtype} {images.shape}")
+    config = unet.config
+    expected = (int(config.sample_size), int(config.sample_size), int(config.in_channels))
+    if encode is None and images.shape[1:] != expected:
+        raise BibaddiffError(f"images of shape {images.shape[1:]} do not fit the UNet, which expects {expected}")
+    embeds = getattr(config, "num_class_embeds", None)
+    # bibaddiff's UNet has one embedding per class plus the null class (index num_classes), never used here.
+    if embeds is not None and num_classes + 1 > int(embeds):
+        raise BibaddiffError(f"num_classes {num_classes} needs {num_classes + 1} class embeddings (with the null "
+                             f"class); the UNet has {embeds}")
+    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction_type != "epsilon":
+        raise BibaddiffError(f"the diffusion classifier needs an epsilon-prediction model; got prediction_type {prediction_type!r}")
+    return images
+
+
+def _diffusion_space(images: np.ndarray, encode: Callable | None, batch_size: int) -> torch.Tensor:
+    """(N, C, H, W) on the CPU, in the space the model denoises (pixels in [-1, 1], or latents); batches move to
+    the device as they are built."""
+    if encode is None:
+        return to_model_space(images)
+    return torch.cat([encode(images[start:start + batch_size]).float().cpu() for start in range(0, len(images), batch_size)])
 
 def diffusion_classify(unet: Any, scheduler: Any, images_uint8: np.ndarray, num_classes: int, num_draws: int,
                        p_filters: Sequence[float], t_range: tuple[int, int] | None = None, seed: int = 0,
