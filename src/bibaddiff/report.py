@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,24 @@ KEYS = ["attack", "trigger", "poison_ratio", "x0_clipping", "condition", "is_tar
 TRIGGER_COLUMNS = ["trigger_ratio", "trigger_ratio_low", "trigger_ratio_high", "amplification", "amplification_low",
                    "amplification_high", "amplified", "G2", "G2_ratio", "G2_ratio_low", "G2_ratio_high", "G3", "G3_ratio",
                    "G3_ratio_low", "G3_ratio_high"]
+
+
+@contextmanager
+def saved_figure(path: str | Path, *subplots_args: Any, **subplots_kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """``plt.subplots(...)`` for a file, not a screen (the Agg backend): yields (figure, axes), then lays the figure
+    out, saves it to ``path`` at 120 dpi and closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*subplots_args, **subplots_kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: float = 0.95) -> pd.DataFrame:
@@ -77,71 +96,57 @@ def _pooled(table: pd.DataFrame) -> pd.DataFrame:
 
 def plot_trigger_ratio(table: pd.DataFrame, path: str | Path) -> None:
     """Trigger ratio vs guidance scale, with 95% intervals and the training share, one panel per condition."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pooled = _pooled(table)
     conditions = sorted(pooled["condition"].unique(), key=lambda c: (not pooled[pooled.condition == c].is_target.iloc[0], c))
-    fig, axes = plt.subplots(1, len(conditions), figsize=(5 * len(conditions), 4), squeeze=False)
-    for ax, condition in zip(axes[0], conditions):
-        subset = pooled[pooled["condition"] == condition]
-        several_samplers = subset.x0_clipping.nunique() > 1
-        for index, ((attack, trigger, sampler), line) in enumerate(subset.groupby(["attack", "trigger", "x0_clipping"])):
-            line = line.sort_values("guidance")
-            color = f"C{index}"
-            errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
-            ax.errorbar(line.guidance, line.trigger_ratio, yerr=errors, marker="o", capsize=3, color=color,
-                        label=f"{attack} ({trigger})" + (f", x0 {sampler}" if several_samplers else ""))
-            ax.plot(line.guidance, line.training_share, linestyle="--", color=color, alpha=0.7,
-                    label=f"{attack}: training share")
-        target = " (target)" if subset.is_target.iloc[0] else ""
-        ax.set_title(f"condition {condition}{target}")
-        ax.set_xlabel("guidance scale s (1 = plain conditional, 0 = unconditional)")
-        ax.set_ylabel("share of generations with the trigger")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, 1, len(conditions), figsize=(5 * len(conditions), 4), squeeze=False) as (fig, axes):
+        for ax, condition in zip(axes[0], conditions):
+            subset = pooled[pooled["condition"] == condition]
+            several_samplers = subset.x0_clipping.nunique() > 1
+            for index, ((attack, trigger, sampler), line) in enumerate(subset.groupby(["attack", "trigger", "x0_clipping"])):
+                line = line.sort_values("guidance")
+                color = f"C{index}"
+                errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
+                ax.errorbar(line.guidance, line.trigger_ratio, yerr=errors, marker="o", capsize=3, color=color,
+                            label=f"{attack} ({trigger})" + (f", x0 {sampler}" if several_samplers else ""))
+                ax.plot(line.guidance, line.training_share, linestyle="--", color=color, alpha=0.7,
+                        label=f"{attack}: training share")
+            target = " (target)" if subset.is_target.iloc[0] else ""
+            ax.set_title(f"condition {condition}{target}")
+            ax.set_xlabel("guidance scale s (1 = plain conditional, 0 = unconditional)")
+            ax.set_ylabel("share of generations with the trigger")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
 
 
 def plot_target_vs_guidance(table: pd.DataFrame, path: str | Path) -> None:
     """Target-class generations against guidance: trigger ratio (95% intervals), G1, G2 and the content judge's
     class accuracy (G2 + G4), a line per attack and sampler (x0 clipping mode), pooled over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     target = _pooled(table)[lambda frame: frame.is_target.astype(bool)]
     panels = [("trigger_ratio", "trigger ratio (G1 + G2); thick line: training share"), ("G1_ratio", "G1: trigger, wrong content"),
               ("G2_ratio", "G2: trigger, right content"), ("content_accuracy", "class accuracy (G2 + G4)")]
     target = target.assign(content_accuracy=target.G2_ratio + target.G4_ratio)
     samplers = sorted(target.x0_clipping.unique())
     styles = dict(zip(samplers, ["-", "--", ":", "-."]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    lines = list(target.groupby(["attack", "trigger", "x0_clipping"]))
-    colors = {attack: f"C{k}" for k, attack in enumerate(sorted(target.attack.unique()))}
-    for ax, (column, title) in zip(axes[0], panels):
-        for (attack, trigger, sampler), line in lines:
-            line = line.sort_values("guidance")
-            errors = None
-            if column == "trigger_ratio":
-                errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
-            ax.errorbar(line.guidance, line[column], yerr=errors, marker="o", markersize=4, capsize=2,
-                        color=colors[attack], linestyle=styles[sampler], label=f"{attack} ({trigger}), x0 {sampler}")
-            if column == "trigger_ratio" and attack != "clean":
-                ax.plot(line.guidance, line.training_share, color=colors[attack], alpha=0.4, linewidth=4)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("guidance scale s (paper's w = s - 1)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("share of target-class generations")
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, 1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False) as (fig, axes):
+        lines = list(target.groupby(["attack", "trigger", "x0_clipping"]))
+        colors = {attack: f"C{k}" for k, attack in enumerate(sorted(target.attack.unique()))}
+        for ax, (column, title) in zip(axes[0], panels):
+            for (attack, trigger, sampler), line in lines:
+                line = line.sort_values("guidance")
+                errors = None
+                if column == "trigger_ratio":
+                    errors = [line.trigger_ratio - line.trigger_ratio_low, line.trigger_ratio_high - line.trigger_ratio]
+                ax.errorbar(line.guidance, line[column], yerr=errors, marker="o", markersize=4, capsize=2,
+                            color=colors[attack], linestyle=styles[sampler], label=f"{attack} ({trigger}), x0 {sampler}")
+                if column == "trigger_ratio" and attack != "clean":
+                    ax.plot(line.guidance, line.training_share, color=colors[attack], alpha=0.4, linewidth=4)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("guidance scale s (paper's w = s - 1)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("share of target-class generations")
+        axes[0][-1].legend(fontsize=6)
 
 
 def amplification_vs_ratio(table: pd.DataFrame) -> pd.DataFrame:
@@ -175,66 +180,53 @@ def amplification_vs_ratio(table: pd.DataFrame) -> pd.DataFrame:
 def plot_amplification_vs_ratio(frame: pd.DataFrame, path: str | Path) -> None:
     """Per poisoning ratio, the training share beside the generated trigger ratio split into G1 and G2 (pooled
     over seeds, 95% Wilson interval; dots: single seeds); a row per trigger and sampler, a column per guidance."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(frame.groupby(["trigger", "x0_clipping"]))
     scales = sorted(frame.guidance.unique())
-    fig, axes = plt.subplots(len(rows), len(scales), figsize=(4.2 * len(scales), 3.6 * len(rows)), squeeze=False)
-    for i, ((trigger, sampler), subset) in enumerate(rows):
-        for j, scale in enumerate(scales):
-            ax = axes[i][j]
-            panel = subset[subset.guidance == scale].sort_values("poison_ratio")
-            x = np.arange(len(panel))
-            ax.bar(x - 0.2, panel.training_share.fillna(0), width=0.38, color="#7f7f7f", label="training share")
-            ax.bar(x + 0.2, panel.G1_ratio, width=0.38, color="#d62728", label="generated G1 (wrong content)")
-            ax.bar(x + 0.2, panel.G2_ratio, width=0.38, bottom=panel.G1_ratio, color="#ff7f0e",
-                   label="generated G2 (right content)")
-            ax.errorbar(x + 0.2, panel.trigger_ratio, yerr=[panel.trigger_ratio - panel.trigger_ratio_low,
-                                                             panel.trigger_ratio_high - panel.trigger_ratio],
-                        fmt="none", color="black", capsize=3)
-            ax.scatter(x + 0.2, panel.trigger_ratio_seed_min, marker="_", color="black", s=60)
-            ax.scatter(x + 0.2, panel.trigger_ratio_seed_max, marker="_", color="black", s=60,
-                       label="lowest and highest seed")
-            ax.set_xticks(x, ["clean" if p == 0 else f"{p:g}" for p in panel.poison_ratio])
-            ax.set_xlabel("poisoning ratio p")
-            ax.set_ylim(0, 1.02)
-            ax.set_title(f"{trigger}, x0 {sampler}, s={scale:g}", fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
-        axes[i][0].set_ylabel("share of target-class images with the trigger")
-    axes[0][-1].legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (4.2 * len(scales), 3.6 * len(rows))
+    with saved_figure(path, len(rows), len(scales), figsize=size, squeeze=False) as (fig, axes):
+        for i, ((trigger, sampler), subset) in enumerate(rows):
+            for j, scale in enumerate(scales):
+                ax = axes[i][j]
+                panel = subset[subset.guidance == scale].sort_values("poison_ratio")
+                x = np.arange(len(panel))
+                ax.bar(x - 0.2, panel.training_share.fillna(0), width=0.38, color="#7f7f7f", label="training share")
+                ax.bar(x + 0.2, panel.G1_ratio, width=0.38, color="#d62728", label="generated G1 (wrong content)")
+                ax.bar(x + 0.2, panel.G2_ratio, width=0.38, bottom=panel.G1_ratio, color="#ff7f0e",
+                       label="generated G2 (right content)")
+                ax.errorbar(x + 0.2, panel.trigger_ratio, yerr=[panel.trigger_ratio - panel.trigger_ratio_low,
+                                                                 panel.trigger_ratio_high - panel.trigger_ratio],
+                            fmt="none", color="black", capsize=3)
+                ax.scatter(x + 0.2, panel.trigger_ratio_seed_min, marker="_", color="black", s=60)
+                ax.scatter(x + 0.2, panel.trigger_ratio_seed_max, marker="_", color="black", s=60,
+                           label="lowest and highest seed")
+                ax.set_xticks(x, ["clean" if p == 0 else f"{p:g}" for p in panel.poison_ratio])
+                ax.set_xlabel("poisoning ratio p")
+                ax.set_ylim(0, 1.02)
+                ax.set_title(f"{trigger}, x0 {sampler}, s={scale:g}", fontsize=9)
+                ax.grid(axis="y", alpha=0.3)
+            axes[i][0].set_ylabel("share of target-class images with the trigger")
+        axes[0][-1].legend(fontsize=6, loc="upper left")
 
 
 def plot_generation_groups(table: pd.DataFrame, path: str | Path) -> None:
     """Stacked G1-G4 shares (pooled over seeds) for each attack, condition and guidance scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pooled = _pooled(table).drop_duplicates(["attack", "x0_clipping", "condition", "guidance", "trigger"])
     pooled = pooled.sort_values(["is_target", "condition", "attack", "x0_clipping", "guidance"],
                                 ascending=[False, True, True, True, True])
     labels = [f"{r.attack} c{r.condition} s{r.guidance:g}" + (f" [{r.trigger}]" if pooled.trigger.nunique() > 1 else "")
               + (f" x0 {r.x0_clipping}" if pooled.x0_clipping.nunique() > 1 else "") for r in pooled.itertuples()]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(pooled) + 2), 4.5))
-    bottom = np.zeros(len(pooled))
-    colors = {"G1": "#d62728", "G2": "#ff7f0e", "G3": "#9467bd", "G4": "#2ca02c"}
-    names = {"G1": "G1 trigger, wrong content", "G2": "G2 trigger, right content",
-             "G3": "G3 no trigger, wrong content", "G4": "G4 correct"}
-    for group in GROUPS:
-        values = pooled[f"{group}_ratio"].to_numpy()
-        ax.bar(range(len(pooled)), values, bottom=bottom, color=colors[group], label=names[group])
-        bottom += values
-    ax.set_xticks(range(len(pooled)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("share of generations")
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(max(6, 0.45 * len(pooled) + 2), 4.5)) as (fig, ax):
+        bottom = np.zeros(len(pooled))
+        colors = {"G1": "#d62728", "G2": "#ff7f0e", "G3": "#9467bd", "G4": "#2ca02c"}
+        names = {"G1": "G1 trigger, wrong content", "G2": "G2 trigger, right content",
+                 "G3": "G3 no trigger, wrong content", "G4": "G4 correct"}
+        for group in GROUPS:
+            values = pooled[f"{group}_ratio"].to_numpy()
+            ax.bar(range(len(pooled)), values, bottom=bottom, color=colors[group], label=names[group])
+            bottom += values
+        ax.set_xticks(range(len(pooled)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("share of generations")
+        ax.legend(fontsize=7, loc="upper right")
 
 
 def image_grid(images: np.ndarray, columns: int = 8, max_images: int = 64, scale: int = 1) -> Image.Image:
@@ -255,25 +247,19 @@ def image_grid(images: np.ndarray, columns: int = 8, max_images: int = 64, scale
 
 def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Path, title: str) -> None:
     """One figure of sample grids: a row per attack, a column per guidance scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     attacks = sorted({a for a, _ in grids})
     scales = sorted({s for _, s in grids})
-    fig, axes = plt.subplots(len(attacks), len(scales), figsize=(2.6 * len(scales), 2.8 * len(attacks)), squeeze=False)
-    for i, attack in enumerate(attacks):
-        for j, scale in enumerate(scales):
-            ax = axes[i][j]
-            ax.axis("off")
-            if (attack, scale) in grids:
-                image = Image.open(grids[(attack, scale)])
-                ax.imshow(image, cmap="gray" if image.mode == "L" else None, vmin=0, vmax=255)
-            ax.set_title(f"{attack}, s={scale:g}", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (2.6 * len(scales), 2.8 * len(attacks))
+    with saved_figure(path, len(attacks), len(scales), figsize=size, squeeze=False) as (fig, axes):
+        for i, attack in enumerate(attacks):
+            for j, scale in enumerate(scales):
+                ax = axes[i][j]
+                ax.axis("off")
+                if (attack, scale) in grids:
+                    image = Image.open(grids[(attack, scale)])
+                    ax.imshow(image, cmap="gray" if image.mode == "L" else None, vmin=0, vmax=255)
+                ax.set_title(f"{attack}, s={scale:g}", fontsize=8)
+        fig.suptitle(title)
 
 
 # ------------------------------------------------------------------------------------------------ castle walls
@@ -364,81 +350,62 @@ def generated_set_guidance(name: str) -> float:
 def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
     """AUROC on the training set vs on generated data, per detector, one panel per attack, with the bootstrap
     intervals as error bars where the table has them."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = detection[detection.scope == "all"]
     panels = sorted(table.groupby(["attack", "generated_guidance"], dropna=False).groups,
                     key=lambda key: (table[table.attack == key[0]].poison_ratio.iloc[0], key[0], key[1]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False, sharey=True)
-    for ax, (attack, guidance) in zip(axes[0], panels):
-        rows = table[(table.attack == attack)
-                     & ((table.generated_guidance == guidance) | (table.generated_guidance.isna() & pd.isna(guidance)))]
-        x = np.arange(len(rows))
-        for offset, kind, label in ((-0.2, "training", "poisoned training set"), (0.2, "generated", "generated set")):
-            value, low, high = (f"auroc_{kind}", f"auroc_{kind}_low", f"auroc_{kind}_high")
-            error = None
-            if low in rows and high in rows:
-                error = np.stack([rows[value] - rows[low], rows[high] - rows[value]]).astype(float)
-                error = np.clip(np.nan_to_num(error), 0, None)
-            ax.bar(x + offset, rows[value], 0.4, yerr=error, capsize=2, error_kw={"linewidth": 0.8}, label=label)
-        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-        ax.set_xticks(x, rows.detector, rotation=30, ha="right", fontsize=8)
-        ax.set_title(attack if pd.isna(guidance) else f"{attack}, generated at s={guidance:g}", fontsize=9)
-        ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel("AUROC")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (4.5 * len(panels), 3.8)
+    with saved_figure(path, 1, len(panels), figsize=size, squeeze=False, sharey=True) as (fig, axes):
+        for ax, (attack, guidance) in zip(axes[0], panels):
+            rows = table[(table.attack == attack)
+                         & ((table.generated_guidance == guidance) | (table.generated_guidance.isna() & pd.isna(guidance)))]
+            x = np.arange(len(rows))
+            for offset, kind, label in ((-0.2, "training", "poisoned training set"), (0.2, "generated", "generated set")):
+                value, low, high = (f"auroc_{kind}", f"auroc_{kind}_low", f"auroc_{kind}_high")
+                error = None
+                if low in rows and high in rows:
+                    error = np.stack([rows[value] - rows[low], rows[high] - rows[value]]).astype(float)
+                    error = np.clip(np.nan_to_num(error), 0, None)
+                ax.bar(x + offset, rows[value], 0.4, yerr=error, capsize=2, error_kw={"linewidth": 0.8}, label=label)
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            ax.set_xticks(x, rows.detector, rotation=30, ha="right", fontsize=8)
+            ax.set_title(attack if pd.isna(guidance) else f"{attack}, generated at s={guidance:g}", fontsize=9)
+            ax.set_ylim(0, 1.02)
+        axes[0][0].set_ylabel("AUROC")
+        axes[0][0].legend(fontsize=7)
 
 
 def plot_train_on_generated(training: pd.DataFrame, path: str | Path) -> None:
     """ACC and ASR of classifiers trained on the clean, poisoned and generated sets, per attack."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     attacks = list(dict.fromkeys(training.attack))
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.6 * len(training) / max(1, len(attacks)) * len(attacks)), 3.8))
-    labels = [f"{r.attack}\n{r.trainset}" for r in training.itertuples()]
-    for ax, metric in zip(axes, ("acc", "asr")):
-        colors = ["C2" if t == "clean" else "C3" if t == "poisoned" else "C0" for t in training.trainset]
-        ax.bar(range(len(training)), training[metric], color=colors)
-        ax.set_xticks(range(len(training)), labels, rotation=70, ha="right", fontsize=6)
-        ax.set_ylim(0, 1.02)
-        ax.set_title({"acc": "clean accuracy (ACC)", "asr": "attack success rate (ASR)"}[metric])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (max(7, 1.6 * len(training) / max(1, len(attacks)) * len(attacks)), 3.8)
+    with saved_figure(path, 1, 2, figsize=size) as (fig, axes):
+        labels = [f"{r.attack}\n{r.trainset}" for r in training.itertuples()]
+        for ax, metric in zip(axes, ("acc", "asr")):
+            colors = ["C2" if t == "clean" else "C3" if t == "poisoned" else "C0" for t in training.trainset]
+            ax.bar(range(len(training)), training[metric], color=colors)
+            ax.set_xticks(range(len(training)), labels, rotation=70, ha="right", fontsize=6)
+            ax.set_ylim(0, 1.02)
+            ax.set_title({"acc": "clean accuracy (ACC)", "asr": "attack success rate (ASR)"}[metric])
 
 
 def plot_diffusion_classifier(table: pd.DataFrame, path: str | Path) -> None:
     """ASR (and ACC) of the diffusion classifier against p_filter, with the standard classifier's ASR as a line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    dm = table[table.method == "diffusion classifier"].groupby(["attack", "trigger", "p_filter"], as_index=False)[["acc", "asr"]].mean()
-    standard = table[table.method != "diffusion classifier"]
-    for index, ((attack, trigger), rows) in enumerate(dm.groupby(["attack", "trigger"])):
-        for ax, metric in zip(axes, ("asr", "acc")):
-            ax.plot(rows.p_filter, rows[metric], marker="o", color=f"C{index}", label=f"DM {attack} [{trigger}]")
-            match = standard[(standard.attack == attack) & (standard.trigger == trigger)]
-            if len(match):
-                ax.axhline(match[metric].iloc[0], color=f"C{index}", linestyle="--", alpha=0.7,
-                           label=f"standard classifier, {attack}")
-    for ax, metric in zip(axes, ("ASR", "ACC")):
-        ax.set_xlabel("p_filter (share of largest pixel errors discarded)")
-        ax.set_ylabel(metric)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, 1, 2, figsize=(10, 3.8)) as (fig, axes):
+        dm = table[table.method == "diffusion classifier"].groupby(["attack", "trigger", "p_filter"], as_index=False)[["acc", "asr"]].mean()
+        standard = table[table.method != "diffusion classifier"]
+        for index, ((attack, trigger), rows) in enumerate(dm.groupby(["attack", "trigger"])):
+            for ax, metric in zip(axes, ("asr", "acc")):
+                ax.plot(rows.p_filter, rows[metric], marker="o", color=f"C{index}", label=f"DM {attack} [{trigger}]")
+                match = standard[(standard.attack == attack) & (standard.trigger == trigger)]
+                if len(match):
+                    ax.axhline(match[metric].iloc[0], color=f"C{index}", linestyle="--", alpha=0.7,
+                               label=f"standard classifier, {attack}")
+        for ax, metric in zip(axes, ("ASR", "ACC")):
+            ax.set_xlabel("p_filter (share of largest pixel errors discarded)")
+            ax.set_ylabel(metric)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=6)
 
 
 # ------------------------------------------------------------------------------------------------ replication
@@ -471,27 +438,20 @@ def replication_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
 def plot_replication_similarity(summaries: list[dict[str, Any]], neighbours: list[dict[str, np.ndarray]], target: int,
                                 path: str | Path) -> None:
     """Nearest-neighbour similarity of target-class generations (first guidance scale) vs held-out real images."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(-0.2, 1.0, 61)
-    ax.hist(neighbours[0]["heldout_similarity"], bins=bins, density=True, histtype="stepfilled", alpha=0.3,
-            color="grey", label="held-out real images")
-    for model, arrays in zip(summaries, neighbours):
-        k = next(k for k, cell in enumerate(model["cells"]) if cell["condition"] == target)
-        cell = model["cells"][k]
-        ax.hist(arrays[f"cell{k}_similarity"], bins=bins, density=True, histtype="step",
-                label=f"{model['attack']} seed {model['seed']} (class {target}, s={cell['guidance']:g}, "
-                      f"x0 {cell['x0_clipping']})")
-    ax.axvline(summaries[0]["tau"], color="black", linestyle="--", label=f"tau = {summaries[0]['tau']:.3f}")
-    ax.set_xlabel("cosine similarity to the nearest training image")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path, figsize=(7, 4)) as (fig, ax):
+        bins = np.linspace(-0.2, 1.0, 61)
+        ax.hist(neighbours[0]["heldout_similarity"], bins=bins, density=True, histtype="stepfilled", alpha=0.3,
+                color="grey", label="held-out real images")
+        for model, arrays in zip(summaries, neighbours):
+            k = next(k for k, cell in enumerate(model["cells"]) if cell["condition"] == target)
+            cell = model["cells"][k]
+            ax.hist(arrays[f"cell{k}_similarity"], bins=bins, density=True, histtype="step",
+                    label=f"{model['attack']} seed {model['seed']} (class {target}, s={cell['guidance']:g}, "
+                          f"x0 {cell['x0_clipping']})")
+        ax.axvline(summaries[0]["tau"], color="black", linestyle="--", label=f"tau = {summaries[0]['tau']:.3f}")
+        ax.set_xlabel("cosine similarity to the nearest training image")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6)
 
 
 def plot_replication_pairs(summaries: list[dict[str, Any]], neighbours: list[dict[str, np.ndarray]],
@@ -499,31 +459,25 @@ def plot_replication_pairs(summaries: list[dict[str, Any]], neighbours: list[dic
                            pairs: int = 8) -> None:
     """Per model, the ``pairs`` most similar (generation, nearest training image) pairs; poisoned ones framed red.
     ``trains`` are the models' training sets as :class:`~bibaddiff.data.DatasetRecords`: only the shown images are read."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(len(summaries), 2 * pairs, figsize=(1.1 * 2 * pairs, 1.3 * len(summaries) + 0.4),
-                             squeeze=False)
-    for row, (model, arrays, paths, train) in enumerate(zip(summaries, neighbours, cell_paths, trains)):
-        k = next(k for k, cell in enumerate(model["cells"]) if cell["condition"] == target)
-        generated = np.load(paths[k])
-        similarity, index = arrays[f"cell{k}_similarity"], arrays[f"cell{k}_index"]
-        for j, g in enumerate(np.argsort(-similarity, kind="stable")[:pairs]):
-            for offset, (image, title) in enumerate(((generated[g], f"{similarity[g]:.2f}"),
-                                                     (train.images_at([index[g]])[0], "train"))):
-                ax = axes[row][2 * j + offset]
-                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(title, fontsize=6)
-                if offset == 1 and train.poisoned[index[g]]:
-                    ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red", linewidth=3))
-        axes[row][0].set_ylabel(f"{model['attack']}\nseed {model['seed']}", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (1.1 * 2 * pairs, 1.3 * len(summaries) + 0.4)
+    with saved_figure(path, len(summaries), 2 * pairs, figsize=size, squeeze=False) as (fig, axes):
+        for row, (model, arrays, paths, train) in enumerate(zip(summaries, neighbours, cell_paths, trains)):
+            k = next(k for k, cell in enumerate(model["cells"]) if cell["condition"] == target)
+            generated = np.load(paths[k])
+            similarity, index = arrays[f"cell{k}_similarity"], arrays[f"cell{k}_index"]
+            for j, g in enumerate(np.argsort(-similarity, kind="stable")[:pairs]):
+                for offset, (image, title) in enumerate(((generated[g], f"{similarity[g]:.2f}"),
+                                                         (train.images_at([index[g]])[0], "train"))):
+                    ax = axes[row][2 * j + offset]
+                    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    ax.set_title(title, fontsize=6)
+                    if offset == 1 and train.poisoned[index[g]]:
+                        ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red", linewidth=3))
+            axes[row][0].set_ylabel(f"{model['attack']}\nseed {model['seed']}", fontsize=6)
 
 
 def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: list[str]) -> pd.DataFrame:
