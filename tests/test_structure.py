@@ -64,6 +64,17 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
+def test_the_library_never_imports_snakemake():
+    """Rules and adapters call the library; the library stays usable without a workflow."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "snakemake"]
+    assert offenders == []
+
+
 def test_the_package_has_no_import_cycle():
     graph = package_imports()
     assert "bibaddiff.diffusion.model" in graph and "bibaddiff.config" in graph
@@ -80,7 +91,8 @@ def imported_heavy_modules(statement: str) -> list[str]:
 
 
 def test_light_modules_import_neither_torch_nor_diffusers():
-    assert imported_heavy_modules("import bibaddiff.config, bibaddiff.images, bibaddiff.utils, bibaddiff.provenance") == []
+    assert imported_heavy_modules("import bibaddiff.config, bibaddiff.images, bibaddiff.checks, bibaddiff.utils, "
+                                  "bibaddiff.provenance, bibaddiff.diffusion.base") == []
 
 
 def test_pixel_conversions_do_not_import_diffusers():

@@ -268,27 +268,33 @@ def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Pa
 def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
                    dm_results: list[dict[str, Any]], attacks: dict[str, dict[str, Any]]
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs.
-
-    The detection table carries each AUROC and TPR at 5% FPR with its bootstrap interval (``*_low``, ``*_high``;
-    nan for results written before detection had intervals). Over several generated sets the estimate is their mean
-    and the interval the envelope of theirs (lowest low, highest high), a conservative span; with one generated set
-    it is that set's interval.
-    """
+    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs."""
     def attack_columns(attack: str) -> dict[str, Any]:
         if attack not in attacks:
             raise BibaddiffError(f"unknown attack {attack!r} in defence results")
-        return {"attack": attack, "poison_ratio": float(attacks[attack]["ratio"])}
+        return {"attack": attack, "poison_ratio": float(attacks[attack]["ratio"]), "trigger": attacks[attack]["trigger"]}
 
-    metrics = ("auroc", "tpr_at_5_fpr")
-    bounds = [f"{m}{b}" for m in metrics for b in ("_low", "_high")]
+    training_table, standard = _train_on_generated_table(classifier_infos, classifier_paths, attacks, attack_columns)
+    dm_rows = [{**attack_columns(result["attack"]), "trigger": row["trigger"], "seed": str(result["seed"]),
+                "method": "diffusion classifier", "p_filter": row["p_filter"], "acc": row["acc"], "asr": row["asr"]}
+               for result in dm_results for row in result["rows"]]
+    dm_table = pd.DataFrame(dm_rows + standard).sort_values(["poison_ratio", "attack", "method", "seed", "p_filter"])
+    return _detection_table(detections, attack_columns), training_table, dm_table.reset_index(drop=True)
+
+
+def _detection_table(detections: list[dict[str, Any]], attack_columns: Any) -> pd.DataFrame:
+    """Each AUROC and TPR at 5% FPR with its bootstrap interval (``*_low``, ``*_high``; nan for results written
+    before detection had intervals), training set beside generated sets. Over several generated sets of one guidance
+    (training seeds) the estimate is their mean and the interval the envelope of theirs (lowest low, highest high),
+    a conservative span; with one generated set it is that set's interval."""
+    bounds = [f"{m}{b}" for m in ("auroc", "tpr_at_5_fpr") for b in ("_low", "_high")]
     long = []
     for result in detections:
         kind = "training" if result["set"] == "training" else "generated"
         for detector, scores in result["detectors"].items():
             for scope in ("all", "target_class"):
-                long.append({**attack_columns(result["attack"]), "trigger": attacks[result["attack"]]["trigger"],
-                             "detector": detector, "scope": scope, "kind": kind, "set": result["set"],
+                long.append({**attack_columns(result["attack"]), "detector": detector, "scope": scope, "kind": kind,
+                             "set": result["set"],
                              **{k: scores[scope][k] for k in ("auroc", "tpr_at_5_fpr", "n", "n_poisoned")},
                              **{k: scores[scope].get(k, math.nan) for k in bounds}})
     long = pd.DataFrame(long)
@@ -314,7 +320,14 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
     detection["auroc_gain"] = detection["auroc_generated"] - detection["auroc_training"]
     # "Easier on generated data" is claimed only when the two 95% intervals do not overlap.
     detection["auroc_generated_higher"] = detection["auroc_generated_low"] > detection["auroc_training_high"]
+    return detection
 
+
+def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
+                              attacks: dict[str, dict[str, Any]], attack_columns: Any
+                              ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """ACC and ASR of the classifiers trained on the clean, poisoned and generated sets; and the poisoned-set rows
+    again as the diffusion classifier's "standard classifier" comparison."""
     rows, standard = [], []
     for info, path in zip(classifier_infos, classifier_paths):
         attack, trainset = Path(path).parts[-2], Path(path).parts[-1]
@@ -327,18 +340,13 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
             else:
                 rows.append({**attack_columns(attack), **row})
             if trainset == "poisoned":
-                standard.append({**attack_columns(attack), "trigger": trigger, "seed": "", "method": "standard classifier (poisoned set)",
-                                 "p_filter": math.nan, "acc": scores["acc"], "asr": scores["asr"]})
+                standard.append({**attack_columns(attack), "trigger": trigger, "seed": "",
+                                 "method": "standard classifier (poisoned set)", "p_filter": math.nan,
+                                 "acc": scores["acc"], "asr": scores["asr"]})
     order = {"clean": 0, "poisoned": 1}
-    training_table = pd.DataFrame(rows)
-    training_table = training_table.sort_values(
+    table = pd.DataFrame(rows).sort_values(
         ["poison_ratio", "attack", "trainset"], key=lambda c: c.map(lambda v: order.get(v, 2)) if c.name == "trainset" else c)
-
-    dm_rows = [{**attack_columns(result["attack"]), "trigger": row["trigger"], "seed": str(result["seed"]),
-                "method": "diffusion classifier", "p_filter": row["p_filter"], "acc": row["acc"], "asr": row["asr"]}
-               for result in dm_results for row in result["rows"]]
-    dm_table = pd.DataFrame(dm_rows + standard).sort_values(["poison_ratio", "attack", "method", "seed", "p_filter"])
-    return detection, training_table.reset_index(drop=True), dm_table.reset_index(drop=True)
+    return table.reset_index(drop=True), standard
 
 
 def generated_set_guidance(name: str) -> float:

@@ -1,8 +1,9 @@
 """What every diffusion model kind shares: the model file's name, the class metadata (ModelInfo) and the interface
 generation, the generated training sets and the diffusion classifier use (DiffusionModel).
 
-Both model kinds (``model``: the pixel DDPM; ``stable``: fine-tuned Stable Diffusion) import this module, never
-each other. Importing it loads neither torch nor diffusers.
+Both model kinds (``model``: the pixel DDPM; ``stable``: fine-tuned Stable Diffusion) import this module; ``stable``
+never imports ``model`` (only ``model.load_diffusion_model`` reaches into ``stable``, to load either kind). Importing
+this module loads neither torch nor diffusers.
 """
 
 from __future__ import annotations

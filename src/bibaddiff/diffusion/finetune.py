@@ -1,8 +1,9 @@
 """Resumable fine-tuning of a Stable Diffusion UNet on cached VAE latents and their captions.
 
 The VAE and the text encoder stay frozen; the UNet is trained in full or through LoRA adapters (peft) with the
-standard noise-prediction loss (velocity for v-prediction models). Resuming, checkpoints and process seeds work as
-in :mod:`bibaddiff.diffusion.train`: a killed job continues from its last state and ends with the same weights.
+standard noise-prediction loss (velocity for v-prediction models). Resuming, checkpoints and process seeds come from
+:mod:`bibaddiff.diffusion.trainer`, as for the DDPM: a killed job continues from its last state and ends with the same
+weights.
 """
 
 from __future__ import annotations
