@@ -77,7 +77,8 @@ def small_model(digits):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda heldout: {"target": -1}, "target"),
+    (lambda heldout: {"target": 10}, r"target must be a class index in \[0, 10\)"),
+    (lambda heldout: {"clean_test_images": heldout.images[:20].repeat(3, axis=-1)}, "3 channels; the classifier takes 1"),
     (lambda heldout: {"clean_test_images": heldout.images[:20].astype(np.float32)}, "clean test images must be uint8"),
     (lambda heldout: {"clean_test_labels": heldout.labels[:19]}, "clean test labels must be integers of shape"),
     (lambda heldout: {"trigger": "badnet"}, "Trigger"),

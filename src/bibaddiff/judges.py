@@ -107,6 +107,15 @@ def check_labelled_images(name: str, images: np.ndarray, labels: np.ndarray,
     return images, labels.astype(np.int64)
 
 
+def classifier_shape(model: nn.Module) -> tuple[int, int]:
+    """(input channels, output classes) of a judge-architecture classifier: its first convolution's and last linear
+    layer's."""
+    layers = list(model.modules())
+    first_conv = next(layer for layer in layers if isinstance(layer, nn.Conv2d))
+    last_linear = next(layer for layer in reversed(layers) if isinstance(layer, nn.Linear))
+    return first_conv.in_channels, last_linear.out_features
+
+
 def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settings: JudgeSettings, seed: int,
                 augment: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
                 device: str = "auto", desc: str = "judge") -> nn.Module:

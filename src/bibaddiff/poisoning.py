@@ -165,7 +165,7 @@ def duplicate_images(dataset: ImageDataset, k: int, m: int, seed: int,
     check_int(k, "k (number of duplicated images)", 0)
     check_int(m, "m (copies of each duplicated image)", 2)
     if exclude_label is not None:
-        check_class_index(exclude_label, "exclude_label", dataset.num_classes)
+        check_class_index(exclude_label, "exclude_label (or None)", dataset.num_classes)
     check_int(seed, "seed", 0)
     candidates = np.arange(len(dataset)) if exclude_label is None else np.flatnonzero(dataset.labels != exclude_label)
     if k > len(candidates):

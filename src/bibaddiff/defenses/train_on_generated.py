@@ -14,9 +14,9 @@ import numpy as np
 
 from bibaddiff.data import ImageDataset
 from bibaddiff.diffusion.base import DiffusionModel
-from bibaddiff.checks import check_int
+from bibaddiff.checks import check_class_index
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.judges import check_labelled_images, predict
+from bibaddiff.judges import check_labelled_images, classifier_shape, predict
 from bibaddiff.metrics import accuracy, attack_success_rate
 from bibaddiff.triggers import Trigger
 
@@ -29,8 +29,13 @@ def evaluate_classifier(model: Any, clean_test_images: np.ndarray, clean_test_la
     (the share the classifier puts in ``target``)."""
     if not isinstance(trigger, Trigger):
         raise BibaddiffError(f"trigger must be a bibaddiff.triggers.Trigger; got {type(trigger).__name__}")
-    check_int(target, "target (a class index)", 0)
-    clean_test_images, test_labels = check_labelled_images("clean test", clean_test_images, clean_test_labels)
+    channels, num_classes = classifier_shape(model)
+    check_class_index(target, "target", num_classes)
+    clean_test_images, test_labels = check_labelled_images("clean test", clean_test_images, clean_test_labels,
+                                                           num_classes)
+    if clean_test_images.shape[-1] != channels:
+        raise BibaddiffError(f"clean test images have {clean_test_images.shape[-1]} channels; the classifier takes "
+                             f"{channels}")
     victims = test_labels != target
     if not victims.any():
         raise BibaddiffError(f"the clean test set has no images outside target class {target}, so ASR is undefined")
