@@ -88,10 +88,10 @@ class Trainer:
                  accelerator: Any, max_grad_norm: float = MAX_GRAD_NORM):
         self.unet, self.trainable, self.settings, self.accelerator = unet, trainable, settings, accelerator
         self.max_grad_norm = max_grad_norm
-        self.optimizer = torch.optim.AdamW(list(trainable.values()), lr=settings.learning_rate,
-                                           weight_decay=settings.weight_decay)
+        self.trained = list(trainable.values())  # built once: every step clips, steps and averages these
+        self.optimizer = torch.optim.AdamW(self.trained, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.lr_schedule = warmup_schedule(self.optimizer, settings.warmup_steps)
-        self.ema = EMAModel(list(trainable.values()), decay=settings.ema_decay)
+        self.ema = EMAModel(self.trained, decay=settings.ema_decay)
 
     def load_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -116,12 +116,11 @@ class Trainer:
         """Backward, clip, step the optimiser and the schedule, update the EMA; returns the loss."""
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        trained = list(self.trainable.values())
         if self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(trained, self.max_grad_norm)
+            self.accelerator.clip_grad_norm_(self.trained, self.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
-        self.ema.step(trained)
+        self.ema.step(self.trained)
         return loss.item()
 
 
@@ -185,7 +184,7 @@ def finish_training(trainer: Trainer, stats: dict[str, Any], losses: list[float]
         return {**stats, "finished": False}
     accelerator = trainer.accelerator
     if accelerator.is_main_process:
-        trainer.ema.copy_to(list(trainer.trainable.values()))
+        trainer.ema.copy_to(trainer.trained)
         save_model()
         write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": downsample(losses, 200)})
     accelerator.wait_for_everyone()
