@@ -14,18 +14,20 @@ def main(snakemake):
     heldout = read_dataset(snakemake.input.heldout).images  # clean images: STRIP's partners, as published
     model, _ = load_judge(snakemake.input.classifier, params.device)
     in_target = data.labels == params.target
+    # Ground truth: the stamped images of a real set, the trigger detector's verdict on a generated one.
+    carries_trigger = data.poisoned
     results = {}
     for name in params.detectors:
         started = time.perf_counter()
         scores = run_detector(name, model, data.images, data.labels, params.detector_settings.get(name), params.seed, heldout=heldout)
         results[name] = {
-            "all": evaluate_detection(scores, data.poisoned, seed=params.seed),
-            "target_class": evaluate_detection(scores[in_target], data.poisoned[in_target], seed=params.seed),
+            "all": evaluate_detection(scores, carries_trigger, seed=params.seed),
+            "target_class": evaluate_detection(scores[in_target], carries_trigger[in_target], seed=params.seed),
             "seconds": time.perf_counter() - started,
         }
         print(f"{name}: {results[name]}")
     write_json(snakemake.output.detection, {"attack": snakemake.wildcards.attack, "set": snakemake.wildcards.detset,
-                                            "n": len(data), "n_flagged": int(data.poisoned.sum()), "detectors": results})
+                                            "n": len(data), "n_flagged": int(carries_trigger.sum()), "detectors": results})
 
 
 run_logged(snakemake.log[0], main, snakemake)

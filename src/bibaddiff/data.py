@@ -30,7 +30,12 @@ DEFAULT_CAPTION = "A photo of a {class_name}"
 
 @dataclass
 class ImageDataset:
-    """Images with labels, poison flags and captions; the in-memory twin of the on-disk format."""
+    """Images with labels, poison flags and captions; the in-memory twin of the on-disk format.
+
+    ``poisoned`` marks the images that carry the trigger. For a real training set that is the attack's ground truth
+    (the images it stamped); for a generated set nobody stamped anything, so it holds the trigger detector's verdict
+    (``manifest["source"] == "generated"``). The on-disk column keeps the one name so that every set loads alike.
+    """
 
     images: np.ndarray
     labels: np.ndarray

@@ -41,8 +41,7 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
     the VAE is first trained on them for ``vae_steps`` steps, and its scaling factor set to give latents of unit
     standard deviation, as Stable Diffusion's is.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     if image_size < 8 or image_size % 4:
         raise BibaddiffError(f"the tiny pipeline needs an image size divisible by 4 and at least 8; got {image_size}")
@@ -50,30 +49,8 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
         raise BibaddiffError(f"unet_channels must be two multiples of 8; got {list(unet_channels)}")
     directory = Path(directory)
     torch.manual_seed(seed)
-    vocab = _character_vocab()
-    tokenizer_dir = directory / "tokenizer"
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n")
-    # Positional: transformers 4 names these vocab_file and merges_file, transformers 5 vocab and merges.
-    tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"),
-                              model_max_length=TOKENIZER_MAX_LENGTH)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=TOKENIZER_MAX_LENGTH, bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], projection_dim=16,
-    ))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=image_size,
-    )
-    unet = UNet2DConditionModel(
-        sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=tuple(int(c) for c in unet_channels),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
-    )
+    tokenizer, text_encoder = _tiny_text_model(directory / "tokenizer")
+    vae, unet = _tiny_latent_models(image_size, unet_channels)
     vae_training = {}
     if vae_training_images is not None and vae_steps > 0:
         vae_training = train_vae(vae, vae_training_images, vae_steps, seed=seed)
@@ -89,6 +66,43 @@ def write_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, see
                    "vae_training_images": 0 if not vae_training else len(vae_training_images), **vae_training}
     (directory / BASE_DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
     return directory
+
+
+def _tiny_text_model(tokenizer_dir: Path) -> tuple[Any, torch.nn.Module]:
+    """A character-level CLIP tokenizer (its files written to ``tokenizer_dir``) and a two-layer CLIP text encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = _character_vocab()
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n")
+    # Positional: transformers 4 names these vocab_file and merges_file, transformers 5 vocab and merges.
+    tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"),
+                              model_max_length=TOKENIZER_MAX_LENGTH)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], projection_dim=16,
+    ))
+    return tokenizer, text_encoder
+
+
+def _tiny_latent_models(image_size: int, unet_channels: tuple[int, int]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A VAE that halves the image size into 4 latent channels, and a two-level cross-attention UNet on its latents."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=image_size,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=tuple(int(c) for c in unet_channels),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
+    )
+    return vae, unet
 
 
 def build_tiny_base(directory: str | Path, settings: dict[str, Any], training_images: np.ndarray) -> dict[str, Any]:

@@ -38,6 +38,20 @@ def build_embedder(spec: dict[str, Any] | None, content_judge_dir: str | Path | 
     ``spec["type"]`` (default ``"pixel"``) picks the embedder; see the module's ``_EMBEDDER_KEYS`` for the
     keys each type takes. Nothing is downloaded: network weights come from local files only.
     """
+    spec = _checked_spec(spec)
+    kind = spec["type"]
+    batch_size = check_int(spec.get("batch_size", 1024 if kind == "pixel" else 128), "embedder.batch_size", 1)
+    if kind == "pixel":
+        resolution = spec.get("resolution")
+        resolution = None if resolution is None else check_int(resolution, "embedder.resolution", 1)
+        return _batched(lambda batch: _pixel_features(batch, resolution), batch_size, "pixel")
+    if kind == "classifier":
+        return _batched(_classifier_embedding(content_judge_dir, device), batch_size, "classifier")
+    return _batched(_network_embedding(spec, _device(device)), batch_size, kind)
+
+
+def _checked_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The embedder spec with its type filled in; unknown types and keys fail with their names."""
     if spec is not None and not isinstance(spec, dict):
         raise BibaddiffError(f"embedder spec must be a mapping; got {type(spec).__name__}")
     spec = {"type": "pixel"} if spec is None else dict(spec)
@@ -47,27 +61,28 @@ def build_embedder(spec: dict[str, Any] | None, content_judge_dir: str | Path | 
     unknown = sorted(set(spec) - _EMBEDDER_KEYS[kind])
     if unknown:
         raise BibaddiffError(f"embedder of type {kind!r} does not take key(s) {', '.join(unknown)}")
-    batch_size = check_int(spec.get("batch_size", 1024 if kind == "pixel" else 128), "embedder.batch_size", 1)
+    return spec
 
-    if kind == "pixel":
-        resolution = spec.get("resolution")
-        resolution = None if resolution is None else check_int(resolution, "embedder.resolution", 1)
-        return _batched(lambda batch: _pixel_features(batch, resolution), batch_size, "pixel")
 
+def _classifier_embedding(content_judge_dir: str | Path | None, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-batch features of the content judge's penultimate layer, for images of the size it was trained on."""
     torch_device = _device(device)
-    if kind == "classifier":
-        network, image_size = _classifier_features(content_judge_dir, device)
+    network, image_size = _classifier_features(content_judge_dir, device)
 
-        def embed_batch(batch: np.ndarray) -> np.ndarray:
-            if batch.shape[1:3] != (image_size, image_size):
-                raise BibaddiffError(
-                    f"embedder 'classifier': the content classifier was trained on {image_size}x{image_size} "
-                    f"images; got {batch.shape[1]}x{batch.shape[2]}"
-                )
-            return _run_network(network, _to_judge_input(batch), torch_device)
+    def embed_batch(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1:3] != (image_size, image_size):
+            raise BibaddiffError(
+                f"embedder 'classifier': the content classifier was trained on {image_size}x{image_size} "
+                f"images; got {batch.shape[1]}x{batch.shape[2]}"
+            )
+        return _run_network(network, _to_judge_input(batch), torch_device)
 
-        return _batched(embed_batch, batch_size, "classifier")
+    return embed_batch
 
+
+def _network_embedding(spec: dict[str, Any], torch_device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-batch features of a local TorchScript or torchvision network, on resized and normalised images."""
+    kind = spec["type"]
     resolution = check_int(spec.get("resolution", DEFAULT_NETWORK_RESOLUTION), "embedder.resolution", 1)
     mean = _channel_stats(spec.get("mean", IMAGENET_MEAN), "embedder.mean")
     std = _channel_stats(spec.get("std", IMAGENET_STD), "embedder.std")
@@ -86,8 +101,7 @@ def build_embedder(spec: dict[str, Any] | None, content_judge_dir: str | Path | 
     def embed_network_batch(batch: np.ndarray) -> np.ndarray:
         return _run_network(network, _to_network_input(batch, resolution, mean, std), torch_device)
 
-    return _batched(embed_network_batch, batch_size, kind)
-
+    return embed_network_batch
 
 def _batched(embed_batch: Callable[[np.ndarray], np.ndarray], batch_size: int, name: str) -> Embedder:
     """Wrap a per-batch feature function into a validated, batched, normalising embedder."""

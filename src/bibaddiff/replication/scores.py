@@ -34,18 +34,7 @@ def replication_report(generated_embeddings: np.ndarray, train_embeddings: np.nd
     Returns a JSON-ready summary, and each generated image's nearest-neighbour similarity and training index
     (arrays of length n_generated, for figures). Rates with a zero denominator are None.
     """
-    train_poisoned = np.asarray(train_poisoned)
-    if train_poisoned.dtype != bool or train_poisoned.shape != (len(np.asarray(train_embeddings)),):
-        raise BibaddiffError(
-            f"train_poisoned must be a bool array with one entry per training image ({len(np.asarray(train_embeddings))}); "
-            f"got {train_poisoned.dtype} {train_poisoned.shape}"
-        )
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or not -1.0 <= float(tau) <= 1.0:
-        raise BibaddiffError(f"tau must be a cosine similarity in [-1, 1]; got {tau!r}")
-    if len(np.asarray(generated_embeddings)) == 0:
-        raise BibaddiffError("generated_embeddings is empty; nothing to score")
-    if len(train_poisoned) == 0:
-        raise BibaddiffError("train_embeddings is empty; nothing to compare against")
+    train_poisoned = _check_replication_inputs(generated_embeddings, train_embeddings, train_poisoned, tau)
     tau = float(tau)
     similarities, indices = nearest_neighbours(generated_embeddings, train_embeddings, k=1)
     nn_similarity, nn_index = similarities[:, 0], indices[:, 0]
@@ -58,15 +47,9 @@ def replication_report(generated_embeddings: np.ndarray, train_embeddings: np.nd
     distinct_poisoned = int(train_poisoned[replicated_train].sum())
     distinct_clean = len(replicated_train) - distinct_poisoned
 
-    def rate(successes: int, total: int) -> dict[str, Any]:
-        if total == 0:
-            return {"rate": None, "ci95": None}
-        low, high = wilson_interval(successes, total)
-        return {"rate": successes / total, "ci95": [low, high]}
-
-    overall = rate(n_replicated, n_generated)
-    per_poisoned_image = rate(distinct_poisoned, n_train_poisoned)
-    per_clean_image = rate(distinct_clean, n_train_clean)
+    overall = _rate_with_interval(n_replicated, n_generated)
+    per_poisoned_image = _rate_with_interval(distinct_poisoned, n_train_poisoned)
+    per_clean_image = _rate_with_interval(distinct_clean, n_train_clean)
     summary = {
         "n_generated": n_generated,
         "n_train": len(train_poisoned),
@@ -92,3 +75,28 @@ def replication_report(generated_embeddings: np.ndarray, train_embeddings: np.nd
         "clean_image_replication_rate_ci95": per_clean_image["ci95"],
     }
     return summary, nn_similarity, nn_index
+
+
+def _check_replication_inputs(generated_embeddings: np.ndarray, train_embeddings: np.ndarray,
+                              train_poisoned: np.ndarray, tau: float) -> np.ndarray:
+    train_poisoned = np.asarray(train_poisoned)
+    if train_poisoned.dtype != bool or train_poisoned.shape != (len(np.asarray(train_embeddings)),):
+        raise BibaddiffError(
+            f"train_poisoned must be a bool array with one entry per training image ({len(np.asarray(train_embeddings))}); "
+            f"got {train_poisoned.dtype} {train_poisoned.shape}"
+        )
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or not -1.0 <= float(tau) <= 1.0:
+        raise BibaddiffError(f"tau must be a cosine similarity in [-1, 1]; got {tau!r}")
+    if len(np.asarray(generated_embeddings)) == 0:
+        raise BibaddiffError("generated_embeddings is empty; nothing to score")
+    if len(train_poisoned) == 0:
+        raise BibaddiffError("train_embeddings is empty; nothing to compare against")
+    return train_poisoned
+
+
+def _rate_with_interval(successes: int, total: int) -> dict[str, Any]:
+    """A rate and its Wilson 95% interval; both None when nothing was counted."""
+    if total == 0:
+        return {"rate": None, "ci95": None}
+    low, high = wilson_interval(successes, total)
+    return {"rate": successes / total, "ci95": [low, high]}
