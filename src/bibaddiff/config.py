@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, display_class_names, imagefolder_classes,
-                            imagefolder_files)
+                            imagefolder_files, scaled_class_counts)
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger
 
@@ -300,6 +300,7 @@ def check_experiment(config: dict[str, Any]) -> None:
     if weights and not Path(weights).expanduser().is_file():
         raise BibaddiffError(f"config key judges.pretrained_weights: {weights} not found; name a local torchvision "
                              "weights file or set null")
+    check_quality(config, counts, class_names)
     if config["diffusion"]["kind"] == "stable_diffusion":
         check_stable_diffusion(config, channels)
         return
@@ -311,6 +312,56 @@ def check_experiment(config: dict[str, Any]) -> None:
         raise BibaddiffError(
             f"config key dataset.image_size: {dataset['image_size']} must be divisible by {2 ** (len(blocks) - 1)} "
             f"for diffusion.model.block_out_channels of length {len(blocks)}")
+
+
+# A CLIP folder written by save_pretrained: its weights, and the tokenizer and image processor CLIPProcessor reads.
+CLIP_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+CLIP_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+# transformers 4 writes the image processor's settings to the first, transformers 5 with the tokenizer's to the second.
+CLIP_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def check_quality(config: dict[str, Any], counts: np.ndarray, class_names: list[str]) -> None:
+    """The quality stage's settings, before any job: at least 2 generations per class, an Inception weights file that
+    fits the network, and a complete local CLIP folder for text-to-image models."""
+    quality = config.get("quality", {})
+    if not quality.get("enabled", False):
+        return
+    total = quality.get("num_images") or int(counts.sum())
+    per_class = scaled_class_counts(counts, total)
+    if per_class.min() < 2:
+        poorest = int(per_class.argmin())
+        needed = int(np.ceil(2 * counts.sum() / counts[poorest]))
+        raise BibaddiffError(f"config key quality.num_images: {total} generations in the training set's class balance "
+                             f"give class {class_names[poorest]} only {per_class[poorest]}; FID needs at least 2 per "
+                             f"class, so ask for at least {needed}")
+    if quality.get("inception_weights"):
+        # Loads the network once (seconds), so that a wrong file stops the run here and not after generation.
+        from bibaddiff.quality import load_inception
+
+        load_inception(quality["inception_weights"])
+    if quality.get("clip_model"):
+        if config["diffusion"]["kind"] != "stable_diffusion":
+            raise BibaddiffError("config key quality.clip_model: the CLIP score compares generations with their prompts, "
+                                 "so it is for stable_diffusion only; set null for a class-conditional DDPM")
+        check_clip_folder(quality["clip_model"])
+
+
+def check_clip_folder(folder: str) -> None:
+    """A local CLIP folder has its config, weights, tokenizer and image processor; one line names what is missing."""
+    path = Path(folder).expanduser()
+    key = "config key quality.clip_model"
+    if not path.is_dir():
+        raise BibaddiffError(f"{key}: {folder} is not a local folder (CLIP models are never downloaded)")
+    if not (path / "config.json").is_file() or not any((path / name).is_file() for name in CLIP_WEIGHT_FILES):
+        raise BibaddiffError(f"{key}: {path} has no CLIP model (config.json and {' or '.join(CLIP_WEIGHT_FILES[:2])}); "
+                             "save one there with CLIPModel.save_pretrained")
+    if not any(all((path / name).is_file() for name in files) for files in CLIP_TOKENIZER_FILES):
+        raise BibaddiffError(f"{key}: {path} has no tokenizer (tokenizer.json, or vocab.json and merges.txt); save the "
+                             "CLIPProcessor or its tokenizer there with save_pretrained")
+    if not any((path / name).is_file() for name in CLIP_PROCESSOR_FILES):
+        raise BibaddiffError(f"{key}: {path} has no image processor ({' or '.join(CLIP_PROCESSOR_FILES)}); save the "
+                             "CLIPProcessor there with save_pretrained")
 
 
 def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:

@@ -483,3 +483,21 @@ def _cap_per_class(dataset: ImageDataset, cap: int, seed: int) -> ImageDataset:
         members = np.flatnonzero(dataset.labels == label)
         keep.extend(rng.permutation(members)[:cap] if len(members) > cap else members)
     return dataset.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+
+
+def scaled_class_counts(counts_per_class: Any, total: int) -> np.ndarray:
+    """``total`` images split over the classes in the proportions of ``counts_per_class`` (largest remainders; ties go
+    to the lower class index), so that a generated set keeps a training set's class balance. The counts of
+    ``counts_per_class`` themselves when ``total`` is their sum."""
+    counts = np.asarray(counts_per_class)
+    if counts.ndim != 1 or len(counts) == 0 or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0 \
+            or counts.sum() == 0:
+        raise BibaddiffError(f"counts_per_class must be non-negative integers, not all zero; got {counts_per_class!r}")
+    if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 0:
+        raise BibaddiffError(f"total must be a non-negative integer; got {total!r}")
+    exact = counts * (int(total) / counts.sum())
+    scaled = np.floor(exact).astype(np.int64)
+    # Stable sort on the negated remainders: the largest remainders first, the lower index first among equals.
+    order = np.argsort(-(exact - scaled), kind="stable")
+    scaled[order[:int(total) - int(scaled.sum())]] += 1
+    return scaled

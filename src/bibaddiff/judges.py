@@ -116,6 +116,18 @@ def classifier_shape(model: nn.Module) -> tuple[int, int]:
     return first_conv.in_channels, last_linear.out_features
 
 
+def penultimate_layers(model: nn.Module) -> nn.Module:
+    """The judge without its last linear layer (the classification head), mapping images in model space to their
+    penultimate features (N, D). A ResNet's head is replaced in place by the identity."""
+    if isinstance(model, SmallCNN):
+        return model.features
+    if hasattr(model, "fc"):
+        model.fc = nn.Identity()
+        return model
+    raise BibaddiffError(f"cannot take penultimate features of a {type(model).__name__}; judges are "
+                         f"{', '.join(ARCHITECTURES)}")
+
+
 def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settings: JudgeSettings, seed: int,
                 augment: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
                 device: str = "auto", desc: str = "judge") -> nn.Module:

@@ -499,3 +499,54 @@ def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: list[str]) -
                "trigger_ratio_low", "trigger_ratio_high", "G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
                "G2_ratio_low", "G2_ratio_high", "training_share", "amplification", "judge_warning"]
     return rows[columns].sort_values(["x0_clipping", "guidance", "mode"]).reset_index(drop=True)
+
+
+QUALITY_COLUMNS = ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low", "high", "interval"]
+
+
+def quality_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (model, metric) from the quality stage's per-model results: FID/KID (``fid``, ``kid``: Inception
+    features; ``fid_judge``, ``kid_judge``: the content judge's), ``clip_score``, each with its interval."""
+    if not results:
+        raise BibaddiffError("quality_table needs at least one model's quality result")
+    rows = []
+    for result in results:
+        missing = {"model", "attack", "p", "seed", "guidance", "n", "rows"} - set(result)
+        if missing:
+            raise BibaddiffError(f"a quality result lacks {', '.join(sorted(missing))}")
+        for row in result["rows"]:
+            rows.append({**{key: result.get(key) for key in QUALITY_COLUMNS[:7]}, **row})
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    return table.sort_values(["metric", "p", "attack", "seed"], kind="stable").reset_index(drop=True)
+
+
+def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path) -> None:
+    """FID against the poisoning ratio p, one panel per FID kind (Inception, judge features): a point per training
+    seed with its interval, a line through each attack's seed means, and the clean model as the dashed reference
+    line (band: its interval)."""
+    metrics = [m for m in ("fid", "fid_judge") if m in set(table.metric)]
+    if not metrics:
+        raise BibaddiffError("the quality table has no FID rows (fid or fid_judge) to plot")
+    with saved_figure(path, 1, len(metrics), figsize=(4.8 * len(metrics), 3.8), squeeze=False) as (fig, axes):
+        for ax, metric in zip(axes[0], metrics):
+            rows = table[table.metric == metric]
+            clean = rows[rows.attack == "clean"]
+            if len(clean):
+                ax.axhline(clean.value.mean(), color="black", linestyle="--", label="clean model")
+                if clean.low.notna().all():
+                    ax.axhspan(clean.low.min(), clean.high.max(), color="black", alpha=0.08)
+            poisoned = rows[rows.attack != "clean"].copy()
+            # One series per trigger (and duplicate-poisoning mode) across ratios.
+            poisoned["series"] = poisoned.attack.str.replace(r"-p[0-9.]+", "", regex=True)
+            for series, subset in poisoned.groupby("series"):
+                lower = (subset.value - subset.low).fillna(0).clip(lower=0)
+                upper = (subset.high - subset.value).fillna(0).clip(lower=0)
+                points = ax.errorbar(subset.p, subset.value, yerr=[lower, upper], fmt="o", capsize=3, alpha=0.8)
+                means = subset.groupby("p").value.mean()
+                ax.plot(means.index, means.values, color=points[0].get_color(), label=series)
+            ax.set_xlabel("poisoning ratio p")
+            ax.set_ylabel("FID (Inception-v3)" if metric == "fid" else "FID in content-judge features (not Inception)")
+            ax.set_title(metric, fontsize=9)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)

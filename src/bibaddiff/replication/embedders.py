@@ -157,18 +157,12 @@ def _pixel_features(images: np.ndarray, resolution: int | None) -> np.ndarray:
 
 def _classifier_features(content_judge_dir: str | Path | None, device: str) -> tuple[nn.Module, int]:
     """The content classifier without its last linear layer, and the image size it was trained on."""
-    from bibaddiff.judges import SmallCNN, load_judge
+    from bibaddiff.judges import load_judge, penultimate_layers
 
     if content_judge_dir is None:
         raise BibaddiffError("embedder type 'classifier' needs content_judge_dir (the trained content classifier)")
     model, info = load_judge(content_judge_dir, device=_device_name(device))
-    if isinstance(model, SmallCNN):
-        network = model.features
-    elif hasattr(model, "fc"):
-        model.fc = nn.Identity()
-        network = model
-    else:
-        raise BibaddiffError(f"{content_judge_dir}: cannot take penultimate features of a {type(model).__name__}")
+    network = penultimate_layers(model)
     image_size = int(info.get("image_size", 0))
     if image_size < 1:
         raise BibaddiffError(f"{content_judge_dir}: judge.json has no image_size")
