@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -58,7 +59,8 @@ def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
     assert "gpu=" not in poison[:poison.index("\n\n")]
 
 
-def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
+def local_profile(tmp_path) -> Path:
+    """The shipped SLURM profile, pointed at the local cluster's partition and account, with small memory requests."""
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     profile["default-resources"]["slurm_partition"] = "'{}'".format(os.environ.get("SLC_PARTITION", "debug"))
     if os.environ.get("SLC_WITH_DBD", "1") == "1":
@@ -72,13 +74,18 @@ def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     profile.update({"jobs": 4, "latency-wait": 5, "retries": 0, "slurm-init-seconds-before-status-checks": 10})
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+    return tmp_path / "profile"
+
+
+def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
+    profile = local_profile(tmp_path)
     # device auto: GPU rules are submitted with --gpus=1 to the cluster's (fake) GPU and fall back to the CPU.
     config = write_config(tmp_path / "slurm.yaml", device="auto", generation__guidance_scales=[1],
                           generation__x0_clipping="none", generation__other_conditions=[], defenses__enabled=False,
                           replication__enabled=False)
     workdir = tmp_path / "work"
     started = time.perf_counter()
-    snakemake(workdir, "--workflow-profile", str(tmp_path / "profile"), configfile=config, timeout=900)
+    snakemake(workdir, "--workflow-profile", str(profile), configfile=config, timeout=900)
     elapsed = time.perf_counter() - started
     print(f"tiny workflow through SLURM: {elapsed:.0f} s")
     table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
@@ -87,3 +94,22 @@ def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     submitted = {path.name for path in slurm_logs.iterdir()}
     assert {"rule_train_diffusion", "rule_generate", "rule_measure", "rule_prepare_data"} <= submitted, submitted
     assert planned_jobs(snakemake(workdir, "-n", configfile=config)) == {}
+
+
+def test_cuda_jobs_get_the_clusters_gpu(slurm_cluster, tmp_path):
+    """device: cuda through SLURM. The local cluster's GPU is a fake GRES that torch cannot use, so the first GPU job
+    (the content judge) must fail; its message shows what SLURM handed it: CUDA_VISIBLE_DEVICES from the GRES, which
+    SLURM sets only for a job submitted with --gpus. Rules that never touch the device finish on GPU-less terms."""
+    profile = local_profile(tmp_path)
+    config = write_config(tmp_path / "cuda.yaml", device="cuda")
+    workdir = tmp_path / "work"
+    result = snakemake(workdir, "--workflow-profile", str(profile), "--until", "train_content_judge",
+                       configfile=config, timeout=600, check=False)
+    assert result.returncode != 0, "a CUDA job ran on a fake GPU: the test cannot tell what it was given"
+    assert list((workdir / "results").glob("*/data/clean-*/train/metadata.jsonl")), "prepare_data did not finish"
+    judge_logs = list((workdir / "results").glob("*/logs/train_content_judge/*.log"))
+    assert judge_logs, "the content judge's job left no log"
+    text = "\n".join(path.read_text() for path in judge_logs)
+    assert "device 'cuda' was requested but torch finds no CUDA device" in text, text[-2000:]
+    visible = text.split("CUDA_VISIBLE_DEVICES=", 1)[1].split(")", 1)[0]
+    assert visible not in ("", "unset"), f"the judge's job was submitted without a GPU (CUDA_VISIBLE_DEVICES={visible})"

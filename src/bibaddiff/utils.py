@@ -18,12 +18,16 @@ def select_device(prefer: str = "auto") -> torch.device:
     """The device to run on: CUDA when present (or asked for), the CPU otherwise."""
     import torch
 
+    from bibaddiff.errors import BibaddiffError
+
     if prefer not in {"auto", "cpu", "cuda"}:
-        raise ValueError(f"device must be one of auto, cpu, cuda; got {prefer!r}")
+        raise BibaddiffError(f"device must be one of auto, cpu, cuda; got {prefer!r}")
     if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA device is available")
+        # What the scheduler handed the job tells a cluster user whether the GPU was not allocated or not usable.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise BibaddiffError(f"device 'cuda' was requested but torch finds no CUDA device (CUDA_VISIBLE_DEVICES={visible})")
     return torch.device("cuda")
 
 
@@ -74,6 +78,7 @@ def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
     """
     import logging
     import sys
+    import traceback
 
     from bibaddiff.errors import BibaddiffError
 
@@ -91,5 +96,9 @@ def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
             print(message, file=log_file)
             print(message, file=saved[1])
             raise SystemExit(1) from None
+        except Exception:
+            # Python prints the traceback after the log is closed, so write it here, where the rule's log: points.
+            traceback.print_exc(file=log_file)
+            raise
         finally:
             sys.stdout, sys.stderr = saved
