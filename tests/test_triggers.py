@@ -544,14 +544,14 @@ def test_wanet_constant_field_shifts_by_one_pixel():
     images = random_batch(n=2, size=size, channels=3, seed=13)
     # ins of ones has mean |ins| = 1 and upsamples to ones: the grid moves by s / size * grid_rescale, which is one
     # pixel (2 / (size - 1) in [-1, 1] coordinates) for s * grid_rescale = 2 * size / (size - 1).
-    grid = wanet_grid(np.ones((2, 3, 3)), size, s=2 * size / (size - 1) / 2, grid_rescale=2.0)
-    out = WarpTrigger("w", grid, 3).apply(images)
+    trigger = WarpTrigger("w", np.ones((2, 3, 3)), size, s=2 * size / (size - 1) / 2, grid_rescale=2.0, channels=3)
+    out = trigger.apply(images)
     rows = np.minimum(np.arange(size) + 1, size - 1)  # the last row and column clamp to the border
     np.testing.assert_array_equal(out, images[:, rows][:, :, rows])
     # Channel 0 moves along x (columns) only.
     ins = np.stack([np.ones((3, 3)), np.zeros((3, 3))])  # mean |ins| = 0.5: noise = 2 along x
-    grid = wanet_grid(ins, size, s=size / (size - 1), grid_rescale=1.0)
-    np.testing.assert_array_equal(WarpTrigger("w", grid, 3).apply(images), images[:, :, rows])
+    np.testing.assert_array_equal(WarpTrigger("w", ins, size, size / (size - 1), 1.0, 3).apply(images), images[:, :, rows])
+    np.testing.assert_array_equal(trigger.grid, wanet_grid(np.ones((2, 3, 3)), size, s=size / (size - 1), grid_rescale=2.0))
 
 
 def test_wanet_grid_is_identity_plus_clamped_field():

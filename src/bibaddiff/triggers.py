@@ -15,6 +15,7 @@ Every trigger has a ``name`` and an ``apply(images)`` that returns a new batch. 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -110,15 +111,27 @@ class BlendTrigger(WeightedTrigger):
 
 @dataclass(frozen=True)
 class WarpTrigger(Trigger):
-    """WaNet: every image resampled at ``grid`` (H, W, 2; x then y, in [-1, 1]) with bilinear ``grid_sample``."""
+    """WaNet: every image resampled at ``grid`` (H, W, 2; x then y, in [-1, 1]) with bilinear ``grid_sample``.
+
+    The grid is made from the warping field ``ins`` on first use: it needs torch, and validating a config (every
+    ``snakemake`` call) builds its triggers but should not pay torch's import for it.
+    """
 
     name: str
-    grid: np.ndarray  # float64 (H, W, 2)
+    ins: np.ndarray  # float64 (2, k, k): the random warping field
+    image_size: int
+    s: float
+    grid_rescale: float
     channels: int
+
+    @functools.cached_property
+    def grid(self) -> np.ndarray:
+        """float64 (H, W, 2), see :func:`wanet_grid`."""
+        return wanet_grid(self.ins, self.image_size, self.s, self.grid_rescale)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (*self.grid.shape[:2], self.channels)
+        return (self.image_size, self.image_size, self.channels)
 
     def _apply(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -464,7 +477,7 @@ def _wanet(name: str, spec: dict[str, Any], image_size: int, channels: int) -> W
         if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)) or not np.isfinite(settings[key]):
             raise BibaddiffError(f"triggers.{name}.{key} must be a finite number; got {settings[key]!r}")
     ins = np.random.default_rng(int(settings["seed"])).uniform(-1.0, 1.0, size=(2, int(k), int(k)))
-    return WarpTrigger(name, wanet_grid(ins, image_size, float(settings["s"]), float(settings["grid_rescale"])), channels)
+    return WarpTrigger(name, ins, image_size, float(settings["s"]), float(settings["grid_rescale"]), channels)
 
 
 def _additive_pattern(name: str, path: Any, image_size: int, channels: int) -> np.ndarray:
