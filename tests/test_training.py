@@ -143,3 +143,24 @@ def test_settings_without_steps_are_refused():
     for cls in (TrainSettings, FinetuneSettings):
         with pytest.raises(BibaddiffError, match=r"diffusion\.training\.steps is missing"):
             cls.from_config({"batch_size": 8})
+
+
+def test_a_model_folder_with_missing_cut_or_pickled_weights_stops_the_loader_in_one_line(tiny_data, tmp_path):
+    from bibaddiff.diffusion.model import load_diffusion_model
+    from bibaddiff.errors import BibaddiffError
+
+    dataset, _ = tiny_data
+    settings = TrainSettings.from_config({"steps": 2, "batch_size": 8}, MODEL)
+    train_ddpm(dataset, tmp_path / "model", tmp_path / "state", settings, seed=0, progress=False)
+    load_diffusion_model(tmp_path / "model")
+    weights_file = tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    complete = weights_file.read_bytes()
+
+    weights_file.write_bytes(complete[: len(complete) // 2])  # a node died while the file was written
+    with pytest.raises(BibaddiffError, match=r"diffusion_pytorch_model.safetensors: not a complete safetensors file"):
+        load_diffusion_model(tmp_path / "model")
+
+    weights_file.unlink()
+    torch.save({}, tmp_path / "model" / "unet" / "diffusion_pytorch_model.bin")  # pickled weights run code when loaded
+    with pytest.raises(BibaddiffError, match=r"unet: no .safetensors weights \(found: config.json, diffusion_pytorch_model.bin\)"):
+        load_diffusion_model(tmp_path / "model")

@@ -9,6 +9,7 @@ this module loads neither torch nor diffusers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,29 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import to_model_space, to_uint8
 
 MODEL_INFO_FILE = "bibaddiff_model.json"
+
+
+def check_safetensors_weights(folder: str | Path) -> None:
+    """Fail with one line naming ``folder`` unless it holds weights as complete ``.safetensors`` files only.
+
+    A model folder whose weights are missing, cut short by a dying node, or pickled (``.bin``, ``.ckpt``: loading
+    those runs code) must stop the job that loads it rather than be loaded half, or loaded at all.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        found = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+        raise BibaddiffError(f"{folder}: no .safetensors weights (found: {', '.join(found) or 'nothing'}); rerun the "
+                             "rule that wrote this model, or delete the folder so that the workflow retrains it")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="np") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError on a truncated or foreign file
+            raise BibaddiffError(f"{path}: not a complete safetensors file ({str(error).splitlines()[0]}); delete "
+                                 "the model folder so that the workflow retrains it") from None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo
+from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo, check_safetensors_weights
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import read_json, write_json
 
@@ -72,6 +72,7 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tup
         raise BibaddiffError(f"{directory}: not a bibaddiff model folder ({MODEL_INFO_FILE} missing)")
     raw = read_json(info_path)
     info = ModelInfo(**{key: raw[key] for key in ("num_classes", "class_names", "image_size", "channels")})
+    check_safetensors_weights(directory / "unet")
     unet = UNet2DModel.from_pretrained(directory / "unet").to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
     return unet, scheduler, info

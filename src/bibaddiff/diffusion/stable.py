@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset, content_hash
-from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo
+from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo, check_safetensors_weights
 from bibaddiff.diffusion.pretrained import check_pretrained
 from bibaddiff.images import to_model_space, to_uint8
 from bibaddiff.errors import BibaddiffError
@@ -243,8 +243,10 @@ def load_text_to_image_model(directory: str | Path, device: torch.device | str =
     directory = Path(directory)
     info_json = read_json(directory / MODEL_INFO_FILE)
     if (directory / "unet").is_dir():
+        check_safetensors_weights(directory / "unet")
         components = load_components(info_json["pretrained"], unet=UNet2DConditionModel.from_pretrained(directory / "unet"))
     elif (directory / LORA_WEIGHTS_FILE).is_file():
+        check_safetensors_weights(directory)
         components = load_components(info_json["pretrained"])
         components.unet = _unet_with_lora(components, directory)
     else:
