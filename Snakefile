@@ -22,6 +22,7 @@ include: "rules/judges.smk"
 include: "rules/diffusion.smk"
 include: "rules/defenses.smk"
 include: "rules/replication.smk"
+include: "rules/quality.smk"
 include: "rules/summary.smk"
 
 

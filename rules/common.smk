@@ -471,6 +471,56 @@ def provenance_outputs():
 
 
 def summary_outputs():
-    return replication_outputs() + defense_outputs() + [f"{SUMMARY}/{name}" for name in (
+    return replication_outputs() + defense_outputs() + quality_outputs() + [f"{SUMMARY}/{name}" for name in (
         "trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png",
         "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png")]
+
+
+# ----------------------------------------------------------------------------------------- generation quality
+QUALITY = config["quality"]
+QUALITY_GUIDANCE = number(QUALITY["guidance"])
+# All-class generations for FID: the clean training set's class balance, the first sampler and a seed of their own
+# (generation.seed + 1, as the defences' generated training sets), so that both stages make the same set.
+QUALITY_SAMPLING = {"kind": "all-class generations", "balance": CLEAN_STAGE, "num_images": QUALITY["num_images"],
+                    "guidance": float(QUALITY["guidance"]), "ddim_steps": config["generation"]["ddim_steps"],
+                    "seed": config["generation"]["seed"] + 1, "x0_clipping": SAMPLERS[0]}
+QUALITY_SET_ID = f"allclass-{settings_digest(QUALITY_SAMPLING)}"
+QUALITY_FEATURES = ["judge"] + (["inception"] if QUALITY["inception_weights"] else [])
+
+
+def quality_set(stage="{stage}", seed="{seed}"):
+    return f"{RESULTS}/generated/{stage}/{TRAINING_ID}/seed{seed}/{QUALITY_SET_ID}"
+
+
+def quality_generations_of(attack, seed):
+    """A defence's generated training set where it is the same set (clean balance, as many images as the clean set,
+    the same guidance and sampler); otherwise the quality stage's own all-class generations."""
+    same_set = (DEFENSES["enabled"] and attack in POISONED_ATTACKS and DEFENSES["generated_set_balance"] == "clean"
+                and QUALITY["num_images"] is None and QUALITY_GUIDANCE in GENERATED_SET_GUIDANCE)
+    return generated_set(attack, seed, QUALITY_GUIDANCE) if same_set else quality_set(STAGE_OF[attack], seed)
+
+
+def quality_generations(wildcards):
+    return quality_generations_of(wildcards.attack, wildcards.seed)
+
+
+def quality_model_inputs(wildcards):
+    """The Inception weights file when configured; the model when its prompts are needed (the CLIP score)."""
+    inputs = {"inception_weights": QUALITY["inception_weights"]} if QUALITY["inception_weights"] else {}
+    if QUALITY["clip_model"]:
+        inputs["model"] = model_of(wildcards)
+    return inputs
+
+
+def quality_reference():
+    return f"{EXPERIMENT_DIR}/quality/real_features.npz"
+
+
+def quality_file(attack="{attack}", seed="{seed}"):
+    return f"{EXPERIMENT_DIR}/quality/{attack}/seed{seed}.json"
+
+
+def quality_outputs():
+    if not QUALITY["enabled"]:
+        return []
+    return [f"{SUMMARY}/generation_quality.csv", f"{SUMMARY}/generation_quality_vs_ratio.png"]

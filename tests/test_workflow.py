@@ -60,6 +60,29 @@ def test_outputs_of_every_stage(tiny_run):
     assert "trained" in log.read_text()
 
 
+def test_generation_quality_in_judge_features(tiny_run):
+    summary = tiny_run / "results/experiments/tiny/summary"
+    table = pd.read_csv(summary / "generation_quality.csv")
+    assert list(table.columns) == ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low",
+                                   "high", "interval"]
+    # No Inception weights in the tiny config: judge-feature rows only, one FID and one KID per model.
+    assert sorted(table.metric.unique()) == ["fid_judge", "kid_judge"]
+    assert sorted(table.attack.unique()) == ["clean", "patch-p0.1"] and (table.guidance == 1).all()
+    clean = read_dataset(stage(tiny_run / "results/tiny/data", "clean") / "train")
+    assert (table.n == len(clean)).all()
+    fid = table[table.metric == "fid_judge"]
+    assert (fid.value > 0).all() and (fid.low <= fid.value).all() and (fid.value <= fid.high).all()
+    assert (summary / "generation_quality_vs_ratio.png").stat().st_size > 0
+    # The poisoned model's quality set is its defence's generated set (same balance, count, guidance and sampler);
+    # the clean model, which has no generated set, gets all-class generations of its own.
+    results = {path.parent.name: json.loads(path.read_text())
+               for path in (tiny_run / "results/experiments/tiny/quality").glob("*/seed0.json")}
+    assert results["patch-p0.1"]["generated"].endswith("defenses/generated_sets/patch-p0.1/seed0_s1")
+    [own_set] = (stage(tiny_run / "results/tiny/generated", "clean")).glob("train-*/seed0/allclass-*")
+    assert results["clean"]["generated"].endswith(own_set.relative_to(tiny_run).as_posix())
+    assert np.bincount(read_dataset(own_set).labels, minlength=10).tolist() == np.bincount(clean.labels, minlength=10).tolist()
+
+
 def clean_stage_name(results):
     return stage(results / "tiny/data", "clean").name
 
@@ -247,7 +270,8 @@ def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
     assert jobs == {"train_diffusion": 2, "generate": 16, "measure": 2, "replication": 2, "summarize": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
-                    "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+                    "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1,
+                    "generate_quality_set": 1, "quality": 2, "summarize_quality": 1, "all": 1, "provenance": 1}
 
 
 def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):

@@ -11,7 +11,8 @@
   100 * max(cos(image embedding, text embedding), 0), from a local CLIP folder (``quality.clip_model``) loaded with
   transformers.
 
-FID intervals are bootstrap percentile intervals over the generated images (the real images held fixed); KID's are
+FID intervals are bootstrap intervals over the generated images (the real images held fixed; shifted by the
+resamples' mean bias so that they centre on the estimate); KID's are
 torch-fidelity's mean +- one standard deviation over random subsets; the CLIP score's a bootstrap of the mean.
 """
 
@@ -160,8 +161,10 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
 
 def fid_with_interval(real_features: np.ndarray, generated_features: np.ndarray, bootstrap_samples: int = 100,
                       seed: int = 0) -> dict[str, Any]:
-    """FID between two feature sets, with a bootstrap 95% percentile interval from resampling the generated images
-    (``bootstrap_samples`` of 0: no interval)."""
+    """FID between two feature sets, with a bootstrap 95% interval from resampling the generated images
+    (``bootstrap_samples`` of 0: no interval). A resample repeats images, which lowers its diversity and raises its
+    FID, so the resamples' percentiles would sit above the estimate; they are shifted down by the resamples' mean
+    excess over the estimate, so that the interval gives the estimate's spread around itself (clipped at 0)."""
     real = _check_features(real_features, "real features")
     generated = _check_features(generated_features, "generated features")
     if real.shape[1] != generated.shape[1]:
@@ -175,15 +178,19 @@ def fid_with_interval(real_features: np.ndarray, generated_features: np.ndarray,
         resampled = [frechet_distance(*_gaussian(generated[rng.integers(0, len(generated), len(generated))]),
                                       real_mean, real_cov)
                      for _ in tqdm(range(bootstrap_samples), desc="FID bootstrap", mininterval=2)]
-        low, high = _percentiles(np.asarray(resampled))
+        resampled = np.asarray(resampled)
+        low, high = _percentiles(resampled - (resampled.mean() - value))
+        low = max(0.0, low)
     return {"value": value, "low": low, "high": high,
-            "interval": f"bootstrap {CONFIDENCE:.0%} over generated images ({bootstrap_samples})" if low is not None else ""}
+            "interval": f"bootstrap {CONFIDENCE:.0%} over generated images ({bootstrap_samples}), bias-shifted"
+            if low is not None else ""}
 
 
 def kid_with_interval(real_features: np.ndarray, generated_features: np.ndarray, subsets: int = 100,
                       subset_size: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """KID (polynomial-kernel MMD^2, torch-fidelity's estimator) over ``subsets`` random subsets of
-    min(subset_size, both set sizes) images each; the interval is the mean +- one standard deviation over subsets."""
+    """KID (polynomial-kernel MMD^2, torch-fidelity's unbiased estimator) over ``subsets`` random subsets of
+    ``subset_size`` images from each set, capped at half the smaller set so that the subsets differ; the interval is
+    the mean +- one standard deviation over subsets."""
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
     real = _check_features(real_features, "real features")
@@ -191,7 +198,7 @@ def kid_with_interval(real_features: np.ndarray, generated_features: np.ndarray,
     if real.shape[1] != generated.shape[1]:
         raise BibaddiffError(f"real and generated features differ in width: {real.shape[1]} vs {generated.shape[1]}")
     subsets = check_int(subsets, "quality.kid_subsets", 1)
-    size = min(check_int(subset_size, "quality.kid_subset_size", 2), len(real), len(generated))
+    size = max(2, min(check_int(subset_size, "quality.kid_subset_size", 2), len(real) // 2, len(generated) // 2))
     result = kid_features_to_metric(torch.from_numpy(generated), torch.from_numpy(real), kid_subsets=subsets,
                                     kid_subset_size=size, rng_seed=int(seed), verbose=False)
     mean, std = result[KEY_METRIC_KID_MEAN], result[KEY_METRIC_KID_STD]

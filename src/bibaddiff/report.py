@@ -545,6 +545,7 @@ def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path) -> None:
                 means = subset.groupby("p").value.mean()
                 ax.plot(means.index, means.values, color=points[0].get_color(), label=series)
             ax.set_xlabel("poisoning ratio p")
+            ax.set_xlim(0, 1.15 * max(rows.p.max(), 0.01))
             ax.set_ylabel("FID (Inception-v3)" if metric == "fid" else "FID in content-judge features (not Inception)")
             ax.set_title(metric, fontsize=9)
             ax.set_ylim(bottom=0)
