@@ -48,3 +48,13 @@ def test_trigger_survival_without_a_trigger_fails_in_one_line(tmp_path):
                              str(tmp_path), "--images", str(tmp_path / "missing")], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_planning_time_prints_one_row_per_try_with_the_job_count():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "planning_time.py"),
+                             str(REPO / "tests" / "configs" / "tiny.yaml"), "--tries", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.strip().splitlines()[-1].split("|")
+    jobs, wall, cpu, rss = int(row[3]), float(row[4]), float(row[5]), float(row[6])
+    assert jobs > 10 and wall > 0 and cpu > 0 and rss > 50
