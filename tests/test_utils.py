@@ -1,4 +1,4 @@
-"""Tests of bibaddiff.utils: what a rule's log holds when its job fails, and the device a job asks for."""
+"""What a job does with bad inputs it did not make: its log when it fails, the device it was handed, a cell cut short."""
 
 from __future__ import annotations
 
@@ -43,3 +43,23 @@ def test_cuda_without_a_usable_device_says_what_the_scheduler_handed_the_job(mon
     assert select_device("auto").type == "cpu"
     with pytest.raises(BibaddiffError, match="device must be one of auto, cpu, cuda; got 'gpu'"):
         select_device("gpu")
+
+
+def test_a_generated_cell_cut_short_or_of_the_wrong_kind_is_named_not_measured(tmp_path):
+    import numpy as np
+
+    from bibaddiff.images import load_generated
+
+    cell = tmp_path / "c6_s1.npy"
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    np.save(cell, images)
+    np.testing.assert_array_equal(load_generated(cell), images)
+    whole = cell.read_bytes()
+    cell.write_bytes(whole[: len(whole) - 100])  # the node died while the cell was written
+    with pytest.raises(BibaddiffError, match=r"c6_s1.npy: unreadable or cut short"):
+        load_generated(cell)
+    np.save(cell, images.astype(np.float32))
+    with pytest.raises(BibaddiffError, match=r"c6_s1.npy: expected uint8 images \(N, H, W, 1 or 3\); got float32"):
+        load_generated(cell)
+    with pytest.raises(BibaddiffError, match=r"missing.npy: generated images not found"):
+        load_generated(tmp_path / "missing.npy")

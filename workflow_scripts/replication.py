@@ -2,6 +2,7 @@
 import numpy as np
 
 from bibaddiff.data import read_dataset
+from bibaddiff.images import load_generated
 from bibaddiff.replication import build_embedder, calibrate_tau, near_duplicate_groups, nearest_neighbours, replication_report
 from bibaddiff.utils import run_logged, write_json
 
@@ -17,7 +18,7 @@ def main(snakemake):
     groups = near_duplicate_groups(train_embeddings, tau)
     cells, arrays = [], {"heldout_similarity": heldout_similarity}
     for k, (cell, path) in enumerate(zip(params.cells, snakemake.input.cells)):
-        summary, similarity, index = replication_report(embed(np.load(path)), train_embeddings, train.poisoned, tau)
+        summary, similarity, index = replication_report(embed(load_generated(path)), train_embeddings, train.poisoned, tau)
         cells.append({**cell, **summary})
         arrays[f"cell{k}_similarity"], arrays[f"cell{k}_index"] = similarity, index
         print(f"condition {cell['condition']}, s={cell['guidance']}: replication rate {summary['replication_rate']:.3f}")

@@ -6,9 +6,12 @@ one place that defines it. torch is imported on first call: importing this modul
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from bibaddiff.errors import BibaddiffError
 
 if TYPE_CHECKING:
     import torch
@@ -27,3 +30,19 @@ def to_uint8(samples: "torch.Tensor") -> np.ndarray:
 
     pixels = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def load_generated(path: str | Path) -> np.ndarray:
+    """A cell of generated images (uint8 ``.npy``, N x H x W x C), or one line naming the file when it is missing,
+    cut short (a node died while it was written) or not such an array, so that no garbage is measured."""
+    path = Path(path)
+    if not path.is_file():
+        raise BibaddiffError(f"{path}: generated images not found")
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise BibaddiffError(f"{path}: unreadable or cut short ({str(error).splitlines()[0]}); delete it and rerun, "
+                             "and the workflow generates it again") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise BibaddiffError(f"{path}: expected uint8 images (N, H, W, 1 or 3); got {images.dtype} {images.shape}")
+    return images

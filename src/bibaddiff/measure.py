@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from bibaddiff.data import DatasetRecords, ImageDataset
-from bibaddiff.errors import BibaddiffError
+from bibaddiff.images import load_generated
 from bibaddiff.judges import load_judge, predict
 from bibaddiff.metrics import generation_groups, training_share
 
@@ -30,12 +30,7 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
     detectors = {name: None if path is None else load_judge(path, device) for name, path in trigger_judge_dirs.items()}
     records = []
     for cell in cells:
-        path = Path(cell["path"])
-        if not path.is_file():
-            raise BibaddiffError(f"{path}: generated images not found")
-        images = np.load(path)
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise BibaddiffError(f"{path}: expected a uint8 array (N, H, W, C); got {images.dtype} {images.shape}")
+        images = load_generated(cell["path"])
         condition, guidance = int(cell["condition"]), float(cell["guidance"])
         content = predict(content_model, images)
         triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
