@@ -82,7 +82,7 @@ def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     # device auto: GPU rules are submitted with --gpus=1 to the cluster's (fake) GPU and fall back to the CPU.
     config = write_config(tmp_path / "slurm.yaml", device="auto", generation__guidance_scales=[1],
                           generation__x0_clipping="none", generation__other_conditions=[], defenses__enabled=False,
-                          replication__enabled=False)
+                          replication__enabled=False, quality__enabled=False)
     workdir = tmp_path / "work"
     started = time.perf_counter()
     snakemake(workdir, "--workflow-profile", str(profile), configfile=config, timeout=900)

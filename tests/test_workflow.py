@@ -172,7 +172,7 @@ def test_replication_table(tiny_run):
 
 
 def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
-    config = write_config(tmp_path / "duplicates.yaml", defenses__enabled=False, replication__enabled=False,
+    config = write_config(tmp_path / "duplicates.yaml", defenses__enabled=False, replication__enabled=False, quality__enabled=False,
                           replication__duplicate_poisoning={"enabled": True, "design": "synthetic", "k": 5, "m": 4,
                                                             "ratio": 0.1},
                           generation__guidance_scales=[1], generation__other_conditions=[],
@@ -192,7 +192,7 @@ def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
 
 
 def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_random_poison(tmp_path):
-    config = write_config(tmp_path / "natural.yaml", defenses__enabled=False, replication__tau=0.9,
+    config = write_config(tmp_path / "natural.yaml", defenses__enabled=False, quality__enabled=False, replication__tau=0.9,
                           replication__duplicate_poisoning={"enabled": True, "top_k": 6, "ratio": 0.1})
     snakemake(tmp_path, "--until", "poison_duplicates", configfile=config)
     data = tmp_path / "results/tiny/data"
@@ -211,7 +211,7 @@ def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_rando
 def test_two_experiments_keep_their_models_and_tables_side_by_side(tmp_path):
     """Experiment A, then B with other training settings in the same folder, then A again: A's rerun does nothing,
     and both experiments' models, tables and provenance are there."""
-    small = dict(defenses__enabled=False, replication__enabled=False, generation__guidance_scales=[1],
+    small = dict(defenses__enabled=False, replication__enabled=False, quality__enabled=False, generation__guidance_scales=[1],
                  generation__x0_clipping="none", generation__other_conditions=[])
     first = write_config(tmp_path / "a.yaml", experiment="exp_a", **small)
     second = write_config(tmp_path / "b.yaml", experiment="exp_b", diffusion__training__steps=13, **small)
@@ -471,7 +471,8 @@ def test_relabel_only_control_is_judged_for_content_only(tmp_path):
     config = write_config(tmp_path / "relabel.yaml", triggers={"patch": {"type": "patch", "pattern": "white", "size": 2},
                                                               "relabel": {"type": "relabel"}},
                           generation__x0_clipping="none", generation__guidance_scales=[1],
-                          generation__other_conditions=[], defenses__enabled=False, replication__enabled=False)
+                          generation__other_conditions=[], defenses__enabled=False, replication__enabled=False,
+                          quality__enabled=False)
     workdir = tmp_path / "work"
     snakemake(workdir, configfile=config)
     table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
