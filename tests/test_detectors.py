@@ -500,3 +500,26 @@ def test_tpr_at_fpr_with_top_tie_is_zero():
 def test_ranking_metrics_reject_bad_input(call, message):
     with pytest.raises(BibaddiffError, match=message):
         call()
+
+
+def test_a_generated_set_without_flagged_images_counts_in_sizes_not_in_the_auroc_envelope():
+    from bibaddiff.report import _detection_table
+
+    def detection(set_name, flags, seed):
+        rng = np.random.default_rng(seed)
+        scores = rng.normal(size=len(flags)) + 2 * flags
+        result = evaluate_detection(scores, flags, resamples=50, seed=0)
+        return {"attack": "patch-p0.01", "set": set_name, "n": len(flags), "n_flagged": int(flags.sum()),
+                "detectors": {"strip": {"all": result, "target_class": result}}}
+
+    flags = np.zeros(200, bool)
+    flags[:20] = True
+    detections = [detection("training", flags, 0), detection("generated_seed0_s6", flags, 1),
+                  detection("generated_seed1_s6", np.zeros(200, bool), 2)]  # the detector flagged nothing here
+    table = _detection_table(detections, lambda attack: {"attack": attack, "poison_ratio": 0.01, "trigger": "patch"})
+    row = table[table.scope == "all"].iloc[0]
+    scored = detections[1]["detectors"]["strip"]["all"]
+    assert row.generated_sets == 2 and row.generated_sets_scored == 1 and row.n_generated == 400
+    assert row.n_flagged_generated == 20
+    assert (row.auroc_generated, row.auroc_generated_low, row.auroc_generated_high) == (
+        scored["auroc"], scored["auroc_low"], scored["auroc_high"])

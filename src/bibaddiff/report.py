@@ -301,13 +301,21 @@ def _detection_table(detections: list[dict[str, Any]], attack_columns: Any) -> p
     long["generated_guidance"] = [generated_set_guidance(name) for name in long["set"]]
     keys = ["attack", "trigger", "poison_ratio", "detector", "scope"]
     training = long[long.kind == "training"].set_index(keys)
-    # A set without an interval leaves the envelope unknown (nan), not narrower.
+    # A set without an interval leaves the envelope unknown (nan), not narrower. A generated set in which the trigger
+    # detector flagged nothing has no AUROC at all: it counts in the sizes and in generated_sets, but not in the
+    # estimate or its envelope (generated_sets_scored says how many sets these come from).
     lowest, highest = (lambda v: v.min(skipna=False)), (lambda v: v.max(skipna=False))
-    generated = long[long.kind == "generated"].groupby(keys + ["generated_guidance"], dropna=False).agg(
+    group = keys + ["generated_guidance"]
+    generated_rows = long[long.kind == "generated"]
+    sizes = generated_rows.groupby(group, dropna=False).agg(
+        n_generated=("n", "sum"), n_flagged_generated=("n_poisoned", "sum"), generated_sets=("set", "count"))
+    scores = generated_rows[generated_rows["auroc"].notna()].groupby(group, dropna=False).agg(
         auroc_generated=("auroc", "mean"), auroc_generated_low=("auroc_low", lowest),
         auroc_generated_high=("auroc_high", highest), tpr_at_5_fpr_generated=("tpr_at_5_fpr", "mean"),
         tpr_at_5_fpr_generated_low=("tpr_at_5_fpr_low", lowest), tpr_at_5_fpr_generated_high=("tpr_at_5_fpr_high", highest),
-        n_generated=("n", "sum"), n_flagged_generated=("n_poisoned", "sum"), generated_sets=("set", "count"))
+        generated_sets_scored=("set", "count"))
+    generated = scores.join(sizes, how="right")
+    generated["generated_sets_scored"] = generated["generated_sets_scored"].fillna(0).astype(int)
     detection = pd.DataFrame({
         "auroc_training": training["auroc"], "auroc_training_low": training["auroc_low"],
         "auroc_training_high": training["auroc_high"], "tpr_at_5_fpr_training": training["tpr_at_5_fpr"],
