@@ -296,10 +296,12 @@ def test_adding_a_relabel_control_retrains_no_judge(tiny_run, tmp_path):
 
 def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--forcerun", "train_content_judge", "train_trigger_judge"))
-    # The generated training set is labelled by the trigger detector, so it and what uses it follow the judges.
+    # The generated training set is labelled by the trigger detector, so it and what uses it follow the judges; the
+    # quality stage measures in the content judge's features, so its scores (not its generations) follow too.
     assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "measure": 2, "summarize": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
-                    "summarize_defenses": 1, "all": 1, "provenance": 1}
+                    "summarize_defenses": 1, "quality_reference": 1, "quality": 2, "summarize_quality": 1, "all": 1,
+                    "provenance": 1}
 
 
 def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
