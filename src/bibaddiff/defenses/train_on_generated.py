@@ -8,6 +8,7 @@ trained on the poisoned set itself. Both sides are trained by ``judges.train_jud
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from bibaddiff.checks import check_class_index
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import check_labelled_images, classifier_shape, predict
 from bibaddiff.metrics import accuracy, attack_success_rate
+from bibaddiff.quality import all_class_generations
 from bibaddiff.triggers import Trigger
 
 __all__ = ["evaluate_classifier", "generated_training_set"]
@@ -56,17 +58,7 @@ def generated_training_set(model: DiffusionModel, counts_per_class: list[int], g
     ``poisoned`` holds the trigger detector's verdict, the ground truth that detection on generated data is scored
     against (nobody knows which generations are "poison" otherwise).
     """
-    class_names = model.info.class_names
-    if len(counts_per_class) != len(class_names) or min(counts_per_class) < 0:
-        raise BibaddiffError(f"counts_per_class must give a non-negative count for each of {len(class_names)} classes")
-    parts, labels = [], []
-    for condition, count in enumerate(counts_per_class):
-        if count:
-            parts.append(model.generate(condition, guidance, int(count), ddim_steps, seed, batch_size,
-                                        x0_clipping=x0_clipping))
-            labels.append(np.full(int(count), condition))
-    images = np.concatenate(parts)
-    flagged = predict(trigger_detector, images).astype(bool)
-    return ImageDataset(images, np.concatenate(labels), list(class_names), poisoned=flagged,
-                        manifest={"source": "generated", "guidance": float(guidance), "seed": int(seed),
-                                  "x0_clipping": x0_clipping})
+    # The same generations as the quality stage's all-class set, which reuses this set when their settings agree.
+    generated = all_class_generations(model, counts_per_class, guidance, ddim_steps, seed, batch_size,
+                                      x0_clipping=x0_clipping)
+    return replace(generated, poisoned=predict(trigger_detector, generated.images).astype(bool))
