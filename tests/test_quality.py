@@ -3,12 +3,10 @@ from a local file, the CLIP path with a tiny random CLIP folder, and the config 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
