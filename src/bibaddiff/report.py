@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.images import load_generated
 from bibaddiff.metrics import GROUPS, pool_counts, summarize_counts
 
 KEYS = ["attack", "trigger", "poison_ratio", "x0_clipping", "condition", "is_target", "guidance"]
@@ -481,7 +482,7 @@ def plot_replication_pairs(summaries: list[dict[str, Any]], neighbours: list[dic
     with saved_figure(path, len(summaries), 2 * pairs, figsize=size, squeeze=False) as (fig, axes):
         for row, (model, arrays, paths, train) in enumerate(zip(summaries, neighbours, cell_paths, trains)):
             k = next(k for k, cell in enumerate(model["cells"]) if cell["condition"] == target)
-            generated = np.load(paths[k])
+            generated = load_generated(paths[k])
             similarity, index = arrays[f"cell{k}_similarity"], arrays[f"cell{k}_index"]
             for j, g in enumerate(np.argsort(-similarity, kind="stable")[:pairs]):
                 for offset, (image, title) in enumerate(((generated[g], f"{similarity[g]:.2f}"),
