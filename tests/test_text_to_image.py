@@ -270,7 +270,7 @@ def test_lora_finetuning_trains_and_saves_only_adapters(lora_finetune, pretraine
     assert stats["trained_parameters"] < unet_parameter_count(load_components(pretrained).unet) / 10
     saved = load_file(model_dir / LORA_WEIGHTS_FILE)
     assert saved and all("lora" in key for key in saved)
-    state = torch.load(model_dir.parent / "model.state" / STATE_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(model_dir.parent / "model.state" / STATE_FILE, map_location="cpu", weights_only=True)
     assert all("lora_" in name for name in state["unet"])
     assert sum(value.numel() for value in state["unet"].values()) == stats["trained_parameters"]
 

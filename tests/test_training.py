@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -52,13 +53,37 @@ def test_resumed_training_equals_uninterrupted(tiny_data, tmp_path):
     assert_same_weights(tmp_path / "full", tmp_path / "resumed")
 
 
-def test_state_of_another_setting_is_not_reused(tiny_data, tmp_path):
+def test_state_of_another_setting_is_not_reused(tiny_data, tmp_path, caplog):
     dataset, _ = tiny_data
     first = TrainSettings.from_config({"steps": 6, "batch_size": 8, "checkpoint_every": 2}, MODEL)
     train_ddpm(dataset, tmp_path / "a", tmp_path / "state", first, seed=0, stop_after=4, progress=False)
     other = TrainSettings.from_config({"steps": 6, "batch_size": 8, "checkpoint_every": 2, "learning_rate": 0.01}, MODEL)
-    stats = train_ddpm(dataset, tmp_path / "a", tmp_path / "state", other, seed=0, progress=False)
+    with caplog.at_level(logging.WARNING):
+        stats = train_ddpm(dataset, tmp_path / "a", tmp_path / "state", other, seed=0, progress=False)
     assert stats["steps_this_run"] == 6
+    assert f"ignoring {tmp_path / 'state' / STATE_FILE}: it was written for other data" in caplog.text
+
+
+class CodeInAState:
+    """What a malicious or foreign state file may hold: an object whose unpickling calls a function."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_state_holding_code_is_ignored_without_running_it(tiny_data, tmp_path, caplog):
+    dataset, _ = tiny_data
+    settings = TrainSettings.from_config({"steps": 4, "batch_size": 8, "checkpoint_every": 2}, MODEL)
+    (tmp_path / "state").mkdir()
+    marker = tmp_path / "the-state-ran-code"
+    torch.save({"step": 2, "losses": CodeInAState(marker)}, tmp_path / "state" / STATE_FILE)
+    with caplog.at_level(logging.WARNING):
+        stats = train_ddpm(dataset, tmp_path / "model", tmp_path / "state", settings, seed=0, progress=False)
+    assert not marker.exists()
+    assert stats["steps_this_run"] == 4 and "cannot be read as a training state" in caplog.text
 
 
 def cli(data: Path, out: Path, state: Path, steps: int, *extra: str, launcher: list[str] | None = None) -> list[str]:
@@ -71,7 +96,7 @@ def cli(data: Path, out: Path, state: Path, steps: int, *extra: str, launcher: l
 
 def saved_step(state: Path) -> int:
     try:
-        return int(torch.load(state / STATE_FILE, map_location="cpu", weights_only=False)["step"])
+        return int(torch.load(state / STATE_FILE, map_location="cpu", weights_only=True)["step"])
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0
 

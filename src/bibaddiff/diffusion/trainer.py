@@ -195,7 +195,13 @@ def matching_state(state_path: Path, fingerprint: str, processes: int) -> dict[s
     """The saved training state, if one exists for this very run (data, settings, seed and process count)."""
     if not state_path.is_file():
         return None
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: a state file is data, and loading it must never run code that someone put into it.
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a cut-short file, or one pickled with objects a state never holds
+        log.warning("ignoring %s: it cannot be read as a training state (%s); training starts from step 0",
+                    state_path, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
     if state.get("fingerprint") == fingerprint and state.get("processes", 1) == processes:
         log.info("resuming from step %d (%s)", state["step"], state_path)
         return state
