@@ -83,3 +83,33 @@ def planned_output(workdir: Path, configfile: Path, pattern: str) -> str:
                     for path in line.split(":", 1)[1].replace(",", " ").split() if re.fullmatch(pattern, path)})
     assert len(found) == 1, f"{pattern}: planned outputs {found}"
     return found[0]
+
+
+def fill_placeholders(config: dict, tmp_path) -> dict:
+    """The shipped config with its CHANGE_ME paths pointed at tiny local stand-ins."""
+    from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
+    from sd_helpers import write_resnet_weights
+
+    dataset = config["dataset"]
+    if dataset["source"] == "cifar10":
+        (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
+        dataset["root"] = str(tmp_path / "cifar")
+    elif dataset["source"] == "imagefolder":
+        names = dataset.get("class_names") or {}
+        target = config["target"]
+        # Two empty-image classes, or every named class; a target given by name must be one of them.
+        folders = list(names) or sorted({"a_control", target if isinstance(target, str) else "b"})
+        for split in ("train", "val"):
+            for name in folders:
+                folder = tmp_path / "folder" / split / name
+                folder.mkdir(parents=True)
+                # Enough held-out images for STRIP's 100 published partners.
+                for i in range(20 if split == "train" else 60):
+                    (folder / f"{i}.png").write_bytes(b"")
+        dataset["root"] = str(tmp_path / "folder")
+    if config["diffusion"].get("kind") == "stable_diffusion" and not config["diffusion"]["pretrained"].get("build"):
+        config["diffusion"]["pretrained"]["path"] = str(write_tiny_stable_diffusion(tmp_path / "tiny-sd"))
+    if config["judges"].get("pretrained_weights"):
+        path = tmp_path / f"{config['judges']['architecture']}.pt"
+        config["judges"]["pretrained_weights"] = str(write_resnet_weights(path, config["judges"]["architecture"]))
+    return config

@@ -384,6 +384,19 @@ def _triangle(x, y, corners) -> np.ndarray:
     return ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | ((sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0))
 
 
+def _drawn_once(draw: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
+    """A drawing depends on its size only, and every config check and job draws the same one (a 256-px picture takes
+    0.3 s), so each process draws it once. The array is read-only: no caller can change the cached copy."""
+    @functools.lru_cache(maxsize=8)
+    @functools.wraps(draw)
+    def cached(size: int) -> np.ndarray:
+        image = draw(size)
+        image.flags.writeable = False
+        return image
+    return cached
+
+
+@_drawn_once
 def draw_bomb(size: int) -> np.ndarray:
     """``builtin:bomb``, our stand-in for BadNets-2's bomb icon: (size, size, 3) float64 in [0, 255].
 
@@ -407,6 +420,7 @@ def draw_bomb(size: int) -> np.ndarray:
     return _downsample(image, factor)
 
 
+@_drawn_once
 def draw_picture(size: int) -> np.ndarray:
     """``pattern: picture``, a full-image cartoon for the blend attack: (size, size, 3) float64 in [0, 255].
 
