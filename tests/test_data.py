@@ -90,7 +90,7 @@ def test_metadata_jsonl(tmp_path):
     assert len(lines) == 12
     records = [json.loads(line) for line in lines]
     for i, record in enumerate(records):
-        assert set(record) == {"file_name", "label", "text", "poisoned", "source_index"}
+        assert set(record) == {"file_name", "label", "text", "poisoned", "source_index", "pixel_hash"}
         assert record["file_name"] == f"{i:06d}.png"
         assert (tmp_path / "ds" / record["file_name"]).is_file()
         assert record["label"] == i % 3
@@ -105,9 +105,17 @@ def test_tampered_png_is_detected(tmp_path):
     changed = dataset.images[4, ..., 0].copy()
     changed[0, 0] ^= 1
     Image.fromarray(changed, mode="L").save(tmp_path / "ds" / "000004.png")
-    with pytest.raises(BibaddiffError, match="hash") as info:
+    with pytest.raises(BibaddiffError, match="000004.png changed after the folder was written") as info:
         read_dataset(tmp_path / "ds")
     assert str(tmp_path / "ds") in str(info.value)
+
+    for line in (tmp_path / "ds" / "metadata.jsonl").read_text().splitlines():  # a folder from before pixel hashes
+        assert '"pixel_hash"' in line
+    path = tmp_path / "ds" / "metadata.jsonl"
+    path.write_text("\n".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "pixel_hash"})
+                              for line in path.read_text().splitlines()) + "\n")
+    with pytest.raises(BibaddiffError, match="does not match the hash in manifest.json"):
+        read_dataset(tmp_path / "ds")
 
 
 def test_tampered_metadata_is_detected(tmp_path):

@@ -6,6 +6,7 @@ Skipped when no cluster answers, unless BIBADDIFF_REQUIRE_SLURM=1 (as in CI), wh
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from workflow_helpers import REPO, planned_jobs, snakemake, write_config
+from bibaddiff.diffusion.trainer import STATE_FILE
+from bibaddiff.utils import FAIL_ONCE_VARIABLE
+from workflow_helpers import REPO, planned_jobs, snakemake, start_snakemake, wait_for, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -59,7 +63,7 @@ def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
     assert "gpu=" not in poison[:poison.index("\n\n")]
 
 
-def local_profile(tmp_path) -> Path:
+def local_profile(tmp_path, retries: int = 0) -> Path:
     """The shipped SLURM profile, pointed at the local cluster's partition and account, with small memory requests."""
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     profile["default-resources"]["slurm_partition"] = "'{}'".format(os.environ.get("SLC_PARTITION", "debug"))
@@ -71,29 +75,65 @@ def local_profile(tmp_path) -> Path:
     profile["default-resources"]["mem_mb"] = "1500 * attempt"
     for rule in profile["set-resources"].values():
         rule["mem_mb"] = "1500 * attempt"
-    profile.update({"jobs": 4, "latency-wait": 5, "retries": 0, "slurm-init-seconds-before-status-checks": 10})
+    profile.update({"jobs": 4, "latency-wait": 5, "retries": retries, "slurm-init-seconds-before-status-checks": 10})
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
     return tmp_path / "profile"
 
 
-def test_tiny_workflow_runs_through_slurm(slurm_cluster, tmp_path):
-    profile = local_profile(tmp_path)
+def saved_step(state_dir: Path) -> int:
+    try:
+        return int(torch.load(state_dir / STATE_FILE, map_location="cpu", weights_only=True)["step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def slurm_jobs_of(rule: str) -> list[str]:
+    """Ids of the queued or running SLURM jobs of ``rule`` (the plugin's comment: rule_<name>_wildcards_...)."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=30).stdout
+    return [line.split()[0] for line in listed.splitlines() if f"rule_{rule}" in line]
+
+
+def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_job(slurm_cluster, tmp_path):
+    """The tiny DAG through the shipped profile (one retry, as small resources). Two faults on the way: the first
+    measure job fails (BIBADDIFF_FAIL_ONCE) and is retried with twice the memory; a training job is cancelled with
+    scancel once it has saved a state, and its resubmission resumes from that state."""
+    profile = local_profile(tmp_path, retries=1)
     # device auto: GPU rules are submitted with --gpus=1 to the cluster's (fake) GPU and fall back to the CPU.
     config = write_config(tmp_path / "slurm.yaml", device="auto", generation__guidance_scales=[1],
                           generation__x0_clipping="none", generation__other_conditions=[], defenses__enabled=False,
-                          replication__enabled=False, quality__enabled=False)
-    workdir = tmp_path / "work"
+                          replication__enabled=False, quality__enabled=False, diffusion__training__steps=1500,
+                          diffusion__training__checkpoint_every=20)
+    workdir, marker = tmp_path / "work", tmp_path / "measure-failed-once"
     started = time.perf_counter()
-    snakemake(workdir, "--workflow-profile", str(profile), configfile=config, timeout=900)
+    run = start_snakemake(workdir, "--workflow-profile", str(profile), configfile=config,
+                          env={FAIL_ONCE_VARIABLE: f"measure:{marker}"})
+    states = workdir / "results" / "tiny" / "models"
+    wait_for(lambda: any(saved_step(state) >= 20 for state in states.glob("*/train-*/seed0.state")),
+             "a training job saved its state", run, timeout=600)
+    cancelled = slurm_jobs_of("train_diffusion")[:1]
+    assert cancelled, "no training job in the queue to cancel"
+    subprocess.run(["scancel", *cancelled], check=True, timeout=30)
+    output, _ = run.communicate(timeout=900)
     elapsed = time.perf_counter() - started
-    print(f"tiny workflow through SLURM: {elapsed:.0f} s")
+    print(f"tiny workflow through SLURM, with a failed and a cancelled job: {elapsed:.0f} s")
+    assert run.returncode == 0, output[-4000:]
+
     table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
     assert set(table.attack) == {"patch-p0.1", "clean"}
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     submitted = {path.name for path in slurm_logs.iterdir()}
     assert {"rule_train_diffusion", "rule_generate", "rule_measure", "rule_prepare_data"} <= submitted, submitted
     assert planned_jobs(snakemake(workdir, "-n", configfile=config)) == {}
+
+    # The failed measure job ran again, asking for the second attempt's memory.
+    assert marker.exists()
+    measure_memory = re.findall(r"rule measure:.*?resources: [^\n]*?mem_mb=(\d+)", output, flags=re.S)
+    assert "1500" in measure_memory and "3000" in measure_memory, measure_memory
+    # The cancelled training was resubmitted and went on from its saved state.
+    training_logs = "\n".join(path.read_text() for path in (workdir / "results").glob("*/logs/train_diffusion/*.log"))
+    resumed = re.findall(r"resuming from step (\d+)", training_logs)
+    assert resumed and int(resumed[0]) >= 20, training_logs[-2000:]
 
 
 def test_cuda_jobs_get_the_clusters_gpu(slurm_cluster, tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -24,6 +27,28 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = TINY_CONFIG, 
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def start_snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A run in the background, in its own process group, so that a test can act while it works and kill snakemake
+    together with its jobs, as a dying node or a scheduler's SIGKILL does."""
+    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--cores", "2", *args, "--configfile", str(configfile)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=None if env is None else {**os.environ, **env})
+
+
+def wait_for(condition, what: str, run: subprocess.Popen, timeout: float = 600) -> None:
+    """Poll ``condition()`` while ``run`` works; fail, killing the run, if it ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if run.poll() is not None:
+            raise AssertionError(f"snakemake ended ({run.returncode}) before {what}:\n{run.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(run.pid, signal.SIGKILL)
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:

@@ -110,6 +110,11 @@ def content_hash(dataset: ImageDataset) -> str:
     return digest.hexdigest()
 
 
+def pixel_hash(image: np.ndarray) -> str:
+    """A short digest of one image's pixels, kept per file in metadata.jsonl so that a changed file can be named."""
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+
+
 def write_dataset(directory: str | Path, dataset: ImageDataset, config: dict[str, Any] | None = None) -> dict:
     """Write PNGs, ``metadata.jsonl`` and ``manifest.json``; returns the manifest."""
     directory = Path(directory)
@@ -126,6 +131,7 @@ def write_dataset(directory: str | Path, dataset: ImageDataset, config: dict[str
                 "text": dataset.texts[i],
                 "poisoned": bool(dataset.poisoned[i]),
                 "source_index": int(dataset.source_index[i]),
+                "pixel_hash": pixel_hash(dataset.images[i]),
             }
             metadata.write(json.dumps(record) + "\n")
     manifest = {
@@ -159,6 +165,7 @@ class DatasetRecords:
     file_names: list[str]
     class_names: list[str]
     manifest: dict[str, Any]
+    pixel_hashes: list[str | None] = field(default_factory=list)  # none in folders written before they existed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -207,6 +214,7 @@ def read_records(directory: str | Path) -> DatasetRecords:
             file_names=[record["file_name"] for record in records],
             class_names=list(manifest["class_names"]),
             manifest=manifest,
+            pixel_hashes=[record.get("pixel_hash") for record in records],
         )
     except KeyError as error:
         raise BibaddiffError(f"{metadata_path}: a row lacks the key {error.args[0]!r}") from None
@@ -227,6 +235,12 @@ def read_dataset(directory: str | Path) -> ImageDataset:
         manifest=records.manifest,
     )
     if content_hash(dataset) != records.manifest["content_hash"]:
+        changed = [name for name, image, saved in zip(records.file_names, images, records.pixel_hashes)
+                   if saved is not None and pixel_hash(image) != saved]
+        if changed:
+            raise BibaddiffError(f"{directory}: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} changed "
+                                 f"after the folder was written ({len(changed)} file(s) whose pixels no longer match "
+                                 "metadata.jsonl); delete the folder and rerun to rebuild it")
         raise BibaddiffError(f"{directory}: content does not match the hash in manifest.json (files changed?)")
     return dataset
 

@@ -70,12 +70,55 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+# For the cluster fault tests: "<rule>:<marker file>" makes the first job of <rule> fail, as a node that dies would.
+FAIL_ONCE_VARIABLE = "BIBADDIFF_FAIL_ONCE"
+
+
+def fail_once_if_asked(log_path: Path) -> None:
+    """Fail the first job of the rule named in ``$BIBADDIFF_FAIL_ONCE`` (its log lies in logs/<rule>/); the marker
+    file it creates lets the retry pass. Unset, as in every real run, this does nothing."""
+    asked = os.environ.get(FAIL_ONCE_VARIABLE)
+    if not asked:
+        return
+    rule, _, marker = asked.partition(":")
+    if log_path.parent.name == rule and marker and not os.path.exists(marker):
+        Path(marker).touch()
+        raise RuntimeError(f"failing this first {rule} job on purpose ({FAIL_ONCE_VARIABLE}={asked})")
+
+
+def disk_full(error: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``error`` comes from a full disk or quota. Writers word it differently: ``OSError`` (errno ENOSPC or
+    EDQUOT), safetensors' "StorageFull"; torch.save only says "iostream error", so for any other error the disk
+    that holds ``folder`` is asked how much room it has left."""
+    import errno
+    import shutil
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(cause) for words in ("No space left on device", "StorageFull", "Disk quota exceeded")):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if folder is None:
+        return False
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+
+
+# Less room than this on the results disk when a write fails means the disk is full (a job's files are larger).
+FULL_DISK_BYTES = 1 << 20
+
+
 def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
     """Run ``main`` with stdout, stderr and logging going to ``log_path``.
 
     A user error (:class:`BibaddiffError`) ends the process with its one-line message on the terminal and in
     the log, instead of a traceback; any other exception keeps its traceback in the log.
     """
+    import contextlib
     import logging
     import sys
     import traceback
@@ -90,15 +133,21 @@ def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
         logging.basicConfig(stream=log_file, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
+            fail_once_if_asked(log_path)
             return main(*args, **kwargs)
         except BibaddiffError as error:
             message = f"error: {error}"
             print(message, file=log_file)
             print(message, file=saved[1])
             raise SystemExit(1) from None
-        except Exception:
+        except Exception as error:
+            if disk_full(error, log_path.parent):
+                # Terminal first: the log itself lies on the full disk.
+                print(f"error: no space left on device ({error}); free space where the results folder lies and "
+                      "rerun: Snakemake removes this job's unfinished outputs", file=saved[1])
             # Python prints the traceback after the log is closed, so write it here, where the rule's log: points.
-            traceback.print_exc(file=log_file)
+            with contextlib.suppress(OSError):
+                traceback.print_exc(file=log_file)
             raise
         finally:
             sys.stdout, sys.stderr = saved

@@ -18,7 +18,7 @@ from pathlib import Path
 from bibaddiff.data import read_dataset
 from bibaddiff.diffusion.train import TrainSettings, train_ddpm
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.utils import set_threads, write_json
+from bibaddiff.utils import disk_full, set_threads, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except BibaddiffError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        if disk_full(error, args.state_dir):
+            print(f"error: no space left on device ({error}); free space and rerun: training resumes from its last "
+                  "saved state", file=sys.stderr)
+        raise
     print(f"trained {stats['steps']} of {stats['target_steps']} steps at {stats['steps_per_second']} steps/s, "
           f"final loss {stats['final_loss']}", file=sys.stderr)
     return 0

@@ -246,12 +246,16 @@ def save_training_state(path: Path, fingerprint: str, processes: int, step: int,
                         optimizer, lr_schedule, ema, generator, losses) -> None:
     """Everything a resumed run needs, written atomically: the trained weights, optimiser, schedule, EMA and RNGs."""
     tmp = path.with_suffix(".tmp")
-    torch.save({
-        "fingerprint": fingerprint, "processes": processes, "step": step, "torch_rng": torch.get_rng_state(),
-        "unet": weights, "optimizer": optimizer.state_dict(),
-        "lr_schedule": lr_schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
-        "losses": losses,
-    }, tmp)
+    try:
+        torch.save({
+            "fingerprint": fingerprint, "processes": processes, "step": step, "torch_rng": torch.get_rng_state(),
+            "unet": weights, "optimizer": optimizer.state_dict(),
+            "lr_schedule": lr_schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
+            "losses": losses,
+        }, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written state (full disk, kill) must not take the room the next one needs
+        raise
     os.replace(tmp, path)
 
 
