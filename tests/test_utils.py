@@ -63,3 +63,29 @@ def test_a_generated_cell_cut_short_or_of_the_wrong_kind_is_named_not_measured(t
         load_generated(cell)
     with pytest.raises(BibaddiffError, match=r"missing.npy: generated images not found"):
         load_generated(tmp_path / "missing.npy")
+
+
+def test_a_full_disk_is_told_from_other_errors(tmp_path, monkeypatch):
+    import errno
+
+    import bibaddiff.utils as utils
+
+    assert utils.disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    wrapped = RuntimeError("failed to save")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert utils.disk_full(wrapped)
+    assert utils.disk_full(RuntimeError("IoError(Os { code: 28, kind: StorageFull })"))
+    assert not utils.disk_full(RuntimeError("iostream error"), tmp_path / "not" / "yet" / "made")
+    monkeypatch.setattr(utils, "FULL_DISK_BYTES", 1 << 62)  # every disk counts as full
+    assert utils.disk_full(RuntimeError("iostream error"), tmp_path / "not" / "yet" / "made")
+
+
+def test_fail_once_fails_only_the_first_job_of_the_named_rule(tmp_path, monkeypatch):
+    from bibaddiff.utils import FAIL_ONCE_VARIABLE, run_logged
+
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(FAIL_ONCE_VARIABLE, f"measure:{marker}")
+    assert run_logged(tmp_path / "logs" / "generate" / "a.log", lambda: "ran") == "ran"
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run_logged(tmp_path / "logs" / "measure" / "a.log", lambda: "ran")
+    assert marker.exists() and run_logged(tmp_path / "logs" / "measure" / "a.log", lambda: "ran") == "ran"
