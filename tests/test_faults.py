@@ -64,6 +64,13 @@ def test_sigkill_during_generation_measurement_and_summary_then_rerun_gives_the_
                                                                                            tmp_path):
     reference, _ = uninterrupted
     workdir = tmp_path / "killed"
+    # From the finished data, judges and models on: the stages under test are made anew, and killed on the way.
+    shutil.copytree(reference, workdir, symlinks=True)
+    shutil.rmtree(workdir / "results" / "tiny" / "generated")
+    shutil.rmtree(workdir / "results" / "experiments" / "tiny" / "summary")
+    for rule in ("generate", "measure", "summarize"):
+        for logs in (workdir / "results").glob(f"**/logs/{rule}"):
+            shutil.rmtree(logs)
     for rule in ("generate", "measure", "summarize"):
         run = start_snakemake(workdir, configfile=config)
         wait_for(lambda: job_started(workdir, rule), f"a {rule} job started", run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -88,10 +89,12 @@ def saved_step(state_dir: Path) -> int:
         return 0
 
 
-def slurm_jobs_of(rule: str) -> list[str]:
-    """Ids of the queued or running SLURM jobs of ``rule`` (the plugin's comment: rule_<name>_wildcards_...)."""
-    listed = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, timeout=30).stdout
-    return [line.split()[0] for line in listed.splitlines() if f"rule_{rule}" in line]
+def running_slurm_jobs(rule: str, wildcard: str) -> list[str]:
+    """Ids of the running SLURM jobs of ``rule`` whose wildcards include ``wildcard`` (the plugin's job comment is
+    rule_<name>_wildcards_<values>)."""
+    listed = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True, text=True,
+                            timeout=30).stdout
+    return [line.split()[0] for line in listed.splitlines() if f"rule_{rule}_" in line and wildcard in line]
 
 
 def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_job(slurm_cluster, tmp_path):
@@ -111,10 +114,16 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
     states = workdir / "results" / "tiny" / "models"
     wait_for(lambda: any(saved_step(state) >= 20 for state in states.glob("*/train-*/seed0.state")),
              "a training job saved its state", run, timeout=600)
-    cancelled = slurm_jobs_of("train_diffusion")[:1]
-    assert cancelled, "no training job in the queue to cancel"
+    [trained] = [state for state in states.glob("*/train-*/seed0.state") if saved_step(state) >= 20][:1]
+    stage = trained.parent.parent.name
+    cancelled = running_slurm_jobs("train_diffusion", stage)
+    assert cancelled, f"no running training job of {stage} to cancel"
     subprocess.run(["scancel", *cancelled], check=True, timeout=30)
-    output, _ = run.communicate(timeout=900)
+    try:
+        output, _ = run.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise
     elapsed = time.perf_counter() - started
     print(f"tiny workflow through SLURM, with a failed and a cancelled job: {elapsed:.0f} s")
     assert run.returncode == 0, output[-4000:]
@@ -131,7 +140,7 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
     measure_memory = re.findall(r"rule measure:.*?resources: [^\n]*?mem_mb=(\d+)", output, flags=re.S)
     assert "1500" in measure_memory and "3000" in measure_memory, measure_memory
     # The cancelled training was resubmitted and went on from its saved state.
-    training_logs = "\n".join(path.read_text() for path in (workdir / "results").glob("*/logs/train_diffusion/*.log"))
+    training_logs = "\n".join(path.read_text() for path in (workdir / "results").glob(f"*/logs/train_diffusion/{stage}_*.log"))
     resumed = re.findall(r"resuming from step (\d+)", training_logs)
     assert resumed and int(resumed[0]) >= 20, training_logs[-2000:]
 
