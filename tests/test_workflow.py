@@ -375,7 +375,9 @@ def test_dry_run_shows_multi_process_training_command(tmp_path):
     assert "gpu=2" in train
 
 
-@pytest.mark.parametrize("config_name", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml"))])
+# Shipped configs without placeholders plan as they are in the test after this one (scale-plan alone takes 30-45 s).
+@pytest.mark.parametrize("config_name", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml")
+                                                                if "CHANGE_ME" in p.read_text())])
 def test_dry_run_of_shipped_configs(config_name, tmp_path):
     path = REPO / config_name if config_name == "config.yaml" else REPO / "configs" / config_name
     config = fill_placeholders(yaml.safe_load(path.read_text()), tmp_path)
