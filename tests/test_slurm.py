@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
-from bibaddiff.diffusion.trainer import STATE_FILE
 from bibaddiff.utils import FAIL_ONCE_VARIABLE
-from workflow_helpers import REPO, planned_jobs, snakemake, start_snakemake, wait_for, write_config
+from workflow_helpers import REPO, planned_jobs, saved_step, snakemake, start_snakemake, wait_for, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -80,13 +78,6 @@ def local_profile(tmp_path, retries: int = 0) -> Path:
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
     return tmp_path / "profile"
-
-
-def saved_step(state_dir: Path) -> int:
-    try:
-        return int(torch.load(state_dir / STATE_FILE, map_location="cpu", weights_only=True)["step"])
-    except (FileNotFoundError, EOFError, RuntimeError):
-        return 0
 
 
 def running_slurm_jobs(rule: str, wildcard: str) -> list[str]:

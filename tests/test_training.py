@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from bibaddiff.data import load_source, write_dataset
 from bibaddiff.diffusion.train import TrainSettings, train_ddpm
 from bibaddiff.diffusion.trainer import STATE_FILE
+from workflow_helpers import saved_step
 
 MODEL = {"block_out_channels": [8, 16], "norm_num_groups": 4}
 
@@ -92,13 +93,6 @@ def cli(data: Path, out: Path, state: Path, steps: int, *extra: str, launcher: l
     return [*(launcher or [sys.executable]), "-m", "bibaddiff.diffusion.train_cli", "--train-data", str(data),
             "--output", str(out), "--state-dir", str(state), "--settings", settings, "--seed", "1",
             "--device", "cpu", "--threads", "1", *extra]
-
-
-def saved_step(state: Path) -> int:
-    try:
-        return int(torch.load(state / STATE_FILE, map_location="cpu", weights_only=True)["step"])
-    except (FileNotFoundError, EOFError, RuntimeError):
-        return 0
 
 
 def test_sigkill_then_rerun_continues_from_last_state(tiny_data, tmp_path):

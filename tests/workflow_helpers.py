@@ -16,13 +16,29 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
 
 
+def snakemake_command(workdir: Path, *args: str, configfile: Path | None) -> list[str]:
+    """The repository's workflow run in ``workdir`` on 2 cores, as the tests start it."""
+    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--cores", "2", *args]
+    return command + (["--configfile", str(configfile)] if configfile is not None else [])
+
+
+def saved_step(state_dir: Path) -> int:
+    """The step of the training state in ``state_dir``; 0 while none is written (or one is being written)."""
+    import torch
+
+    from bibaddiff.diffusion.trainer import STATE_FILE
+
+    try:
+        return int(torch.load(Path(state_dir) / STATE_FILE, map_location="cpu", weights_only=True)["step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
 def snakemake(workdir: Path, *args: str, configfile: Path | None = TINY_CONFIG, timeout: int = 900,
               check: bool = True) -> subprocess.CompletedProcess:
     # timeout(1) rather than subprocess's timeout alone: it also ends snakemake's children (see shared notes).
-    command = ["timeout", "-k", "10", str(timeout), str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--cores", "2", *args]
-    if configfile is not None:
-        command += ["--configfile", str(configfile)]
+    command = ["timeout", "-k", "10", str(timeout), *snakemake_command(workdir, *args, configfile=configfile)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -33,8 +49,7 @@ def start_snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG,
                     env: dict[str, str] | None = None) -> subprocess.Popen:
     """A run in the background, in its own process group, so that a test can act while it works and kill snakemake
     together with its jobs, as a dying node or a scheduler's SIGKILL does."""
-    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--cores", "2", *args, "--configfile", str(configfile)]
+    command = snakemake_command(workdir, *args, configfile=configfile)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=None if env is None else {**os.environ, **env})
 
