@@ -205,7 +205,7 @@ else:
 # The sampler is a wildcard of each cell, not a setting shared by all of them. The batch size is a resource: a cell's
 # initial noise is drawn for the whole cell at once, so its images do not depend on how it is cut into batches.
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
-                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size")}
+                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size", "cells_per_job")}
 GENERATION_BATCH = config["generation"]["batch_size"]
 # Every model of a config trains with the same settings, and every cell samples with the same ones: one digest each.
 TRAINING_ID = f"train-{settings_digest(TRAINER_SETTINGS)}"
@@ -250,6 +250,23 @@ def training_state_dir(wildcards):
 def generated(stage="{stage}", seed="{seed}", sampler="{sampler}", condition="{condition}", guidance="{guidance}",
               ext="npy"):
     return f"{RESULTS}/generated/{stage}/{TRAINING_ID}/seed{seed}/{SAMPLING_ID}/x0-{sampler}/c{condition}_s{guidance}.{ext}"
+
+
+# Which wildcards stay per generate job: none (one job per model), a sampler's condition, or a single cell.
+PER_GENERATION_JOB = {"model": (), "condition": ("sampler", "condition"), "cell": ("sampler", "condition", "guidance")}
+GENERATION_JOB_WILDCARDS = PER_GENERATION_JOB[config["generation"]["cells_per_job"]]
+GENERATION_JOB_ID = [{"sampler": "x0-{sampler}", "condition": "c{condition}", "guidance": "s{guidance}"}[name]
+                     for name in GENERATION_JOB_WILDCARDS]
+
+
+def generation_job_files(ext):
+    """The cell files one generate job writes: every cell of its model whose per-job wildcards match."""
+    files = []
+    for sampler, condition, s in CELLS:
+        values = {"sampler": sampler, "condition": condition, "guidance": s}
+        files.append(generated(**{name: f"{{{name}}}" if name in GENERATION_JOB_WILDCARDS else value
+                                  for name, value in values.items()}, ext=ext))
+    return list(dict.fromkeys(files))
 
 
 def detector_stamping(trigger):

@@ -71,11 +71,14 @@ rule train_diffusion:
 
 
 rule generate:
+    # One job per model (or per condition, or per cell: generation.cells_per_job) loads the model once. Its cells are
+    # update() outputs, which Snakemake does not delete before the job: the job keeps the cells that are complete and
+    # newer than the model, so deleting one cell regenerates only that cell.
     input:
         model=model_dir(),
     output:
-        images=generated(),
-        grid=generated(ext="png"),
+        images=update(generation_job_files("npy")),
+        grids=update(generation_job_files("png")),
     params:
         sampling=SAMPLING_SETTINGS,
         record=generation_record,
@@ -85,10 +88,9 @@ rule generate:
         gpu=GPUS_PER_JOB,
         images_per_batch=GENERATION_BATCH,
     log:
-        log_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, "x0-{sampler}", "c{condition}", "s{guidance}"),
+        log_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, *GENERATION_JOB_ID),
     benchmark:
-        benchmark_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, "x0-{sampler}", "c{condition}",
-                       "s{guidance}")
+        benchmark_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, *GENERATION_JOB_ID)
     conda:
         ENV
     script:

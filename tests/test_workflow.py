@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -249,15 +250,15 @@ def test_second_run_does_nothing(tiny_run):
 def test_new_guidance_scale_reruns_only_generation_and_after(tiny_run, tmp_path):
     config = write_config(tmp_path / "more_guidance.yaml", generation__guidance_scales=[1, 2, 3])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    # 2 models x 2 samplers x 2 conditions get the new scale; nothing upstream of generation reruns.
-    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    # One generate job per model makes its new cells (2 samplers x 2 conditions); nothing upstream reruns.
+    assert jobs == {"generate": 2, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_new_sampler_generates_only_its_own_cells(tiny_run, tmp_path):
     config = write_config(tmp_path / "third_sampler.yaml", generation__x0_clipping=["none", "clip_recompute", "clip"])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    # 2 models x 2 conditions x 2 scales under the new sampler; the other samplers' cells are kept.
-    assert jobs == {"generate": 8, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    # Each model's job makes 2 conditions x 2 scales under the new sampler; the other samplers' cells are kept.
+    assert jobs == {"generate": 2, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
@@ -269,7 +270,7 @@ def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
 def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     config = write_config(tmp_path / "longer.yaml", diffusion__training__steps=13)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"train_diffusion": 2, "generate": 16, "measure": 2, "replication": 2, "summarize": 1,
+    assert jobs == {"train_diffusion": 2, "generate": 2, "measure": 2, "replication": 2, "summarize": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
                     "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1,
                     "generate_quality_set": 1, "quality": 2, "summarize_quality": 1, "all": 1, "provenance": 1}
@@ -278,7 +279,7 @@ def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
 def test_new_sampling_value_regenerates_every_cell_and_nothing_upstream(tiny_run, tmp_path):
     config = write_config(tmp_path / "fewer_images.yaml", generation__num_images=8)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"generate": 16, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    assert jobs == {"generate": 2, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
 
 
 def test_generation_batch_size_reruns_nothing_but_the_provenance(tiny_run, tmp_path):
@@ -306,14 +307,25 @@ def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
 
 
 def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
-    cell = cell_folder(tiny_run / "results", "tiny", "clean") / "x0-none/c6_s2.npy"
-    aside = cell.with_suffix(".aside")
-    cell.rename(aside)
-    try:
-        jobs = planned_jobs(snakemake(tiny_run, "-n"))
-    finally:
-        aside.rename(cell)
+    folder = cell_folder(tiny_run / "results", "tiny", "clean")
+    cell = folder / "x0-none/c6_s2.npy"
+    files = {path: path.stat() for path in folder.rglob("*") if path.suffix in (".npy", ".png")}
+    original = np.load(cell)
+    cell.unlink()
+    jobs = planned_jobs(snakemake(tiny_run, "-n"))
     assert jobs == {"generate": 1, "measure": 1, "replication": 1, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    # The model's job runs (asked for the cell alone, to spare the measurement) and makes only the missing cell.
+    snakemake(tiny_run, str(cell.relative_to(tiny_run)))
+    [log] = (tiny_run / "results/tiny/logs/generate").glob(f"{folder.parents[2].name}_*_seed0_*.log")
+    others = [path for path in files if path.suffix == ".npy" and path != cell]
+    assert f"{len(others)} of {len(others) + 1} cells are current and kept; generating 1" in log.read_text()
+    # Kept cells are the same files (a rewrite replaces the file, with a new inode); Snakemake only touches them.
+    assert all(path.stat().st_ino == files[path].st_ino for path in others)
+    np.testing.assert_array_equal(np.load(cell), original)
+    # Back to the finished run's times, for the tests after this one.
+    for path, stat in files.items():
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned_jobs(snakemake(tiny_run, "-n")) == {}
 
 
 def test_report_is_self_contained_html(tiny_run):
@@ -389,7 +401,7 @@ def test_dry_run_of_shipped_configs(config_name, tmp_path):
     if config["diffusion"].get("kind") == "stable_diffusion":
         # One latent file per training set: the clean one and every (trigger, ratio).
         assert jobs["encode_latents"] == jobs["poison"] + 1
-        assert jobs["generate"] == len(config["generation"]["guidance_scales"]) * 2 * jobs["train_diffusion"]
+        assert jobs["generate"] == jobs["train_diffusion"]  # one job per model makes all its cells
 
 
 @pytest.mark.parametrize("config_name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")
@@ -397,7 +409,7 @@ def test_dry_run_of_shipped_configs(config_name, tmp_path):
 def test_shipped_configs_without_placeholders_plan_the_whole_dag_as_they_are(config_name, tmp_path):
     """What a user gets from a fresh clone: nothing to prepare by hand before the dry run plans every stage."""
     jobs = planned_jobs(snakemake(tmp_path / "work", "-n", configfile=REPO / "configs" / config_name))
-    assert jobs["prepare_data"] == 1 and jobs["generate"] >= 2 and jobs["measure"] >= 2 and jobs["summarize"] == 1
+    assert jobs["prepare_data"] == 1 and jobs["generate"] == jobs["train_diffusion"] and jobs["measure"] >= 2 and jobs["summarize"] == 1
     if yaml.safe_load((REPO / "configs" / config_name).read_text())["diffusion"].get("kind") == "stable_diffusion":
         assert jobs["build_tiny_base"] == 1 and jobs["encode_latents"] >= 2
 

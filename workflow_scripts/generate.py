@@ -1,26 +1,32 @@
-"""Adapter: generate one (model, condition, guidance) cell of images, as uint8 .npy plus a PNG grid."""
-import numpy as np
-
-from bibaddiff.diffusion import load_diffusion_model
-from bibaddiff.report import image_grid
+"""Adapter: generate the cells of one generate job (each a uint8 .npy plus a PNG grid), loading the model once."""
+import re
 from pathlib import Path
 
+from bibaddiff.diffusion.cells import Cell, CellSettings, generate_cells
+from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
+
+# rules/common.smk's generated(): .../x0-{sampler}/c{condition}_s{guidance}.npy
+CELL_FILE = re.compile(r"x0-(?P<sampler>[a-z_]+)/c(?P<condition>\d+)_s(?P<guidance>\d+(?:\.\d+)?)\.npy$")
+
+
+def cell_of(images: str, grid: str) -> Cell:
+    match = CELL_FILE.search(Path(images).as_posix())
+    if match is None or Path(grid).with_suffix(".npy") != Path(images):
+        raise BibaddiffError(f"{images}: not a generated cell's path (expected .../x0-<mode>/c<class>_s<scale>.npy)")
+    return Cell(match["sampler"], int(match["condition"]), float(match["guidance"]), Path(images), Path(grid))
 
 
 def main(snakemake):
     set_threads(snakemake.threads)
     sampling = snakemake.params.sampling
-    model = load_diffusion_model(snakemake.input.model, select_device(snakemake.params.device))
-    cell = snakemake.wildcards
-    images = model.generate(int(cell.condition), float(cell.guidance), sampling["num_images"], sampling["ddim_steps"],
-                            sampling["seed"], snakemake.resources.images_per_batch, x0_clipping=cell.sampler)
-    np.save(snakemake.output.images, images)
-    # The cells of one model and sampling settings share a folder; its params.json says what they are (every cell's
-    # job writes the same record, atomically).
-    write_json(Path(snakemake.output.images).parents[1] / "params.json", snakemake.params.record)
-    image_grid(images, columns=8, max_images=64, scale=max(1, 64 // model.info.image_size)).save(snakemake.output.grid)
-    print(f"wrote {len(images)} images to {snakemake.output.images}")
+    cells = [cell_of(images, grid) for images, grid in zip(snakemake.output.images, snakemake.output.grids)]
+    settings = CellSettings(sampling["num_images"], sampling["ddim_steps"], sampling["seed"],
+                            snakemake.resources.images_per_batch)
+    generate_cells(snakemake.input.model, cells, settings, select_device(snakemake.params.device))
+    # The cells of one model and sampling settings share a folder; its params.json says what they are (every job
+    # writes the same record, atomically).
+    write_json(Path(cells[0].images).parents[1] / "params.json", snakemake.params.record)
 
 
 run_logged(snakemake.log[0], main, snakemake)
