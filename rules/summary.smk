@@ -1,6 +1,12 @@
-# The provenance record is a second's work that needs the workflow's git checkout: it runs where snakemake runs.
+# The provenance record is a second's work that needs the workflow's git checkout, and the summaries are seconds of
+# tables and figures: they run where snakemake runs, never as cluster jobs with a queue wait each.
 localrules:
     provenance,
+    summarize,
+    summarize_defenses,
+    summarize_quality,
+    summarize_replication,
+    summarize_duplicate_poisoning,
 
 
 rule summarize:

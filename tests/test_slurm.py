@@ -110,12 +110,20 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
     started = time.perf_counter()
     run = start_snakemake(workdir, "--workflow-profile", str(profile), configfile=config, env=fault)
     states = workdir / "results" / "tiny" / "models"
-    wait_for(lambda: any(saved_step(state) >= 20 for state in states.glob("*/train-*/seed0.state")),
-             "a training job saved its state", run, timeout=600)
-    trained = next(state for state in states.glob("*/train-*/seed0.state") if saved_step(state) >= 20)
-    stage = trained.parent.parent.name
-    cancelled = running_slurm_jobs("train_diffusion", stage)
-    assert cancelled, f"no running training job of {stage} to cancel"
+    found: list[tuple[str, list[str]]] = []
+
+    def running_training_with_a_state() -> bool:
+        """A training job that is still running and has saved a state (on a busy machine one model may finish
+        before the other starts, and a finished model keeps its state folder)."""
+        for state in states.glob("*/train-*/seed0.state"):
+            jobs = running_slurm_jobs("train_diffusion", state.parent.parent.name) if saved_step(state) >= 20 else []
+            if jobs:
+                found.append((state.parent.parent.name, jobs))
+                return True
+        return False
+
+    wait_for(running_training_with_a_state, "a running training job saved its state", run, timeout=600)
+    stage, cancelled = found[0]
     run_name = subprocess.run(["squeue", "-h", "-o", "%j", "-j", cancelled[0]], capture_output=True, text=True,
                               timeout=30).stdout.strip()  # the plugin names every job of a run by the run's id
     subprocess.run(["scancel", *cancelled], check=True, timeout=30)
@@ -146,7 +154,8 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
     assert set(table.attack) == {"patch-p0.1", "clean"}
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     submitted = {path.name for path in slurm_logs.iterdir()}
-    assert {"rule_train_diffusion", "rule_generate", "rule_measure", "rule_prepare_data"} <= submitted, submitted
+    # Generation and measurement of a model are one submission (the profile's group "model").
+    assert {"rule_train_diffusion", "group_model_generate_measure", "rule_prepare_data"} <= submitted, submitted
     assert planned_jobs(snakemake(workdir, "-n", configfile=config)) == {}
 
     # The failed measure job ran again, asking for the second attempt's memory.
@@ -157,6 +166,30 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
     training_log = next((workdir / "results").glob(f"*/logs/train_diffusion/{stage}_*.log")).read_text()
     resumed = re.findall(r"resuming from step (\d+)", training_log)
     assert resumed and int(resumed[0]) >= 20, training_log[-2000:]
+
+
+def test_a_tiny_sweep_is_submitted_once_per_group_and_ungrouped_job(slurm_cluster, tmp_path):
+    """Two ratios and a clean control through the shipped profile's groups: each model's generation and measurement
+    are one sbatch submission, the summaries run where snakemake runs, everything else is one submission per job."""
+    profile = local_profile(tmp_path)
+    config = write_config(tmp_path / "sweep.yaml", poisoning__ratios=[0.05, 0.1], generation__guidance_scales=[1],
+                          generation__x0_clipping="none", generation__other_conditions=[], defenses__enabled=False,
+                          replication__enabled=False, quality__enabled=False)
+    workdir = tmp_path / "work"
+    planned = planned_jobs(snakemake(workdir, "-n", "--workflow-profile", str(profile), configfile=config))
+    grouped = set(yaml.safe_load(profile.joinpath("config.yaml").read_text())["groups"])
+    local = {"all", "provenance", "summarize"}
+    assert planned["generate"] == planned["measure"] == 3 and grouped == {"generate", "measure"}
+    expected = sum(count for rule, count in planned.items() if rule not in grouped | local) + planned["generate"]
+    started = time.perf_counter()
+    snakemake(workdir, "--workflow-profile", str(profile), configfile=config)
+    print(f"tiny sweep through SLURM: {sum(planned.values())} jobs, {expected} submissions, "
+          f"{time.perf_counter() - started:.0f} s")
+    submissions = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert len(submissions) == expected, [str(path.relative_to(workdir)) for path in submissions]
+    assert sum("group_model" in str(path) for path in submissions) == planned["generate"]
+    table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
+    assert set(table.attack) == {"patch-p0.05", "patch-p0.1", "clean"}
 
 
 def test_cuda_jobs_get_the_clusters_gpu(slurm_cluster, tmp_path):
