@@ -89,3 +89,17 @@ def test_fail_once_fails_only_the_first_job_of_the_named_rule(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="on purpose"):
         run_logged(tmp_path / "logs" / "measure" / "a.log", lambda: "ran")
     assert marker.exists() and run_logged(tmp_path / "logs" / "measure" / "a.log", lambda: "ran") == "ran"
+
+
+def test_a_logged_job_ends_its_log_with_its_peak_memory(tmp_path):
+    from bibaddiff.utils import PEAK_MEMORY_PREFIX
+
+    def hold_memory():
+        block = bytearray(300 * 1024 * 1024)  # 300 MB, touched so that it is resident
+        block[::4096] = b"x" * len(block[::4096])
+        return len(block)
+
+    run_logged(tmp_path / "rule.log", hold_memory)
+    last = (tmp_path / "rule.log").read_text().splitlines()[-1]
+    assert last.startswith(PEAK_MEMORY_PREFIX) and last.endswith(" MB")
+    assert float(last.removeprefix(PEAK_MEMORY_PREFIX).removesuffix(" MB")) >= 300

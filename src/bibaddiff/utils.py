@@ -112,6 +112,19 @@ def disk_full(error: BaseException, folder: str | os.PathLike | None = None) -> 
 FULL_DISK_BYTES = 1 << 20
 
 
+PEAK_MEMORY_PREFIX = "peak memory (max RSS of the job's process):"
+
+
+def peak_memory_mb() -> float:
+    """The largest resident memory this process, or any child it waited for, has had: the kernel's high-water mark,
+    which periodic sampling (Snakemake's benchmark: every 30 s after the first 15 s) can miss."""
+    import resource
+    import sys
+
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
 def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
     """Run ``main`` with stdout, stderr and logging going to ``log_path``.
 
@@ -134,7 +147,9 @@ def run_logged(log_path: str | os.PathLike, main, *args, **kwargs) -> Any:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             fail_once_if_asked(log_path)
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            print(f"{PEAK_MEMORY_PREFIX} {peak_memory_mb():.0f} MB", file=log_file)
+            return result
         except BibaddiffError as error:
             message = f"error: {error}"
             print(message, file=log_file)

@@ -18,7 +18,7 @@ from pathlib import Path
 from bibaddiff.data import read_dataset
 from bibaddiff.diffusion.train import TrainSettings, train_ddpm
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.utils import disk_full, set_threads, write_json
+from bibaddiff.utils import PEAK_MEMORY_PREFIX, disk_full, peak_memory_mb, set_threads, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     print(f"trained {stats['steps']} of {stats['target_steps']} steps at {stats['steps_per_second']} steps/s, "
           f"final loss {stats['final_loss']}", file=sys.stderr)
+    print(f"{PEAK_MEMORY_PREFIX} {peak_memory_mb():.0f} MB", file=sys.stderr)
     return 0
 
 
