@@ -58,3 +58,53 @@ def test_planning_time_prints_one_row_per_try_with_the_job_count():
     row = result.stdout.strip().splitlines()[-1].split("|")
     jobs, wall, cpu, rss = int(row[3]), float(row[4]), float(row[5]), float(row[6])
     assert jobs > 10 and wall > 0 and cpu > 0 and rss > 50
+
+
+def test_rule_memory_folder_has_imagenettes_layout_and_its_config_validates(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import rule_memory
+
+    from bibaddiff.config import load_schema, validate_config
+
+    assert sum(rule_memory.split_counts(rule_memory.TRAIN_IMAGES, 10)) == 9469
+    rule_memory.write_folder(tmp_path / "images", train_images=30, heldout_images=20)
+    for split, total in (("train", 30), ("val", 20)):
+        classes = sorted((tmp_path / "images" / split).iterdir())
+        assert [c.name for c in classes] == rule_memory.WNIDS
+        assert sum(len(list(c.glob("*.JPEG"))) for c in classes) == total
+    config = validate_config(rule_memory.benchmark_config(tmp_path / "images", "cpu"),
+                             load_schema(REPO / "schemas" / "config.schema.yaml"))
+    assert config["dataset"]["image_size"] == 256 and config["defenses"]["enabled"]
+
+
+def test_rule_memory_reads_the_peak_each_job_logged(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import rule_memory
+
+    from bibaddiff.utils import PEAK_MEMORY_PREFIX
+
+    logs = tmp_path / "results" / "logs" / "poison"
+    logs.mkdir(parents=True)
+    (logs / "a.log").write_text(f"poisoned 10 images\n{PEAK_MEMORY_PREFIX} 812 MB\n")
+    (logs / "b.log").write_text(f"{PEAK_MEMORY_PREFIX} 1200 MB\n")
+    (logs / "c.log").write_text("error: killed before the end\n")
+    bench = tmp_path / "results" / "benchmarks" / "poison"
+    bench.mkdir(parents=True)
+    (bench / "a.tsv").write_text("s\th:m:s\tmax_rss\n3.1\t0:00:03\t640.5\n")
+    assert rule_memory.collect(tmp_path / "results") == {
+        "poison": {"jobs": 3, "peak_mb": 1200.0, "sampled_max_rss_mb": 640.5}}
+
+
+def test_script_startup_times_the_imports_of_adapters_that_need_no_torch(tmp_path):
+    out = tmp_path / "startup.json"
+    light = ["summarize", "provenance", "generate", "poison", "prepare_data"]
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "script_startup.py"), "--tries", "1",
+                             "--out", str(out), "--scripts", *light], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scripts = json.loads(out.read_text())["scripts"]
+    assert set(scripts) == set(light) and "| generate |" in result.stdout
+    # The summaries never need torch, and generation loads it only when a cell is to be made.
+    assert all("torch" not in row["loads"] for row in scripts.values())
+    unknown = subprocess.run([sys.executable, str(REPO / "benchmarks" / "script_startup.py"), "--scripts", "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode != 0 and "no adapter named nope" in unknown.stderr

@@ -1,0 +1,188 @@
+"""Peak memory of every rule on an image folder of ImageNette's shape at 256 px, for the SLURM profile's mem_mb.
+
+    python benchmarks/rule_memory.py --out /tmp/rule-memory            # about 9,500 + 3,900 synthetic images
+    python benchmarks/rule_memory.py --out /tmp/rm --train-images 300 --heldout-images 100   # to check the script
+
+It writes a synthetic ImageNette-shaped folder (10 classes, 9,469 training and 3,925 held-out JPEGs of 320 x 256
+pixels that the workflow resizes and centre-crops to 256 x 256; each class has its own colours and shapes, so that
+the judges can learn it), then runs the whole DAG on it (defences, replication and quality on) with compute cut to
+a minimum: a few training steps and epochs, a small UNet, few generated images. What stays at full size is the data
+every job reads and writes, which is what decides host memory. Each job's log ends with its process's peak resident
+memory (the kernel's high-water mark, see ``bibaddiff.utils.peak_memory_mb``); the script prints, per rule, the
+largest over its jobs, with Snakemake's sampled ``max_rss`` from the benchmark files beside it, and writes both to
+``rule_memory.json``. On a GPU the networks' activations live in GPU memory; here, on the CPU, they count as host
+memory, which the small batches keep to a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+from bibaddiff.utils import PEAK_MEMORY_PREFIX  # noqa: E402
+
+# ImageNette's ten WordNet ids and its split sizes (imagenette2: 9,469 training and 3,925 validation images).
+WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042", "n03425413",
+         "n03445777", "n03888605"]
+TRAIN_IMAGES, HELDOUT_IMAGES = 9469, 3925
+
+
+def split_counts(total: int, classes: int) -> list[int]:
+    return [total // classes + (1 if index < total % classes else 0) for index in range(classes)]
+
+
+def draw_image(rng: np.random.Generator, label: int, width: int, height: int) -> Image.Image:
+    """A class-coloured background with class-shaped blobs in random places: learnable, and JPEG-sized like photos."""
+    hue = np.array([(label * 73) % 256, (label * 151) % 256, (label * 199) % 256], dtype=np.float32)
+    base = np.clip(hue + rng.normal(0, 25, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(base)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 7))):
+        x, y = int(rng.integers(0, width - 40)), int(rng.integers(0, height - 40))
+        size = int(rng.integers(20, 60))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        if label % 3 == 0:
+            draw.ellipse((x, y, x + size, y + size), fill=colour)
+        elif label % 3 == 1:
+            draw.rectangle((x, y, x + size, y + size), fill=colour)
+        else:
+            draw.polygon([(x, y + size), (x + size // 2, y), (x + size, y + size)], fill=colour)
+    return image
+
+
+def write_folder(root: Path, train_images: int, heldout_images: int, seed: int = 0) -> None:
+    """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG, as imagenette2 lays them out; kept when complete."""
+    done = root / ".complete"
+    wanted = f"{train_images} {heldout_images} {seed}"
+    if done.is_file() and done.read_text() == wanted:
+        return
+    rng = np.random.default_rng(seed)
+    for split, total in (("train", train_images), ("val", heldout_images)):
+        for label, count in enumerate(split_counts(total, len(WNIDS))):
+            folder = root / split / WNIDS[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                draw_image(rng, label, 320, 256).save(folder / f"{WNIDS[label]}_{index:05d}.JPEG", quality=90)
+    done.write_text(wanted)
+
+
+def benchmark_config(root: Path, device: str) -> dict:
+    """The paper's ImageNette data settings (256 px here, checker patch of side image_size/10, p = 0.1), with
+    every stage on and its compute cut to a minimum."""
+    return {
+        "experiment": "rule-memory-256",
+        "dataset": {"name": "imagenette-shaped-256", "source": "imagefolder", "root": str(root), "heldout_split": "val",
+                    "image_size": 256, "class_names": dict(zip(WNIDS, ["tench", "English springer", "cassette player",
+                                                                        "chain saw", "church", "French horn",
+                                                                        "garbage truck", "gas pump", "golf ball",
+                                                                        "parachute"]))},
+        "target": "garbage truck",
+        "triggers": {"checker": {"type": "patch", "pattern": "checker", "size": 26, "corner": "bottom-right"}},
+        "poisoning": {"ratios": [0.1], "seed": 0},
+        "diffusion": {
+            "model": {"block_out_channels": [16, 32], "layers_per_block": 1, "attention": False, "norm_num_groups": 8},
+            "training": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 1, "seeds": [0],
+                         "clean_seeds": [0], "threads": 2},
+        },
+        "generation": {"num_images": 16, "batch_size": 16, "ddim_steps": 1, "guidance_scales": [1],
+                       "x0_clipping": "none", "threads": 2},
+        "judges": {"architecture": "small_cnn", "epochs": 1, "batch_size": 8, "accuracy_floor": 0.0, "threads": 2},
+        "defenses": {
+            "enabled": True, "generated_set_guidance": [1], "threads": 2,
+            "detector_settings": {"strip": {"num_blends": 2}, "cognitive_distillation": {"steps": 1},
+                                  "fct": {"num_transforms": 1}},
+            "diffusion_classifier": {"num_draws": 1, "max_images": 10, "p_filters": [0, 0.1]},
+        },
+        "replication": {"enabled": True, "embedder": {"type": "pixel"}},
+        "quality": {"enabled": True, "num_images": 40, "kid_subset_size": 20, "kid_subsets": 5,
+                    "bootstrap_samples": 5, "threads": 2},
+        "device": device,
+    }
+
+
+def peak_from_log(path: Path) -> float | None:
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if line.startswith(PEAK_MEMORY_PREFIX):
+            return float(line.removeprefix(PEAK_MEMORY_PREFIX).strip().removesuffix("MB"))
+    return None
+
+
+def collect(results: Path) -> dict[str, dict]:
+    """Rule -> jobs, the largest logged peak and the largest sampled max_rss (MB), from logs/ and benchmarks/."""
+    rules: dict[str, dict] = {}
+    for log in sorted(results.rglob("logs/*/*.log")):
+        peak = peak_from_log(log)
+        entry = rules.setdefault(log.parent.name, {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
+        entry["jobs"] += 1
+        if peak is not None:
+            entry["peak_mb"] = max(peak, entry["peak_mb"] or 0.0)
+    for table in sorted(results.rglob("benchmarks/*/*.tsv")):
+        with open(table) as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        rss = [float(row["max_rss"]) for row in rows if row.get("max_rss") not in (None, "", "-", "NA")]
+        entry = rules.setdefault(table.parent.name, {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
+        if rss:
+            entry["sampled_max_rss_mb"] = max(max(rss), entry["sampled_max_rss_mb"] or 0.0)
+    return rules
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the images, the config and the run")
+    parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES)
+    parser.add_argument("--heldout-images", type=int, default=HELDOUT_IMAGES)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="the config's device: cpu, cuda or auto")
+    parser.add_argument("--until", nargs="+", default=None,
+                        help="run only up to these rules (snakemake --until), e.g. replication for the stages that "
+                             "need no judge; on a CPU the judges and defences take hours at this size")
+    parser.add_argument("--collect-only", action="store_true", help="only read the logs of an earlier run in --out")
+    args = parser.parse_args(argv)
+    if args.train_images < 20 * len(WNIDS) or args.heldout_images < 5 * len(WNIDS):
+        raise SystemExit(f"--train-images must be at least {20 * len(WNIDS)} and --heldout-images {5 * len(WNIDS)}")
+    out = args.out.resolve()
+    started = time.perf_counter()
+    if not args.collect_only:
+        write_folder(out / "images", args.train_images, args.heldout_images)
+    print(f"image folder ready in {time.perf_counter() - started:.0f} s: {out / 'images'}", flush=True)
+    config = out / "config.yaml"
+    config.write_text(yaml.safe_dump(benchmark_config(out / "images", args.device), sort_keys=False))
+    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(out / "work"), "--cores", str(args.cores), "--configfile", str(config)]
+    if args.until:
+        command += ["--until", *args.until]
+    started = time.perf_counter()
+    # A run that fails or is stopped still leaves the logs of the jobs that finished: they are collected either way.
+    returncode = subprocess.run(command).returncode if not args.collect_only else 0
+    wall = time.perf_counter() - started
+    rules = collect(out / "work" / "results")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    record = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": platform.platform(),
+              "train_images": args.train_images, "heldout_images": args.heldout_images, "image_size": 256,
+              "run_wall_s": round(wall), "snakemake_returncode": returncode, "until": args.until, "rules": rules}
+    (out / "rule_memory.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\n{args.train_images} training + {args.heldout_images} held-out images at 256 px, commit {commit}, "
+          f"run {wall / 60:.0f} min\n")
+    print("| rule | jobs | peak memory (MB, from the job's log) | Snakemake's sampled max_rss (MB) |")
+    print("|---|---:|---:|---:|")
+    for name, entry in sorted(rules.items(), key=lambda item: -(item[1]["peak_mb"] or 0)):
+        peak = "-" if entry["peak_mb"] is None else f"{entry['peak_mb']:.0f}"
+        sampled = "-" if entry["sampled_max_rss_mb"] is None else f"{entry['sampled_max_rss_mb']:.0f}"
+        print(f"| {name} | {entry['jobs']} | {peak} | {sampled} |")
+
+
+if __name__ == "__main__":
+    main()
