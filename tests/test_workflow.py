@@ -376,6 +376,18 @@ def test_every_rule_that_reads_the_device_asks_for_a_gpu_under_cuda(tmp_path):
         assert "gpu=1" in planned[rule], (rule, planned[rule])
 
 
+@pytest.mark.parametrize("cells_per_job, generate_jobs", [("model", 2), ("condition", 8), ("cell", 16)])
+def test_cells_per_job_sets_how_many_generate_jobs_make_the_same_cells(cells_per_job, generate_jobs, tmp_path):
+    """2 models x 2 samplers x 2 conditions x 2 scales: one job per model, per (sampler, condition) or per cell,
+    and the same 16 cell files either way."""
+    config = write_config(tmp_path / "cells.yaml", generation__cells_per_job=cells_per_job)
+    result = snakemake(tmp_path / "work", "-n", configfile=config)
+    assert planned_jobs(result)["generate"] == generate_jobs
+    cells = {path for line in result.stdout.splitlines() if line.strip().startswith("output:")
+             for path in line.split(":", 1)[1].replace(",", " ").split() if "/generated/" in path and path.endswith(".npy")}
+    assert len(cells) == 16
+
+
 def test_dry_run_shows_multi_process_training_command(tmp_path):
     config = write_config(tmp_path / "ddp.yaml", diffusion__training__processes=2, device="cuda")
     # The workstation profile allows one GPU; say there are two, or the request is scaled down to 1.
