@@ -204,6 +204,7 @@ else:
     TRAINER_SETTINGS = {"training": TRAINING_SETTINGS, "model": config["diffusion"]["model"]}
 # The sampler is a wildcard of each cell, not a setting shared by all of them. The batch size is a resource: a cell's
 # initial noise is drawn for the whole cell at once, so its images do not depend on how it is cut into batches.
+# cells_per_job only decides which job makes a cell.
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
                      if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size", "cells_per_job")}
 GENERATION_BATCH = config["generation"]["batch_size"]
