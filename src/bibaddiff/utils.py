@@ -41,15 +41,30 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically, so that an interrupted job never leaves half a file behind."""
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: an interrupted job never
+    leaves half a file behind, and a failed write leaves no temporary file. The temporary name keeps ``path``'s
+    suffix, for writers that pick the format from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=_json_default)
-        handle.write("\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically, so that an interrupted job never leaves half a file behind."""
+    def dump(tmp: Path) -> None:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True, default=_json_default)
+            handle.write("\n")
+
+    write_atomically(path, dump)
 
 
 def read_json(path: str | os.PathLike) -> Any:

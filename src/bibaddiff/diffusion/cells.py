@@ -7,7 +7,6 @@ loads the model once and generates only the cells that are missing, cut short or
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.utils import write_atomically
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,6 @@ def cell_is_current(cell: Cell, num_images: int, model_time: float) -> bool:
     return images.dtype == np.uint8 and images.ndim == 4 and len(images) == num_images
 
 
-def _save_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def generate_cells(model_dir: str | os.PathLike, cells: Sequence[Cell], settings: CellSettings, device,
                    log: Callable[[str], None] = print) -> dict[str, list[Cell]]:
     """Generate every cell that is not current, loading the model only if one is needed. Each cell's images and its
@@ -96,9 +84,9 @@ def generate_cells(model_dir: str | os.PathLike, cells: Sequence[Cell], settings
             started = time.perf_counter()
             images = model.generate(cell.condition, cell.guidance, settings.num_images, settings.ddim_steps,
                                     settings.seed, settings.batch_size, x0_clipping=cell.x0_clipping)
-            _save_atomically(cell.images, lambda tmp: np.save(tmp, images))
+            write_atomically(cell.images, lambda tmp: np.save(tmp, images))
             grid = image_grid(images, columns=8, max_images=64, scale=scale)
-            _save_atomically(cell.grid, lambda tmp: grid.save(tmp, format="PNG"))
+            write_atomically(cell.grid, lambda tmp: grid.save(tmp, format="PNG"))
             log(f"[{number}/{len(missing)}] wrote {len(images)} images to {cell.images} "
                 f"({time.perf_counter() - started:.1f} s)")
     return {"generated": missing, "kept": kept}
