@@ -523,3 +523,39 @@ def test_a_generated_set_without_flagged_images_counts_in_sizes_not_in_the_auroc
     assert row.n_flagged_generated == 20
     assert (row.auroc_generated, row.auroc_generated_low, row.auroc_generated_high) == (
         scored["auroc"], scored["auroc_low"], scored["auroc_high"])
+
+
+def test_inference_on_large_images_goes_in_batches_capped_by_pixels():
+    """512 images at 256 px per batch made 4 GB activations in a judge's first layer; predictions and features are
+    the same whatever the batch, so large images go a few at a time and small ones keep their batch."""
+    from bibaddiff.images import inference_batch_size
+
+    assert inference_batch_size(np.zeros((1, 16, 16, 1)), 512) == 512
+    assert inference_batch_size(np.zeros((1, 256, 256, 3)), 512) == 32
+    assert inference_batch_size(np.zeros((1, 4096, 4096, 3)), 512) == 1
+    torch.manual_seed(0)
+    model = build_judge("small_cnn", 3, 4).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+    images = np.random.default_rng(0).integers(0, 256, (40, 256, 256, 3), dtype=np.uint8)
+    batched = predict(model, images)
+    assert max(seen) == 32
+    one_by_one = np.concatenate([predict(model, images[i:i + 1]) for i in range(len(images))])
+    np.testing.assert_array_equal(batched, one_by_one)
+    features = penultimate_features(model, images)
+    np.testing.assert_allclose(features, np.concatenate([penultimate_features(model, images[i:i + 1])
+                                                         for i in range(len(images))]), rtol=1e-5, atol=1e-6)
+
+
+def test_penultimate_layers_of_a_resnet_judge_leave_the_judge_whole():
+    from bibaddiff.judges import penultimate_layers
+
+    torch.manual_seed(0)
+    judge = build_judge("resnet18", 3, 5).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = judge(images)
+        features = penultimate_layers(judge)(images)
+        assert features.shape == (2, 512)
+        torch.testing.assert_close(judge(images), logits)
+        torch.testing.assert_close(judge.fc(features), logits)

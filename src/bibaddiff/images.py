@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     import torch
 
 
+# Inference on large images goes this many pixels per batch at most (32 images at 256 px, 8 at 512 px; digits and
+# CIFAR-10 keep their batches): 512 images at 256 px made 4 GB activations in a judge's first layer alone, and the
+# judges' jobs peaked near 14 GB of host memory on the CPU.
+INFERENCE_PIXELS_PER_BATCH = 2 ** 21
+
+
+def inference_batch_size(images: np.ndarray, batch_size: int) -> int:
+    """``batch_size``, or fewer images where that many would pass INFERENCE_PIXELS_PER_BATCH; for inference only, whose
+    results do not depend on the batch."""
+    height, width = np.shape(images)[1:3]
+    return max(1, min(int(batch_size), INFERENCE_PIXELS_PER_BATCH // (height * width)))
+
+
 def to_model_space(images: np.ndarray) -> "torch.Tensor":
     """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
     import torch

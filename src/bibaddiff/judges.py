@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from bibaddiff.checks import check_int
 from bibaddiff.data import ImageDataset
-from bibaddiff.images import to_model_space
+from bibaddiff.images import inference_batch_size, to_model_space
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import accuracy
 from bibaddiff.triggers import Trigger
@@ -107,6 +107,12 @@ def check_labelled_images(name: str, images: np.ndarray, labels: np.ndarray,
     return images, labels.astype(np.int64)
 
 
+def torchvision_resnet_type() -> type:
+    from torchvision.models import ResNet
+
+    return ResNet
+
+
 def classifier_shape(model: nn.Module) -> tuple[int, int]:
     """(input channels, output classes) of a judge-architecture classifier: its first convolution's and last linear
     layer's."""
@@ -118,12 +124,12 @@ def classifier_shape(model: nn.Module) -> tuple[int, int]:
 
 def penultimate_layers(model: nn.Module) -> nn.Module:
     """The judge without its last linear layer (the classification head), mapping images in model space to their
-    penultimate features (N, D). A ResNet's head is replaced in place by the identity."""
+    penultimate features (N, D). It shares the judge's weights and leaves the judge itself whole: a ResNet's layers
+    up to its pooling, then a flatten, as its own forward runs them."""
     if isinstance(model, SmallCNN):
         return model.features
-    if hasattr(model, "fc"):
-        model.fc = nn.Identity()
-        return model
+    if isinstance(model, torchvision_resnet_type()):
+        return nn.Sequential(*[child for name, child in model.named_children() if name != "fc"], nn.Flatten(1))
     raise BibaddiffError(f"cannot take penultimate features of a {type(model).__name__}; judges are "
                          f"{', '.join(ARCHITECTURES)}")
 
@@ -165,6 +171,7 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.n
     """Predicted class of each uint8 image."""
     device = next(model.parameters()).device
     model.eval()
+    batch_size = inference_batch_size(images, batch_size)
     predictions = [model(to_model_space(images[i:i + batch_size]).to(device)).argmax(1).cpu().numpy()
                    for i in range(0, len(images), batch_size)]
     return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from bibaddiff.images import to_model_space
+from bibaddiff.images import inference_batch_size, to_model_space
 from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import auroc, tpr_at_fpr
@@ -96,7 +96,7 @@ def penultimate_features(model: nn.Module, images: np.ndarray, batch_size: int =
 @torch.no_grad()
 def _batched_outputs(model: nn.Module, images: np.ndarray, batch_size: int, forward: Callable) -> np.ndarray:
     images, _ = _check_inputs(model, images, np.zeros(len(np.asarray(images)), np.int64), min_images=1)
-    batch_size = check_int(batch_size, "batch_size", 1)
+    batch_size = inference_batch_size(images, check_int(batch_size, "batch_size", 1))
     model.eval()
     device = _device_of(model)
     chunks = [forward(to_model_space(images[i:i + batch_size]).to(device)).float().cpu().numpy()
