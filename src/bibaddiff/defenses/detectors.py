@@ -147,7 +147,7 @@ def score_strip(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, par
     """
     images, labels = _check_inputs(model, images, labels)
     num_blends = check_int(num_blends, "num_blends", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
+    batch_size = inference_batch_size(images, check_int(batch_size, "batch_size", 1))
     if blend not in STRIP_BLENDS:
         raise BibaddiffError(f"blend must be one of {', '.join(STRIP_BLENDS)}; got {blend!r}")
     rng = np.random.default_rng(check_int(seed, "seed", 0))
@@ -424,7 +424,7 @@ def score_fct(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, rotat
     """
     images, labels = _check_inputs(model, images, labels)
     num_transforms = check_int(num_transforms, "num_transforms", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
+    batch_size = inference_batch_size(images, check_int(batch_size, "batch_size", 1))
     if not _is_finite_number(rotation_degrees) or not 0 <= rotation_degrees <= 180:
         raise BibaddiffError(f"rotation_degrees must be a number in [0, 180]; got {rotation_degrees!r}")
     if not _is_finite_number(translate) or not 0 <= translate <= 1:
