@@ -11,3 +11,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_check_cache(tmp_path_factory):
+    """Checks remembered by ``bibaddiff.utils.check_file_once`` go to a folder of this test session, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BIBADDIFF_CACHE_DIR", str(tmp_path_factory.mktemp("bibaddiff-cache")))
+    yield
+    mp.undo()

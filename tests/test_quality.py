@@ -235,3 +235,29 @@ def test_quality_table_and_figure(tmp_path):
     assert (tmp_path / "fid.png").stat().st_size > 0
     with pytest.raises(BibaddiffError, match="no FID rows"):
         plot_quality_vs_ratio(table[table.metric == "kid_judge"], tmp_path / "none.png")
+
+
+def test_the_inception_file_is_loaded_once_per_file_version_not_at_every_validation(tmp_path, random_inception_file,
+                                                                                    monkeypatch):
+    import os
+
+    import bibaddiff.quality
+
+    monkeypatch.setenv("BIBADDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    loads = []
+    real_load = bibaddiff.quality.load_inception
+    monkeypatch.setattr(bibaddiff.quality, "load_inception", lambda path: loads.append(path) or real_load(path))
+    config = tiny_config(inception_weights=str(random_inception_file))
+    validate_config(config, SCHEMA)
+    validate_config(config, SCHEMA)
+    assert len(loads) == 1
+    stat = random_inception_file.stat()
+    os.utime(random_inception_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new version of the file
+    validate_config(config, SCHEMA)
+    assert len(loads) == 2
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1)}, wrong)
+    for _ in range(2):  # a failure is not remembered
+        with pytest.raises(BibaddiffError, match="is not an Inception-v3 state dict"):
+            validate_config(tiny_config(inception_weights=str(wrong)), SCHEMA)
+    assert len(loads) == 4

@@ -338,10 +338,16 @@ def check_quality(config: dict[str, Any], counts: np.ndarray, class_names: list[
                              f"give class {class_names[poorest]} only {per_class[poorest]}; FID needs at least 2 per "
                              f"class, so ask for at least {needed}")
     if quality.get("inception_weights"):
-        # Loads the network once (seconds), so that a wrong file stops the run here and not after generation.
-        from bibaddiff.quality import load_inception
+        # Loads the network (seconds, with torch) once per weights file, so that a wrong file stops the run here and
+        # not after generation, without slowing every later invocation.
+        from bibaddiff.utils import check_file_once
 
-        load_inception(quality["inception_weights"])
+        def load_inception(path: str) -> None:
+            from bibaddiff.quality import load_inception
+
+            load_inception(path)
+
+        check_file_once(quality["inception_weights"], load_inception, "inception-v3")
     if quality.get("clip_model"):
         if config["diffusion"]["kind"] != "stable_diffusion":
             raise BibaddiffError("config key quality.clip_model: the CLIP score compares generations with their prompts, "

@@ -67,6 +67,32 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_atomically(path, dump)
 
 
+def check_file_once(path: str | os.PathLike, check, kind: str) -> None:
+    """``check(path)``, which raises for a bad file, unless it already passed for this very file: the same resolved path,
+    size and modification time. Passes are remembered in ``$BIBADDIFF_CACHE_DIR`` (default ``~/.cache/bibaddiff``),
+    so that a check which loads a network runs once per file, not in every ``snakemake`` invocation and cluster job
+    that validates the config; a failure is never remembered, and a cache that cannot be written only costs time."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        stat = resolved.stat()
+    except OSError:
+        check(path)  # names the missing file in its own words
+        return
+    key = f"{kind} {resolved} {stat.st_size} {stat.st_mtime_ns}"
+    cache = Path(os.environ.get("BIBADDIFF_CACHE_DIR") or Path.home() / ".cache" / "bibaddiff") / "checked-files.json"
+    try:
+        passed = set(json.loads(cache.read_text()))
+    except (OSError, ValueError, TypeError):
+        passed = set()
+    if key in passed:
+        return
+    check(path)
+    try:
+        write_json(cache, sorted(passed | {key}))
+    except OSError:
+        pass
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
