@@ -150,7 +150,10 @@ def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settin
     steps_per_epoch = max(1, int(np.ceil(len(images) / settings.batch_size)))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=settings.epochs * steps_per_epoch)
     model.train()
-    for _ in tqdm(range(settings.epochs), desc=desc, unit="epoch"):
+    # Counts batches, not epochs: one epoch of a 256-px set takes tens of minutes on a CPU.
+    progress = tqdm(total=settings.epochs * steps_per_epoch, desc=desc, unit="step")
+    for epoch in range(settings.epochs):
+        progress.set_postfix(epoch=f"{epoch + 1}/{settings.epochs}")
         order = rng.permutation(len(images))
         for start in range(0, len(images), settings.batch_size):
             index = order[start:start + settings.batch_size]
@@ -163,6 +166,8 @@ def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settin
             loss.backward()
             optimizer.step()
             schedule.step()
+            progress.update()
+    progress.close()
     return model.eval()
 
 
