@@ -342,12 +342,12 @@ def check_quality(config: dict[str, Any], counts: np.ndarray, class_names: list[
         # not after generation, without slowing every later invocation.
         from bibaddiff.utils import check_file_once
 
-        def load_inception(path: str) -> None:
-            from bibaddiff.quality import load_inception
+        def check_inception_weights(path: str) -> None:
+            from bibaddiff.quality import load_inception  # torch, only when the file has not passed before
 
             load_inception(path)
 
-        check_file_once(quality["inception_weights"], load_inception, "inception-v3")
+        check_file_once(quality["inception_weights"], check_inception_weights, "inception-v3")
     if quality.get("clip_model"):
         if config["diffusion"]["kind"] != "stable_diffusion":
             raise BibaddiffError("config key quality.clip_model: the CLIP score compares generations with their prompts, "
