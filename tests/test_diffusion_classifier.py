@@ -188,6 +188,23 @@ def test_rejects_non_epsilon_scheduler(tiny_unet, images):
         diffusion_classify(tiny_unet, v_scheduler, images, CLASSES, 1, [0.0])
 
 
+def test_unet_batches_are_capped_by_pixels_and_give_the_same_errors(tiny_unet, scheduler, images, monkeypatch):
+    import bibaddiff.images
+
+    size = int(tiny_unet.config.sample_size)
+    uncapped = class_denoising_errors(tiny_unet, scheduler, images, CLASSES, num_draws=2, p_filters=[0.0, 0.1],
+                                      seed=0, batch_size=500)
+    # Room for 3 images of this size per batch: a 256-px set under the real cap gets 32 per batch the same way.
+    monkeypatch.setattr(bibaddiff.images, "INFERENCE_PIXELS_PER_BATCH", 3 * size * size)
+    recorder = Recorder(tiny_unet)
+    capped = class_denoising_errors(recorder, scheduler, images, CLASSES, num_draws=2, p_filters=[0.0, 0.1], seed=0,
+                                    batch_size=500)
+    assert max(len(call[2]) for call in recorder.calls) == 3
+    assert sum(len(call[2]) for call in recorder.calls) == 2 * len(images) * CLASSES
+    for p in (0.0, 0.1):
+        np.testing.assert_allclose(capped[p], uncapped[p], rtol=1e-5)
+
+
 # ------------------------------------------------------------------------- the paper's weighting and fresh draws
 
 

@@ -25,9 +25,14 @@ INFERENCE_PIXELS_PER_BATCH = 2 ** 21
 
 def inference_batch_size(images: np.ndarray, batch_size: int) -> int:
     """``batch_size``, or fewer images where that many would pass INFERENCE_PIXELS_PER_BATCH; for inference only, whose
-    results do not depend on the batch."""
+    results do not depend on the batch. ``images`` is a stored batch (N, H, W, C)."""
     height, width = np.shape(images)[1:3]
-    return max(1, min(int(batch_size), INFERENCE_PIXELS_PER_BATCH // (height * width)))
+    return pixel_capped_batch_size(height, width, batch_size)
+
+
+def pixel_capped_batch_size(height: int, width: int, batch_size: int) -> int:
+    """``batch_size``, or as many items of ``height`` x ``width`` as fit INFERENCE_PIXELS_PER_BATCH (at least one)."""
+    return max(1, min(int(batch_size), INFERENCE_PIXELS_PER_BATCH // (int(height) * int(width))))
 
 
 def to_model_space(images: np.ndarray) -> "torch.Tensor":

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bibaddiff.images import to_model_space
+from bibaddiff.images import inference_batch_size, pixel_capped_batch_size, to_model_space
 from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 
@@ -112,8 +112,9 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
 
     The pixel-wise errors are computed once; every p_filter is derived from the same sorted errors, so asking for
     several costs the same as one. ``t_range`` defaults to all training timesteps. Work items (draw, image, class)
-    go through the UNet ``batch_size`` at a time. A latent model passes ``encode`` (uint8 images to its latents,
-    called ``batch_size`` images at a time); the errors are then measured on latents, as the model denoises them.
+    go through the UNet ``batch_size`` at a time, fewer where their pixels would pass
+    ``bibaddiff.images.INFERENCE_PIXELS_PER_BATCH``. A latent model passes ``encode`` (uint8 images to its latents,
+    called with as many images at a time, capped by their own pixels); the errors are then measured on latents, as the model denoises them.
     ``weighting`` and ``fresh_draws`` are described in the module docstring; ``edm`` takes ``p_mean``, ``p_std`` and
     ``sigma_data``. The result is the weighted mean over draws.
     """
@@ -126,8 +127,10 @@ def class_denoising_errors(unet: Any, scheduler: Any, images_uint8: np.ndarray, 
     t_min, t_max = _timestep_range(scheduler, t_range)
     device = next(unet.parameters()).device
     unet.eval()
-    clean = _diffusion_space(images, encode, batch_size)
+    clean = _diffusion_space(images, encode, inference_batch_size(images, batch_size))
     n, pixels = len(images), int(np.prod(clean.shape[1:]))
+    # The configured 500 items at 256 px made GB-sized UNet activations (13 GB peak on the CPU for ten images).
+    batch_size = pixel_capped_batch_size(clean.shape[2], clean.shape[3], batch_size)
     # Draws are indexed (draw, image); shared draws repeat one row for every image.
     generator = torch.Generator().manual_seed(seed)
     per_draw = n if fresh_draws else 1
