@@ -146,6 +146,27 @@ def test_records_without_pixels_match_the_dataset(tmp_path, monkeypatch):
         records.images_at([12])
 
 
+def test_content_hash_is_the_digest_of_the_whole_array_as_folders_written_before_recorded_it():
+    import hashlib
+
+    dataset = make_dataset(channels=3)
+    dataset.images = dataset.images[:, ::-1]  # a non-contiguous view hashes as its pixels, as before
+    digest = hashlib.sha256()
+    digest.update(str(dataset.images.shape).encode())
+    digest.update(np.ascontiguousarray(dataset.images).tobytes())
+    digest.update(dataset.labels.astype("<i8").tobytes())
+    digest.update(dataset.poisoned.astype(np.uint8).tobytes())
+    digest.update(json.dumps(dataset.texts).encode())
+    assert content_hash(dataset) == digest.hexdigest()
+
+
+def test_an_image_of_another_size_names_its_file(tmp_path):
+    write_dataset(tmp_path / "ds", make_dataset(channels=3))
+    Image.new("RGB", (7, 6)).save(tmp_path / "ds" / "000003.png")
+    with pytest.raises(BibaddiffError, match=r"000003\.png: image of shape \(6, 7, 3\), but manifest.json says \(6, 6, 3\)"):
+        read_dataset(tmp_path / "ds")
+
+
 def test_records_with_a_missing_row_name_the_file(tmp_path):
     write_dataset(tmp_path / "ds", make_dataset())
     metadata = tmp_path / "ds" / "metadata.jsonl"
