@@ -131,18 +131,19 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, steps: int, batch_size: 
     reconstructs such patterns; the squares stand in for that breadth without ever showing the trigger itself."""
     from tqdm.auto import tqdm
 
-    from bibaddiff.images import to_model_space
+    from bibaddiff.images import inference_batch_size, to_model_space
 
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise BibaddiffError(f"VAE training images must be uint8 RGB (N, H, W, 3); got {images.dtype} {images.shape}")
     generator = torch.Generator().manual_seed(seed)
-    data = to_model_space(images)
+    # Each batch is converted to float on its own: the whole set as float32 is four times its pixels (7.4 GB for
+    # ImageNette's training set at 256 px).
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
     vae.train()
     errors = []
     for _ in tqdm(range(steps), desc="training the tiny VAE", unit="step", mininterval=5):
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        batch = to_model_space(images[torch.randint(0, len(images), (batch_size,), generator=generator).numpy()])
         if random_patches:
             batch = _paste_random_patches(batch, generator)
         posterior = vae.encode(batch).latent_dist
@@ -155,7 +156,9 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, steps: int, batch_size: 
         errors.append(error.item())
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(data[i:i + 256]).latent_dist.mean for i in range(0, len(data), 256)])
+        step = inference_batch_size(images, 256)
+        latents = torch.cat([vae.encode(to_model_space(images[i:i + step])).latent_dist.mean
+                             for i in range(0, len(images), step)])
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     return {"reconstruction_mse": float(np.mean(errors[-100:])), "scaling_factor": scaling_factor}
