@@ -5,8 +5,9 @@
 
 It writes a synthetic ImageNette-shaped folder (10 classes, 9,469 training and 3,925 held-out JPEGs of 320 x 256
 pixels that the workflow resizes and centre-crops to 256 x 256; each class has its own colours and shapes, so that
-the judges can learn it), then runs the whole DAG on it (defences, replication and quality on) with compute cut to
-a minimum: a few training steps and epochs, a small UNet, few generated images. What stays at full size is the data
+the judges can learn it), then runs the whole DAG on it (defences, replication, duplicate poisoning and quality on) with
+compute cut to a minimum: a few training steps and epochs, a small UNet, few generated images; a second run builds a
+tiny Stable Diffusion base and encodes the poisoned set to latents (the rules only the text-to-image path has). What stays at full size is the data
 every job reads and writes, which is what decides host memory. Each job's log ends with its process's peak resident
 memory (the kernel's high-water mark, see ``bibaddiff.utils.peak_memory_mb``); the script prints, per rule, the
 largest over its jobs, with Snakemake's sampled ``max_rss`` from the benchmark files beside it, and writes both to
@@ -108,11 +109,26 @@ def benchmark_config(root: Path, device: str) -> dict:
         },
         # Pixels at 32 px: at 256 px a pixel embedding is 196,608 numbers per image, 15 GB for the training set in
         # float64 (the job was killed for memory). The shipped SD configs embed with the content judge instead.
-        "replication": {"enabled": True, "embedder": {"type": "pixel", "resolution": 32}},
+        # Duplicate poisoning as upstream designs it (natural duplicates), so that poison_duplicates is measured too.
+        "replication": {"enabled": True, "embedder": {"type": "pixel", "resolution": 32},
+                        "duplicate_poisoning": {"enabled": True}},
         "quality": {"enabled": True, "num_images": 40, "kid_subset_size": 20, "kid_subsets": 5,
                     "bootstrap_samples": 5, "threads": 1},
         "device": device,
     }
+
+
+def stable_diffusion_config(root: Path, device: str) -> dict:
+    """The same data and trigger with a tiny Stable Diffusion base built by the DAG (its VAE trained a few steps),
+    run up to encode_latents: the rules only the text-to-image path has. The clean and poisoned sets are the DDPM
+    run's (same dataset and poisoning settings), so they are not rebuilt."""
+    config = benchmark_config(root, device)
+    config["experiment"] = "rule-memory-256-sd"
+    config["diffusion"] = {"kind": "stable_diffusion",
+                           "pretrained": {"build": "tiny", "vae_steps": 2, "seed": 0},
+                           "training": {**config["diffusion"]["training"], "encode_batch_size": 16}}
+    config["replication"] = {"enabled": False}
+    return config
 
 
 def peak_from_log(path: Path) -> float | None:
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--until", nargs="+", default=None,
                         help="run only up to these rules (snakemake --until), e.g. replication for the stages that "
                              "need no judge; on a CPU the judges and defences take hours at this size")
+    parser.add_argument("--skip-stable-diffusion", action="store_true",
+                        help="leave out the second run (a tiny Stable Diffusion base up to encode_latents)")
     parser.add_argument("--collect-only", action="store_true", help="only read the logs of an earlier run in --out")
     args = parser.parse_args(argv)
     if args.train_images < 20 * len(WNIDS) or args.heldout_images < 5 * len(WNIDS):
@@ -160,15 +178,21 @@ def main(argv: list[str] | None = None) -> None:
     if not args.collect_only:
         write_folder(out / "images", args.train_images, args.heldout_images)
     print(f"image folder ready in {time.perf_counter() - started:.0f} s: {out / 'images'}", flush=True)
-    config = out / "config.yaml"
-    config.write_text(yaml.safe_dump(benchmark_config(out / "images", args.device), sort_keys=False))
-    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(out / "work"), "--cores", str(args.cores), "--configfile", str(config)]
-    if args.until:
-        command += ["--until", *args.until]
+    runs = [("config.yaml", benchmark_config(out / "images", args.device), args.until)]
+    if not args.skip_stable_diffusion:
+        runs.append(("config-sd.yaml", stable_diffusion_config(out / "images", args.device), ["encode_latents"]))
     started = time.perf_counter()
-    # A run that fails or is stopped still leaves the logs of the jobs that finished: they are collected either way.
-    returncode = subprocess.run(command).returncode if not args.collect_only else 0
+    returncode = 0
+    for name, settings, until in runs:
+        config = out / name
+        config.write_text(yaml.safe_dump(settings, sort_keys=False))
+        command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+                   "--directory", str(out / "work"), "--cores", str(args.cores), "--configfile", str(config)]
+        if until:
+            command += ["--until", *until]
+        # A run that fails or is stopped still leaves the logs of the jobs that finished: they are collected anyway.
+        if not args.collect_only:
+            returncode = returncode or subprocess.run(command).returncode
     wall = time.perf_counter() - started
     rules = collect(out / "work" / "results")
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
