@@ -157,8 +157,10 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, steps: int, batch_size: 
     vae.eval()
     with torch.no_grad():
         step = inference_batch_size(images, 256)
-        latents = torch.cat([vae.encode(to_model_space(images[i:i + step])).latent_dist.mean
-                             for i in range(0, len(images), step)])
+        # At 256 px encoding the whole set takes minutes on a CPU, longer than the few training steps a test uses.
+        starts = tqdm(range(0, len(images), step), desc="encoding the set for the scaling factor", unit="batch",
+                      mininterval=5)
+        latents = torch.cat([vae.encode(to_model_space(images[i:i + step])).latent_dist.mean for i in starts])
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     return {"reconstruction_mse": float(np.mean(errors[-100:])), "scaling_factor": scaling_factor}
