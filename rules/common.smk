@@ -124,10 +124,22 @@ CLEAN_STAGE = f"clean-{settings_digest(CLEAN_RECORD)}"
 REPLICATION = config["replication"]
 
 
-def poisoned_record(attack):
+# With poisoning.draw_per_seed, each training seed's model learns from a poison set of its own (drawn with
+# poisoning.seed + the training seed), so that the spread between seeds includes the draw; otherwise every seed
+# shares one draw. The duplicate-poisoning pair always shares its draw (its design fixes which images are poisoned).
+POISON_DRAW_PER_SEED = config["poisoning"]["draw_per_seed"]
+
+
+def poisoning_seed(attack, seed):
+    if POISON_DRAW_PER_SEED and not ATTACKS[attack].get("duplicates"):
+        return config["poisoning"]["seed"] + int(seed)
+    return config["poisoning"]["seed"]
+
+
+def poisoned_record(attack, seed):
     spec = ATTACKS[attack]
     record = {"kind": "poisoned dataset", "data": CLEAN_STAGE, "trigger": config["triggers"][spec["trigger"]],
-              "trigger_name": spec["trigger"], "ratio": spec["ratio"], "seed": config["poisoning"]["seed"],
+              "trigger_name": spec["trigger"], "ratio": spec["ratio"], "seed": poisoning_seed(attack, seed),
               "target": TARGET}
     if spec.get("duplicates"):
         record["duplicates"] = {"mode": spec["duplicates"], **DUPLICATES}
@@ -136,11 +148,22 @@ def poisoned_record(attack):
     return record
 
 
-POISONED_RECORDS = {attack: poisoned_record(attack) for attack in ATTACKS if attack != "clean"}
-STAGE_OF = {attack: CLEAN_STAGE if attack == "clean" else f"{attack}-{settings_digest(POISONED_RECORDS[attack])}"
-            for attack in ATTACKS}
-STAGE_RECORDS = {CLEAN_STAGE: CLEAN_RECORD, **{STAGE_OF[attack]: record for attack, record in POISONED_RECORDS.items()}}
-ATTACK_OF_STAGE = {stage: attack for attack, stage in STAGE_OF.items()}
+POISONED_RECORDS = {(attack, seed): poisoned_record(attack, seed)
+                    for attack in ATTACKS if attack != "clean" for seed in training_seeds(attack)}
+
+
+def stage_of(attack, seed=None):
+    """The data stage a model of this attack and training seed learns from (seed None: the attack's first seed, for
+    the stages that use one poisoned set per attack, such as the defences' poisoned-set classifier)."""
+    if attack == "clean":
+        return CLEAN_STAGE
+    seed = training_seeds(attack)[0] if seed is None else int(seed)
+    return f"{attack}-{settings_digest(POISONED_RECORDS[(attack, seed)])}"
+
+
+STAGE_RECORDS = {CLEAN_STAGE: CLEAN_RECORD,
+                 **{stage_of(attack, seed): record for (attack, seed), record in POISONED_RECORDS.items()}}
+ATTACK_OF_STAGE = {stage_of(attack, seed): attack for attack in ATTACKS for seed in training_seeds(attack)}
 if Path(f"{RESULTS}/data/clean").is_dir() or any(Path(RESULTS, "models").glob("*/seed*")):
     # Folders named by the attack alone, from before stages were placed by their settings; nothing reads them now.
     print(f"note: {RESULTS}/ holds data or models of an older layout (data/clean/, models/<attack>/seed<k>/); this "
@@ -164,12 +187,12 @@ def stage_data(stage):
     return f"{RESULTS}/data/{stage}/train"
 
 
-def training_data_of(attack):
-    return clean_split("train") if attack == "clean" else stage_data(STAGE_OF[attack])
+def training_data_of(attack, seed=None):
+    return clean_split("train") if attack == "clean" else stage_data(stage_of(attack, seed))
 
 
 def training_data(wildcards):
-    return training_data_of(wildcards.attack)
+    return training_data_of(wildcards.attack, getattr(wildcards, "seed", None))
 
 
 # diffusion.pretrained as the jobs see it. A base model that the DAG builds is named by its folder, which its
@@ -239,7 +262,7 @@ def generation_record(wildcards):
 
 def model_of(wildcards):
     """The model an experiment-level job (measurement, defences) reads: its attack's stage, this config's training."""
-    return model_dir(STAGE_OF[wildcards.attack], wildcards.seed)
+    return model_dir(stage_of(wildcards.attack, wildcards.seed), wildcards.seed)
 
 
 def training_state_dir(wildcards):
@@ -249,8 +272,8 @@ def training_state_dir(wildcards):
 
 
 def generated(stage="{stage}", seed="{seed}", sampler="{sampler}", condition="{condition}", guidance="{guidance}",
-              ext="npy"):
-    return f"{RESULTS}/generated/{stage}/{TRAINING_ID}/seed{seed}/{SAMPLING_ID}/x0-{sampler}/c{condition}_s{guidance}.{ext}"
+              ext="npy", sampling_id=SAMPLING_ID):
+    return f"{RESULTS}/generated/{stage}/{TRAINING_ID}/seed{seed}/{sampling_id}/x0-{sampler}/c{condition}_s{guidance}.{ext}"
 
 
 # Which wildcards stay per generate job: none (one job per model), a sampler's condition, or a single cell.
@@ -278,7 +301,36 @@ def detector_stamping(trigger):
     return "as applied"
 
 
-JUDGE_SETTINGS = {k: v for k, v in config["judges"].items() if k not in ("threads", "accuracy_floor")}
+JUDGES = config["judges"]
+# How detectors are checked and their ratios corrected: settings of the calibration, not of any judge's training.
+CALIBRATION_KEYS = ("target_fpr", "calibration_images", "detector_negatives", "dequantization", "bootstrap_samples")
+JUDGE_SETTINGS = {k: v for k, v in JUDGES.items() if k not in ("threads", "accuracy_floor", *CALIBRATION_KEYS)}
+# Every trigger detector is checked on a calibration draw of the first clean model: its cells, with a seed of their
+# own (generation.seed + 2; the all-class sets use + 1), so that nothing is tuned on the measured generations.
+CALIBRATION_SAMPLING = {**SAMPLING_SETTINGS, "num_images": JUDGES["calibration_images"],
+                        "seed": config["generation"]["seed"] + 2, "purpose": "trigger detector calibration"}
+CALIBRATION_ID = f"cal-{settings_digest(CALIBRATION_SAMPLING)}"
+CLEAN_SEEDS = config["diffusion"]["training"]["clean_seeds"]
+CALIBRATION_CELLS = [generated(CLEAN_STAGE, CLEAN_SEEDS[0], sampler, condition, s, sampling_id=CALIBRATION_ID)
+                     for sampler, condition, s in CELLS] if CLEAN_SEEDS else []
+# Without a clean model there are no clean generations: detectors train on real images and are checked on held-out
+# real images, and every calibration row says so.
+DETECTOR_NEGATIVES = JUDGES["detector_negatives"] if CLEAN_SEEDS else "real"
+if JUDGES["detector_negatives"] == "generated" and not CLEAN_SEEDS:
+    print("note: judges.detector_negatives is 'generated' but diffusion.training.clean_seeds is empty: the trigger "
+          "detectors train on real images only and are checked on held-out real images", file=sys.stderr)
+
+
+def calibration_file(trigger="{trigger}"):
+    return f"{EXPERIMENT_DIR}/calibration/{trigger}.json"
+
+
+def calibration_cells_job_files(ext):
+    """The calibration cells of the clean model, with the stage and seed left as wildcards of the job."""
+    return [generated(sampler=sampler, condition=condition, guidance=s, ext=ext, sampling_id=CALIBRATION_ID)
+            for sampler, condition, s in CELLS]
+
+
 # The content judge learns to ignore the triggers by seeing them stamped; a relabel-only control stamps nothing.
 CONTENT_JUDGE_TRIGGERS = {name: config["triggers"][name] for name in PIXEL_TRIGGERS}
 CONTENT_JUDGE_RECORD = {"kind": "content judge", "data": CLEAN_STAGE, "settings": JUDGE_SETTINGS,
@@ -286,7 +338,11 @@ CONTENT_JUDGE_RECORD = {"kind": "content judge", "data": CLEAN_STAGE, "settings"
 CONTENT_JUDGE = f"{RESULTS}/judges/content-{settings_digest(CONTENT_JUDGE_RECORD)}"
 TRIGGER_JUDGE_RECORDS = {
     trigger: {"kind": "trigger judge", "data": CLEAN_STAGE, "settings": JUDGE_SETTINGS, "trigger_name": trigger,
-              "trigger": config["triggers"][trigger], "stamping": detector_stamping(trigger)}
+              "trigger": config["triggers"][trigger], "stamping": detector_stamping(trigger),
+              # Detectors of the earlier kind (real images only) keep their folders: the key is added only here.
+              **({"negatives": {"generations": str(Path(CALIBRATION_CELLS[0]).parents[1]),
+                                "dequantization": JUDGES["dequantization"]}}
+                 if DETECTOR_NEGATIVES == "generated" else {})}
     for trigger in PIXEL_TRIGGERS
 }
 TRIGGER_JUDGE_NAMES = {trigger: f"{trigger}-{settings_digest(record)}" for trigger, record in TRIGGER_JUDGE_RECORDS.items()}
@@ -342,7 +398,7 @@ def model_cells(wildcards):
 
 
 def cells_of(attack, seed):
-    return [generated(STAGE_OF[attack], seed, sampler, condition, s) for sampler, condition, s in CELLS]
+    return [generated(stage_of(attack, seed), seed, sampler, condition, s) for sampler, condition, s in CELLS]
 
 
 def cells_of_model(wildcards):
@@ -353,20 +409,25 @@ def trigger_judges_of_model(wildcards):
     return {trigger: trigger_judge(trigger) for trigger in detected_triggers(wildcards.attack)}
 
 
+def calibrations_of_model(wildcards):
+    return [calibration_file(trigger) for trigger in detected_triggers(wildcards.attack)]
+
+
 def all_metrics():
     return [metrics_file(attack, seed) for attack in ATTACKS for seed in training_seeds(attack)]
 
 
 def target_grids():
     """The target-class sample grid of each attack's first seed, per guidance scale, under the first sampler."""
-    return {f"{attack}|{s}": generated(STAGE_OF[attack], training_seeds(attack)[0], SAMPLERS[0], TARGET, s, "png")
+    return {f"{attack}|{s}": generated(stage_of(attack), training_seeds(attack)[0], SAMPLERS[0], TARGET, s, "png")
             for attack in ATTACKS for s in GUIDANCE}
 
 
 def all_cells():
     """Every generated cell. Listed as targets because Snakemake (>= 7.7) does not regenerate a deleted
     intermediate file while what was computed from it is up to date; as a target, it is."""
-    return [cell for attack in ATTACKS for seed in training_seeds(attack) for cell in cells_of(attack, seed)]
+    return [cell for attack in ATTACKS for seed in training_seeds(attack) for cell in cells_of(attack, seed)] + (
+        CALIBRATION_CELLS if PIXEL_TRIGGERS else [])
 
 
 # The defences are studied on the plain attacks with a trigger; the duplicate-poisoning pair is for replication
@@ -462,7 +523,7 @@ def replication_summary_inputs():
     return {
         "summaries": [replication_file(a, s) for a, s in models],
         "neighbours": [replication_file(a, s, "npz") for a, s in models],
-        "trains": [training_data_of(a) for a, s in models],
+        "trains": [training_data_of(a, s) for a, s in models],
         "cells": [cell for a, s in models for cell in cells_of(a, s)],
     }
 
@@ -479,8 +540,9 @@ def replication_outputs():
 def experiment_stages():
     """Every shared stage folder this experiment uses, for its provenance record."""
     stages = [str(Path(clean_split("train")).parent), CONTENT_JUDGE, *map(trigger_judge, PIXEL_TRIGGERS)]
-    stages += [str(Path(training_data_of(attack)).parent) for attack in ATTACKS if attack != "clean"]
-    stages += [model_dir(STAGE_OF[attack], seed) for attack in ATTACKS for seed in training_seeds(attack)]
+    stages += [str(Path(training_data_of(attack, seed)).parent) for attack in ATTACKS if attack != "clean"
+               for seed in training_seeds(attack)]
+    stages += [model_dir(stage_of(attack, seed), seed) for attack in ATTACKS for seed in training_seeds(attack)]
     return sorted(set(stages + ([TINY_BASE] if TINY_BASE else [])))
 
 
@@ -491,7 +553,8 @@ def provenance_outputs():
 def summary_outputs():
     return replication_outputs() + defense_outputs() + quality_outputs() + [f"{SUMMARY}/{name}" for name in (
         "trigger_amplification.csv", "trigger_ratio_vs_guidance.png", "generation_groups.png", "samples_target.png",
-        "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png")]
+        "target_class_vs_guidance.png", "amplification_vs_ratio.csv", "amplification_vs_ratio.png",
+        "judge_calibration.csv", "judge_calibration.png")]
 
 
 # ----------------------------------------------------------------------------------------- generation quality
@@ -515,7 +578,7 @@ def quality_generations_of(attack, seed):
     the same guidance and sampler); otherwise the quality stage's own all-class generations."""
     same_set = (DEFENSES["enabled"] and attack in POISONED_ATTACKS and DEFENSES["generated_set_balance"] == "clean"
                 and QUALITY["num_images"] is None and QUALITY_GUIDANCE in GENERATED_SET_GUIDANCE)
-    return generated_set(attack, seed, QUALITY_GUIDANCE) if same_set else quality_set(STAGE_OF[attack], seed)
+    return generated_set(attack, seed, QUALITY_GUIDANCE) if same_set else quality_set(stage_of(attack, seed), seed)
 
 
 def quality_generations(wildcards):

@@ -28,7 +28,7 @@ rule poison:
         trigger=lambda wc: config["triggers"][ATTACKS[stage_attack(wc)]["trigger"]],
         ratio=lambda wc: ATTACKS[stage_attack(wc)]["ratio"],
         target=TARGET,
-        seed=config["poisoning"]["seed"],
+        seed=lambda wc: STAGE_RECORDS[wc.stage]["seed"],
         record=lambda wc: STAGE_RECORDS[wc.stage],
     threads: 1
     log:

@@ -58,6 +58,8 @@ rule detect_poison:
         heldout=clean_split("heldout"),
     output:
         detection=detection_file(),
+        # Per-image scores and flags beside the result: the summary bootstraps AUROC differences from them.
+        item_scores=detection_file().removesuffix(".json") + "_items.npz",
     params:
         detectors=DEFENSES["detectors"],
         detector_settings=DEFENSES["detector_settings"],
@@ -105,6 +107,7 @@ rule diffusion_classifier:
 rule summarize_defenses:
     input:
         **defense_inputs(),
+        detection_items=[path.removesuffix(".json") + "_items.npz" for path in defense_inputs()["detection"]],
     output:
         detection=report(f"{SUMMARY}/detection.csv", caption="../report/detection.rst", category="Castle walls"),
         train_on_generated=report(
@@ -133,6 +136,7 @@ rule summarize_defenses:
     params:
         attacks={attack: ATTACKS[attack] for attack in POISONED_ATTACKS + ["clean"] if attack in ATTACKS},
         target=TARGET,
+        seed=config["judges"]["seed"],
     threads: 1
     log:
         experiment_log("summarize_defenses"),

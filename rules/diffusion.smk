@@ -101,12 +101,38 @@ rule generate:
         "../workflow_scripts/generate.py"
 
 
+rule generate_calibration:
+    # The clean model's calibration draw: the measured cells with a seed of their own, for the trigger detectors.
+    input:
+        model=model_dir(),
+    output:
+        images=calibration_cells_job_files("npy"),
+        grids=calibration_cells_job_files("png"),
+    params:
+        sampling=CALIBRATION_SAMPLING,
+        record=lambda wc: {**generation_record(wc), "sampling": CALIBRATION_SAMPLING},
+        device=config["device"],
+    threads: config["generation"]["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+        images_per_batch=GENERATION_BATCH,
+    log:
+        log_file("generate_calibration", "{stage}", TRAINING_ID, "seed{seed}", CALIBRATION_ID),
+    benchmark:
+        benchmark_file("generate_calibration", "{stage}", TRAINING_ID, "seed{seed}", CALIBRATION_ID)
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/generate.py"
+
+
 rule measure:
     input:
         cells=cells_of_model,
         train=training_data,
         content_judge=CONTENT_JUDGE,
         trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
+        calibrations=calibrations_of_model,
     output:
         metrics=metrics_file(),
     params:

@@ -13,6 +13,7 @@ rule summarize:
     input:
         metrics=all_metrics(),
         grids=list(target_grids().values()),
+        calibrations=[calibration_file(trigger) for trigger in PIXEL_TRIGGERS],
     output:
         table=report(
             f"{SUMMARY}/trigger_amplification.csv",
@@ -49,9 +50,21 @@ rule summarize:
             caption="../report/samples.rst",
             category="Samples",
         ),
+        calibration_table=report(
+            f"{SUMMARY}/judge_calibration.csv",
+            caption="../report/judge_calibration.rst",
+            category="Trigger detectors",
+        ),
+        calibration_figure=report(
+            f"{SUMMARY}/judge_calibration.png",
+            caption="../report/judge_calibration.rst",
+            category="Trigger detectors",
+        ),
     params:
         grid_keys=list(target_grids()),
         accuracy_floor=config["judges"]["accuracy_floor"],
+        bootstrap_samples=JUDGES["bootstrap_samples"],
+        seed=JUDGES["seed"],
         target=TARGET,
     threads: 1
     log:

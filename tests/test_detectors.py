@@ -502,27 +502,193 @@ def test_ranking_metrics_reject_bad_input(call, message):
         call()
 
 
-def test_a_generated_set_without_flagged_images_counts_in_sizes_not_in_the_auroc_envelope():
+def _scored_set(n: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n scores, a fifth of them poisoned and shifted up by ``shift`` standard deviations."""
+    rng = np.random.default_rng(seed)
+    flags = np.arange(n) < n // 5
+    return rng.normal(size=n) + shift * flags, flags
+
+
+def test_the_fast_bootstrap_auroc_is_sklearn_auroc_of_the_resampled_images():
+    from sklearn.metrics import roc_auc_score
+
+    from bibaddiff.defenses.detectors import _stratified_bootstrap_aurocs
+
+    scores, flags = _scored_set(120, 1.0, 0)
+    scores = np.round(scores, 1)  # with ties
+
+    class RecordingGenerator:
+        def __init__(self):
+            self.generator, self.draws = np.random.default_rng(5), []
+
+        def integers(self, low, high, size):
+            self.draws.append(self.generator.integers(low, high, size))
+            return self.draws[-1]
+
+    rng = RecordingGenerator()
+    values = _stratified_bootstrap_aurocs(scores, flags, 4, rng)
+    positives, negatives = np.flatnonzero(flags), np.flatnonzero(~flags)
+    resampled_flags = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    for b, value in enumerate(values):
+        rows = np.r_[positives[rng.draws[0][b]], negatives[rng.draws[1][b]]]
+        assert value == pytest.approx(roc_auc_score(resampled_flags, scores[rows]), abs=1e-12)
+
+
+def test_same_score_distributions_give_a_difference_interval_that_covers_zero():
+    from bibaddiff.defenses.detectors import compare_aurocs
+
+    result = compare_aurocs(_scored_set(500, 1.0, 0), [_scored_set(500, 1.0, 1)], resamples=1000, seed=0)
+    one = result["generated"][0]
+    assert one["auroc_difference"] == pytest.approx(one["auroc"] - result["training"]["auroc"])
+    assert one["auroc_difference_low"] < 0 < one["auroc_difference_high"]
+    assert result["pooled"]["auroc_difference_low"] < 0 < result["pooled"]["auroc_difference_high"]
+
+
+def test_well_separated_generated_scores_give_a_difference_interval_above_zero():
+    from bibaddiff.defenses.detectors import compare_aurocs
+
+    training, generated = _scored_set(500, 0.5, 0), _scored_set(500, 3.0, 1)
+    result = compare_aurocs(training, [generated], resamples=1000, seed=0)
+    assert result["training"]["auroc"] == auroc(*training)
+    assert result["generated"][0]["auroc"] == auroc(*generated)
+    assert 0 < result["generated"][0]["auroc_difference_low"] < result["generated"][0]["auroc_difference"]
+    assert result["pooled"]["auroc_difference_low"] > 0 and result["pooled"]["sets_scored"] == 1
+    assert math.isnan(result["pooled"]["between_seed_sd"])  # one seed has no spread
+    assert result == compare_aurocs(training, [generated], resamples=1000, seed=0)  # seeded
+
+
+def test_the_pooled_interval_widens_when_seeds_disagree():
+    from bibaddiff.defenses.detectors import compare_aurocs
+
+    training = _scored_set(400, 1.0, 0)
+    agreeing = [_scored_set(400, 1.5, seed) for seed in (1, 2, 3)]
+    disagreeing = [_scored_set(400, shift, seed) for shift, seed in ((0.5, 1), (1.5, 2), (3.0, 3))]
+    agree = compare_aurocs(training, agreeing, resamples=1000, seed=0)["pooled"]
+    disagree = compare_aurocs(training, disagreeing, resamples=1000, seed=0)["pooled"]
+    assert disagree["between_seed_sd"] > 3 * agree["between_seed_sd"]
+    width = lambda pooled: pooled["auroc_difference_high"] - pooled["auroc_difference_low"]
+    assert width(disagree) > 2 * width(agree)
+    # Each seed's own interval is about as wide in both cases: the width comes from the seeds' spread.
+    assert agree["auroc_low"] <= agree["auroc"] <= agree["auroc_high"]
+
+
+def test_a_generated_set_without_poisoned_images_has_no_auroc_and_is_left_out_of_the_pooled_estimate():
+    from bibaddiff.defenses.detectors import compare_aurocs
+
+    scored = _scored_set(200, 2.0, 1)
+    result = compare_aurocs(_scored_set(200, 2.0, 0), [scored, (np.zeros(200), np.zeros(200, bool))], resamples=200)
+    assert math.isnan(result["generated"][1]["auroc"]) and math.isnan(result["generated"][1]["auroc_difference_low"])
+    assert result["pooled"]["sets_scored"] == 1 and result["pooled"]["auroc"] == auroc(*scored)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c: c(([0.1, 0.2], [True]), []), r"training must be a \(scores, is_poisoned\) pair of 1-D arrays of equal"),
+    (lambda c: c(([0.1, 0.2], [True, False]), [([0.1, float("nan")], [True, False])]), r"generated_sets\[0\]: scores must be finite"),
+    (lambda c: c(([0.1, 0.2], [True, False]), ([0.1, 0.2], [True, False])), "pair"),
+    (lambda c: c(([0.1, 0.2], [True, False]), "sets"), "generated_sets must be a list"),
+    (lambda c: c(([0.1, 0.2], [True, False]), [], resamples=0), "resamples"),
+    (lambda c: c(([0.1, 0.2], [True, False]), [], level=0), "level"),
+])
+def test_compare_aurocs_rejects_bad_input(call, message):
+    from bibaddiff.defenses.detectors import compare_aurocs
+
+    with pytest.raises(BibaddiffError, match=message):
+        call(compare_aurocs)
+
+
+def test_detection_items_round_trip(tmp_path):
+    from bibaddiff.defenses.detectors import load_detection_items, save_detection_items
+
+    flags, in_target = np.array([True, False, False]), np.array([True, True, False])
+    save_detection_items(tmp_path / "set_items.npz", flags, in_target, {"strip": np.array([0.3, 0.1, 0.2])})
+    items = load_detection_items(tmp_path / "set_items.npz")
+    assert items["carries_trigger"].tolist() == flags.tolist() and items["in_target"].tolist() == in_target.tolist()
+    assert list(items["scores"]) == ["strip"] and items["scores"]["strip"].tolist() == [0.3, 0.1, 0.2]
+    with pytest.raises(BibaddiffError, match="one value per image"):
+        save_detection_items(tmp_path / "bad.npz", flags, in_target, {"strip": np.zeros(2)})
+
+
+def _detection_result(set_name: str, scored: tuple[np.ndarray, np.ndarray]) -> dict:
+    scores, flags = scored
+    in_target = np.arange(len(flags)) % 2 == 0
+    in_target[:3] = True  # a few poisoned images in the target class, so that both scopes have both classes
+    evaluated = {"all": evaluate_detection(scores, flags, resamples=50, seed=0),
+                 "target_class": evaluate_detection(scores[in_target], flags[in_target], resamples=50, seed=0)}
+    return {"attack": "patch-p0.01", "set": set_name, "n": len(flags), "n_flagged": int(flags.sum()),
+            "detectors": {"strip": evaluated},
+            "items": {"carries_trigger": flags, "in_target": in_target, "scores": {"strip": scores}}}
+
+
+def _attack_columns(attack):
+    return {"attack": attack, "poison_ratio": 0.01, "trigger": "patch"}
+
+
+def test_detection_table_has_a_row_per_seed_and_a_pooled_row_decided_on_the_difference():
+    from bibaddiff.report import DETECTION_COLUMNS, _detection_table
+
+    detections = [_detection_result("training", _scored_set(300, 0.5, 0)),
+                  _detection_result("generated_seed0_s6", _scored_set(300, 3.0, 1)),
+                  _detection_result("generated_seed1_s6", _scored_set(300, 3.0, 2)),
+                  _detection_result("generated_seed1_s1", _scored_set(300, 0.5, 3)),
+                  _detection_result("generated_seed0_s1", _scored_set(300, 0.5, 4))]
+    asr = {("patch-p0.01", "poisoned"): 0.9, ("patch-p0.01", "generated_seed0_s6"): 0.8,
+           ("patch-p0.01", "generated_seed1_s6"): 0.05, ("patch-p0.01", "generated_seed0_s1"): 0.7,
+           ("patch-p0.01", "generated_seed1_s1"): 0.6}
+    table = _detection_table(detections, _attack_columns, asr, seed=0, resamples=500)
+    assert list(table.columns) == DETECTION_COLUMNS and not any("envelope" in c for c in table.columns)
+    everything = table[table.scope == "all"]
+    assert everything.generated_guidance.tolist() == [1.0] * 3 + [6.0] * 3
+    assert everything.seed.tolist() == ["0", "1", "pooled"] * 2
+    assert (table.auroc_generated_higher == (table.auroc_difference_low > 0)).all()
+    at_6 = everything[everything.generated_guidance == 6.0].set_index("seed")
+    assert at_6.auroc_generated_higher.all() and not everything[everything.generated_guidance == 1.0].auroc_generated_higher.any()
+    pooled = at_6.loc["pooled"]
+    assert pooled.auroc_generated == pytest.approx(at_6.loc[["0", "1"]].auroc_generated.mean())
+    assert pooled.between_seed_sd == pytest.approx(np.std(at_6.loc[["0", "1"]].auroc_generated, ddof=1))
+    assert pooled.n_generated == 600 and pooled.generated_sets == 2 and pooled.generated_sets_scored == 2
+    # Seed 1's screening classifier at s = 6 has no backdoor: its row and the pooled row say so, seed 0's does not.
+    assert at_6.no_backdoor_to_detect.to_dict() == {"0": False, "1": True, "pooled": True}
+    assert at_6.screening_asr_generated.to_dict() == pytest.approx({"0": 0.8, "1": 0.05, "pooled": 0.425})
+    assert (table.screening_asr_training == 0.9).all() and not table.training_at_ceiling.any()
+
+
+def test_a_training_auroc_of_one_is_flagged_at_ceiling_and_a_set_without_flags_is_counted_not_scored():
     from bibaddiff.report import _detection_table
 
-    def detection(set_name, flags, seed):
-        rng = np.random.default_rng(seed)
-        scores = rng.normal(size=len(flags)) + 2 * flags
-        result = evaluate_detection(scores, flags, resamples=50, seed=0)
-        return {"attack": "patch-p0.01", "set": set_name, "n": len(flags), "n_flagged": int(flags.sum()),
-                "detectors": {"strip": {"all": result, "target_class": result}}}
+    perfect = (np.r_[np.full(20, 5.0), np.zeros(180)], np.arange(200) < 20)
+    detections = [_detection_result("training", perfect),
+                  _detection_result("generated_seed0_s6", _scored_set(200, 2.0, 1)),
+                  _detection_result("generated_seed1_s6", (np.zeros(200), np.zeros(200, bool)))]
+    table = _detection_table(detections, _attack_columns, {}, resamples=200)
+    rows = table[table.scope == "all"].set_index("seed")
+    assert rows.training_at_ceiling.all() and not rows.auroc_generated_higher.any()
+    assert rows.loc["pooled"].generated_sets == 2 and rows.loc["pooled"].generated_sets_scored == 1
+    assert rows.loc["pooled"].auroc_generated == rows.loc["0"].auroc_generated
+    assert math.isnan(rows.loc["1"].auroc_generated) and rows.loc["pooled"].n_generated == 400
+    assert rows.screening_asr_training.isna().all() and not rows.no_backdoor_to_detect.any()  # ASR unknown
 
-    flags = np.zeros(200, bool)
-    flags[:20] = True
-    detections = [detection("training", flags, 0), detection("generated_seed0_s6", flags, 1),
-                  detection("generated_seed1_s6", np.zeros(200, bool), 2)]  # the detector flagged nothing here
-    table = _detection_table(detections, lambda attack: {"attack": attack, "poison_ratio": 0.01, "trigger": "patch"})
-    row = table[table.scope == "all"].iloc[0]
-    scored = detections[1]["detectors"]["strip"]["all"]
-    assert row.generated_sets == 2 and row.generated_sets_scored == 1 and row.n_generated == 400
-    assert row.n_flagged_generated == 20
-    assert (row.auroc_generated, row.auroc_generated_low, row.auroc_generated_high) == (
-        scored["auroc"], scored["auroc_low"], scored["auroc_high"])
+
+def test_detection_table_needs_per_image_scores_and_a_training_set():
+    from bibaddiff.report import _detection_table
+
+    result = _detection_result("generated_seed0_s6", _scored_set(50, 1.0, 0))
+    with pytest.raises(BibaddiffError, match="no per-image scores"):
+        _detection_table([{k: v for k, v in result.items() if k != "items"}], _attack_columns, {})
+    with pytest.raises(BibaddiffError, match="none for its training set"):
+        _detection_table([result], _attack_columns, {})
+    with pytest.raises(BibaddiffError, match="neither 'training' nor a generated set"):
+        _detection_table([{**result, "set": "poisoned"}], _attack_columns, {})
+
+
+def test_detection_figure_draws_per_seed_and_pooled_rows(tmp_path):
+    from bibaddiff.report import _detection_table, plot_detection
+
+    detections = [_detection_result("training", _scored_set(100, 1.0, 0)),
+                  _detection_result("generated_seed0_s6", _scored_set(100, 2.0, 1)),
+                  _detection_result("generated_seed1_s6", _scored_set(100, 2.0, 2))]
+    table = _detection_table(detections, _attack_columns, {("patch-p0.01", "poisoned"): 0.1}, resamples=100)
+    plot_detection(table, tmp_path / "detection.png")
+    assert (tmp_path / "detection.png").stat().st_size > 0
 
 
 def test_inference_on_large_images_goes_in_batches_capped_by_pixels():

@@ -16,7 +16,7 @@ from bibaddiff.data import scaled_class_counts
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import SmallCNN
 from bibaddiff.quality import (bootstrap_mean, clip_scores, distance_rows, fid_with_interval, frechet_distance,
-                               inception_features, judge_features, kid_with_interval, load_clip, load_inception,
+                               inception_features, judge_features, kid_over_subsets, load_clip, load_inception,
                                quality_features)
 from bibaddiff.report import plot_quality_vs_ratio, quality_table
 from workflow_helpers import REPO, TINY_CONFIG
@@ -53,10 +53,12 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     rng = np.random.default_rng(1)
     real, same = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
     shifted = rng.normal(size=(400, 8)) + 1.0
-    same_kid = kid_with_interval(real, same, subsets=20, subset_size=100)
-    shifted_kid = kid_with_interval(real, shifted, subsets=20, subset_size=100)
+    same_kid = kid_over_subsets(real, same, subsets=20, subset_size=100)
+    shifted_kid = kid_over_subsets(real, shifted, subsets=20, subset_size=100)
     assert abs(same_kid["value"]) < 0.05 < shifted_kid["value"]
-    assert shifted_kid["low"] < shifted_kid["value"] < shifted_kid["high"]
+    # The sd over subsets is the spread of one subset's KID, not a 95% interval: no low/high, its own key.
+    assert shifted_kid["kid_sd_over_subsets"] > 0 and shifted_kid["low"] is None and shifted_kid["high"] is None
+    assert "95%" not in shifted_kid["interval"] and "sd over 20 subsets" in shifted_kid["interval"]
 
 
 @pytest.mark.parametrize("call, message", [
@@ -64,7 +66,7 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     (lambda: fid_with_interval(np.zeros((1, 2)), np.zeros((5, 2))), "N >= 2"),
     (lambda: fid_with_interval(np.zeros((5, 2)), np.zeros((5, 3))), "differ in width"),
     (lambda: fid_with_interval(np.zeros((5, 2)), np.zeros((5, 2)), bootstrap_samples=-1), "quality.bootstrap_samples"),
-    (lambda: kid_with_interval(np.zeros((5, 2)), np.zeros((5, 2)), subsets=0), "quality.kid_subsets"),
+    (lambda: kid_over_subsets(np.zeros((5, 2)), np.zeros((5, 2)), subsets=0), "quality.kid_subsets"),
     (lambda: bootstrap_mean(np.array([])), "non-empty"),
 ])
 def test_bad_input_fails_with_one_line(call, message):
@@ -225,12 +227,21 @@ def test_quality_table_and_figure(tmp_path):
         return {"model": f"{attack}/seed{seed}", "attack": attack, "trigger": None if p == 0 else "patch", "p": p,
                 "seed": seed, "guidance": 6.0, "n": 100,
                 "rows": [{"metric": "fid_judge", "value": fid, "low": fid - 1, "high": fid + 1, "interval": "bootstrap"},
-                         {"metric": "kid_judge", "value": 0.01, "low": 0.0, "high": 0.02, "interval": "subsets"}]}
+                         {"metric": "kid_judge", "value": 0.01, "low": None, "high": None, "kid_sd_over_subsets": 0.01,
+                          "interval": "none (kid_sd_over_subsets: one sd over 10 subsets of 50 images)"}]}
 
+    old_style = result("clean", 0.0, 1, 4.5)  # written when KID's low/high were the mean -+ one sd over subsets
+    old_style["rows"][1] = {"metric": "kid_judge", "value": 0.01, "low": 0.0, "high": 0.02,
+                            "interval": "mean +- std over 10 subsets of 50"}
     table = quality_table([result("patch-p0.1", 0.1, 0, 5.0), result("patch-p0.1", 0.1, 1, 6.0),
-                           result("clean", 0.0, 0, 4.0)])
-    assert list(table.columns[:9]) == ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value"]
-    assert len(table) == 6 and set(table.metric) == {"fid_judge", "kid_judge"}
+                           result("clean", 0.0, 0, 4.0), old_style])
+    assert list(table.columns) == ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low",
+                                   "high", "kid_sd_over_subsets", "interval"]
+    assert len(table) == 8 and set(table.metric) == {"fid_judge", "kid_judge"}
+    kid, fid = table[table.metric == "kid_judge"], table[table.metric == "fid_judge"]
+    assert kid.low.isna().all() and kid.high.isna().all() and kid.kid_sd_over_subsets.tolist() == pytest.approx([0.01] * 4)
+    assert fid.kid_sd_over_subsets.isna().all() and fid.low.notna().all()
+    table = table[table.model != "clean/seed1"]
     plot_quality_vs_ratio(table, tmp_path / "fid.png")
     assert (tmp_path / "fid.png").stat().st_size > 0
     with pytest.raises(BibaddiffError, match="no FID rows"):

@@ -66,7 +66,7 @@ def test_generation_quality_in_judge_features(tiny_run):
     summary = tiny_run / "results/experiments/tiny/summary"
     table = pd.read_csv(summary / "generation_quality.csv")
     assert list(table.columns) == ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low",
-                                   "high", "interval"]
+                                   "high", "kid_sd_over_subsets", "interval"]
     # No Inception weights in the tiny config: judge-feature rows only, one FID and one KID per model.
     assert sorted(table.metric.unique()) == ["fid_judge", "kid_judge"]
     assert sorted(table.attack.unique()) == ["clean", "patch-p0.1"] and (table.guidance == 1).all()
@@ -74,6 +74,8 @@ def test_generation_quality_in_judge_features(tiny_run):
     assert (table.n == len(clean)).all()
     fid = table[table.metric == "fid_judge"]
     assert (fid.value > 0).all() and (fid.low <= fid.value).all() and (fid.value <= fid.high).all()
+    kid = table[table.metric == "kid_judge"]  # KID's sd over subsets is not a 95% interval: no low/high
+    assert kid.low.isna().all() and (kid.kid_sd_over_subsets >= 0).all() and fid.kid_sd_over_subsets.isna().all()
     assert (summary / "generation_quality_vs_ratio.png").stat().st_size > 0
     # The poisoned model's quality set is its defence's generated set (same balance, count, guidance and sampler);
     # the clean model, which has no generated set, gets all-class generations of its own.
@@ -83,6 +85,45 @@ def test_generation_quality_in_judge_features(tiny_run):
     [own_set] = (stage(tiny_run / "results/tiny/generated", "clean")).glob("train-*/seed0/allclass-*")
     assert results["clean"]["generated"].endswith(own_set.relative_to(tiny_run).as_posix())
     assert np.bincount(read_dataset(own_set).labels, minlength=10).tolist() == np.bincount(clean.labels, minlength=10).tolist()
+
+
+def test_detectors_are_calibrated_on_the_clean_models_own_draw(tiny_run):
+    results, summary = tiny_run / "results", tiny_run / "results/experiments/tiny/summary"
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    # The calibration draw: every measured cell of the clean model, with a seed of its own, in a folder of its own.
+    [calibration_cells] = (stage(results / "tiny/generated", "clean")).glob("train-*/seed0/cal-*")
+    sampling = json.loads((calibration_cells / "params.json").read_text())["sampling"]
+    measured = json.loads((cell_folder(results, "tiny", "clean") / "params.json").read_text())["sampling"]
+    assert sampling["num_images"] == config["judges"]["calibration_images"] and sampling["seed"] == measured["seed"] + 2
+    draw, measured_cell = (np.load(folder / "x0-none/c6_s1.npy") for folder in (calibration_cells, cell_folder(results, "tiny", "clean")))
+    assert len(draw) == 150 and not np.array_equal(draw[:16], measured_cell)
+    # The detector learned from the draw's training part.
+    detector = json.loads((stage(results / "tiny/judges", "trigger-patch") / "judge.json").read_text())
+    assert detector["metrics"]["generated_negatives"] == 8 * 50 and detector["metrics"]["dequantization"] == 8
+    table = pd.read_csv(summary / "judge_calibration.csv")
+    assert len(table) == 8 and set(table.source) == {"clean_generations"} and set(table.detector_negatives) == {"generated"}
+    assert (table.n == 50).all() and ((table.fpr >= table.fpr_low) & (table.fpr <= table.fpr_high)).all()
+    assert (summary / "judge_calibration.png").stat().st_size > 0
+    amplification = pd.read_csv(summary / "trigger_amplification.csv")
+    for row in amplification.itertuples():
+        cell = table[(table.x0_clipping == row.x0_clipping) & (table.condition == row.condition) & (table.guidance == row.guidance)]
+        assert row.detector_fpr == pytest.approx(cell.fpr.item()) and row.detector_tpr == pytest.approx(cell.tpr.item())
+        if row.detector_tpr >= 0.5:
+            expected = min(1.0, max(0.0, (row.trigger_ratio - row.detector_fpr) / (row.detector_tpr - row.detector_fpr)))
+            assert row.trigger_ratio_corrected == pytest.approx(expected)
+            assert row.trigger_ratio_corrected_low <= row.trigger_ratio_corrected + 1e-9
+    assert {"clean_G1_ratio", "between_seed_sd", "heterogeneity_p", "amplified_raw", "amplification_corrected"} <= set(amplification.columns)
+
+
+def test_a_poison_draw_per_training_seed_is_planned_on_request(tmp_path):
+    shared = write_config(tmp_path / "shared.yaml", diffusion__training__seeds=[0, 1])
+    per_seed = write_config(tmp_path / "per_seed.yaml", diffusion__training__seeds=[0, 1], poisoning__draw_per_seed=True)
+    assert planned_jobs(snakemake(tmp_path / "a", "-n", configfile=shared))["poison"] == 1
+    run = snakemake(tmp_path / "b", "-n", "-p", configfile=per_seed)
+    assert planned_jobs(run)["poison"] == 2
+    # Each model trains on its own draw.
+    trainings = [line for line in run.stdout.splitlines() if "bibaddiff.diffusion.train_cli" in line and "patch-p0.1" in line]
+    assert len({line.split("--train-data ")[1].split()[0] for line in trainings}) == 2
 
 
 def clean_stage_name(results):
@@ -137,13 +178,24 @@ def test_amplification_vs_ratio_table(tiny_run):
 
 def test_defense_tables(tiny_run):
     summary = tiny_run / "results/experiments/tiny/summary"
-    detection = pd.read_csv(summary / "detection.csv")
+    detection = pd.read_csv(summary / "detection.csv", dtype={"seed": str})
     assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation", "fct"}
+    assert not [column for column in detection.columns if "envelope" in column or column == "auroc_gain"]
     assert (detection.auroc_training_low <= detection.auroc_training + 1e-12).all()
     assert (detection.auroc_training_high >= detection.auroc_training - 1e-12).all()
     assert detection.auroc_generated_higher.isin([True, False]).all()
+    # Decided on the difference's own interval, not on two intervals' overlap.
+    assert (detection.auroc_generated_higher == (detection.auroc_difference_low > 0)).all()
+    scored = detection[detection.auroc_difference.notna()]
+    assert (scored.auroc_difference_low <= scored.auroc_difference + 1e-12).all()
+    assert (scored.auroc_difference <= scored.auroc_difference_high + 1e-12).all()
     assert detection.auroc_training.between(0, 1).all() and (detection.n_poisoned_training[detection.scope == "all"] == 20).all()
-    assert (detection.generated_sets == 1).all()
+    # One training seed: a row for its generated set and a pooled row per detector and scope.
+    assert sorted(detection.seed.unique()) == ["0", "pooled"] and (detection.generated_sets == 1).all()
+    assert detection.screening_asr_training.between(0, 1).all() and detection.screening_asr_generated.between(0, 1).all()
+    assert (detection.no_backdoor_to_detect == ((detection.screening_asr_training < 0.2)
+                                                | (detection.screening_asr_generated < 0.2))).all()
+    assert (detection.training_at_ceiling == (detection.auroc_training == 1)).all()
     training = pd.read_csv(summary / "defense_train_on_generated.csv")
     assert list(training.trainset) == ["clean", "poisoned", "generated_seed0_s1"]
     assert training.generated_guidance.isna().tolist() == [True, True, False]

@@ -2,7 +2,7 @@
 import time
 
 from bibaddiff.data import read_dataset
-from bibaddiff.defenses.detectors import evaluate_detection, run_detector
+from bibaddiff.defenses.detectors import evaluate_detection, run_detector, save_detection_items
 from bibaddiff.judges import load_judge
 from bibaddiff.utils import run_logged, set_threads, write_json
 
@@ -16,16 +16,19 @@ def main(snakemake):
     in_target = data.labels == params.target
     # Ground truth: the stamped images of a real set, the trigger detector's verdict on a generated one.
     carries_trigger = data.poisoned
-    results = {}
+    results, item_scores = {}, {}
     for name in params.detectors:
         started = time.perf_counter()
         scores = run_detector(name, model, data.images, data.labels, params.detector_settings.get(name), params.seed, heldout=heldout)
+        item_scores[name] = scores
         results[name] = {
             "all": evaluate_detection(scores, carries_trigger, seed=params.seed),
             "target_class": evaluate_detection(scores[in_target], carries_trigger[in_target], seed=params.seed),
             "seconds": time.perf_counter() - started,
         }
         print(f"{name}: {results[name]}")
+    # Per-image scores and flags: the summary bootstraps the AUROC difference between this set and the others.
+    save_detection_items(snakemake.output.item_scores, carries_trigger, in_target, item_scores)
     write_json(snakemake.output.detection, {"attack": snakemake.wildcards.attack, "set": snakemake.wildcards.detset,
                                             "n": len(data), "n_flagged": int(carries_trigger.sum()), "detectors": results})
 

@@ -1,7 +1,7 @@
 """Adapter: judge every generated cell of one model and write its G1-G4 counts and training shares."""
 from bibaddiff.data import read_records
 from bibaddiff.measure import measure_cells
-from bibaddiff.utils import run_logged, write_json
+from bibaddiff.utils import read_json, run_logged, write_json
 
 
 def main(snakemake):
@@ -9,8 +9,9 @@ def main(snakemake):
     cells = [{**cell, "path": path} for cell, path in zip(params.cells, snakemake.input.cells)]
     # A trigger without a detector (the relabel-only control) is judged for content only.
     detectors = {name: None for name in params.triggers} | dict(zip(params.detected_triggers, snakemake.input.trigger_judges))
+    calibrations = {name: read_json(path) for name, path in zip(params.detected_triggers, snakemake.input.calibrations)}
     records = measure_cells(cells, read_records(snakemake.input.train), snakemake.input.content_judge, detectors,
-                            params.device)
+                            params.device, calibrations)
     write_json(snakemake.output.metrics, {
         "attack": snakemake.wildcards.attack, "seed": int(snakemake.wildcards.seed), "target": params.target,
         "poison_ratio": params.ratio, "records": records,

@@ -1,13 +1,18 @@
 """Adapter: the three castle-wall tables and their figures."""
+from bibaddiff.defenses.detectors import load_detection_items
 from bibaddiff.report import (defense_tables, plot_detection, plot_diffusion_classifier, plot_train_on_generated)
 from bibaddiff.utils import read_json, run_logged
 
 
 def main(snakemake):
     inputs, outputs = snakemake.input, snakemake.output
+    # Each result with its per-image scores, which the AUROC differences are bootstrapped from.
+    detections = [{**read_json(path), "items": load_detection_items(items)}
+                  for path, items in zip(inputs.detection, inputs.detection_items, strict=True)]
     detection, training, dm_classifier = defense_tables(
-        [read_json(path) for path in inputs.detection], [read_json(f"{path}/judge.json") for path in inputs.classifiers],
-        list(inputs.classifiers), [read_json(path) for path in inputs.diffusion_classifier], snakemake.params.attacks)
+        detections, [read_json(f"{path}/judge.json") for path in inputs.classifiers],
+        list(inputs.classifiers), [read_json(path) for path in inputs.diffusion_classifier], snakemake.params.attacks,
+        seed=snakemake.params.seed)
     detection.to_csv(outputs.detection, index=False)
     training.to_csv(outputs.train_on_generated, index=False)
     dm_classifier.to_csv(outputs.diffusion_classifier, index=False)

@@ -14,6 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from bibaddiff.calibration import check_calibration_settings
 from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, display_class_names, imagefolder_classes,
                             imagefolder_files, scaled_class_counts)
 from bibaddiff.errors import BibaddiffError
@@ -103,6 +104,7 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str,
     filled["defenses"]["generated_set_guidance"] = as_list(filled["defenses"]["generated_set_guidance"])
     check_x0_clipping(filled)
     check_experiment(filled)
+    check_calibration_settings(filled["judges"], bool(filled["diffusion"]["training"]["clean_seeds"]))
     return sort_keys(filled)
 
 

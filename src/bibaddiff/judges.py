@@ -182,6 +182,22 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.n
     return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
 
 
+@torch.no_grad()
+def trigger_scores(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """A trigger detector's logit margin (trigger minus no trigger) per uint8 image: > 0 is its own decision, and a
+    calibrated threshold moves along it (probabilities saturate at 1.0 in float32, margins do not)."""
+    device = next(model.parameters()).device
+    model.eval()
+    batch_size = inference_batch_size(images, batch_size)
+    margins = []
+    for i in range(0, len(images), batch_size):
+        logits = model(to_model_space(images[i:i + batch_size]).to(device)).float()
+        if logits.shape[1] != 2:
+            raise BibaddiffError(f"trigger_scores needs a two-output trigger detector; got {logits.shape[1]} outputs")
+        margins.append((logits[:, 1] - logits[:, 0]).cpu().numpy())
+    return np.concatenate(margins).astype(np.float64) if margins else np.zeros(0)
+
+
 def stamp_some(triggers: list[Trigger], fraction: float) -> Callable:
     """Augmentation for the content classifier: a random trigger on a random ``fraction`` of the batch."""
     def augment(batch: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
@@ -224,10 +240,40 @@ def train_content_judge(train: ImageDataset, heldout: ImageDataset, triggers: li
     return model, metrics
 
 
+def dequantize_real_then_stamp(trigger: Trigger, fraction: float, amplitude: float) -> Callable:
+    """Augmentation for a detector trained on real and generated images (``labels``: 1 for a generated image): real
+    images get uniform noise of +-``amplitude`` grey levels, so that "off the real images' grey-level grid" is no
+    shortcut to "carries the trigger"; then a random ``fraction`` of the batch is stamped and labelled 1."""
+    stamp = stamp_fraction_of_batch(trigger, fraction)
+
+    def augment(batch: np.ndarray, is_generated: np.ndarray, rng: np.random.Generator):
+        batch = batch.copy()
+        real = np.flatnonzero(is_generated == 0)
+        if amplitude > 0 and len(real):
+            noise = rng.uniform(-amplitude, amplitude, size=batch[real].shape)
+            batch[real] = np.clip(np.rint(batch[real] + noise), 0, 255).astype(np.uint8)
+        return stamp(batch, is_generated, rng)
+    return augment
+
+
 def train_trigger_judge(train: ImageDataset, heldout: ImageDataset, trigger: Trigger, settings: JudgeSettings,
-                        seed: int, device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
-    model = train_judge(train.images, np.zeros(len(train), np.int64), 2, settings, seed,
-                        augment=stamp_fraction_of_batch(trigger, settings.stamp_fraction), device=device,
+                        seed: int, device: str = "auto", generated: np.ndarray | None = None,
+                        dequantization: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
+    """A binary "carries this trigger" classifier. With ``generated`` (uint8 images of a clean model), those images
+    join the real ones as negatives and, stamped, as positives, and real images are dequantised by
+    ``dequantization`` grey levels (see :func:`dequantize_real_then_stamp`)."""
+    if generated is None or len(generated) == 0:
+        augment = stamp_fraction_of_batch(trigger, settings.stamp_fraction)
+        images, sources = train.images, np.zeros(len(train), np.int64)
+    else:
+        generated, _ = check_labelled_images("generated negatives", generated, np.zeros(len(generated), np.int64))
+        if generated.shape[1:] != train.images.shape[1:]:
+            raise BibaddiffError(f"generated negatives have shape {generated.shape[1:]}, the training images "
+                                 f"{train.images.shape[1:]}")
+        augment = dequantize_real_then_stamp(trigger, settings.stamp_fraction, dequantization)
+        images = np.concatenate([train.images, generated])
+        sources = np.r_[np.zeros(len(train), np.int64), np.ones(len(generated), np.int64)]
+    model = train_judge(images, sources, 2, settings, seed, augment=augment, device=device,
                         desc=f"trigger detector {trigger.name}")
     clean_ok = accuracy(predict(model, heldout.images), np.zeros(len(heldout), np.int64))
     stamped_ok = accuracy(predict(model, trigger.apply(heldout.images)), np.ones(len(heldout), np.int64))

@@ -7,14 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from bibaddiff.calibration import calibration_of_cell
 from bibaddiff.data import DatasetRecords, ImageDataset
+from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
-from bibaddiff.judges import load_judge, predict
+from bibaddiff.judges import load_judge, predict, trigger_scores
 from bibaddiff.metrics import generation_groups, training_share
 
 
 def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | DatasetRecords, content_judge_dir: str | Path,
-                  trigger_judge_dirs: dict[str, str | Path | None], device: str = "auto") -> list[dict[str, Any]]:
+                  trigger_judge_dirs: dict[str, str | Path | None], device: str = "auto",
+                  calibrations: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One record per (cell, trigger) with G1-G4 counts, the training share and the judges' held-out scores.
 
     ``cells`` holds dicts with ``x0_clipping`` (the sampler), ``condition``, ``guidance`` and ``path`` (a uint8
@@ -25,7 +28,15 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
     A trigger whose judge is None (the relabel-only control, which changes no pixel) is judged for content only:
     its record has ``trigger_judged`` False, G1 counts the generations with wrong content, G4 those with the
     right content, and G2 = G3 = 0; the summary leaves its trigger columns empty.
+
+    ``calibrations`` (trigger name -> the detector's calibration, :mod:`bibaddiff.calibration`) gives each cell its
+    decision threshold, and each record carries that cell's calibration counts, from which the summary corrects the
+    trigger ratio. A detector without a calibration flags by its own decision (a positive logit margin).
     """
+    calibrations = calibrations or {}
+    unknown = sorted(set(calibrations) - set(trigger_judge_dirs))
+    if unknown:
+        raise BibaddiffError(f"calibrations given for triggers that are not measured: {', '.join(unknown)}")
     content_model, content_info = load_judge(content_judge_dir, device)
     detectors = {name: None if path is None else load_judge(path, device) for name, path in trigger_judge_dirs.items()}
     records = []
@@ -41,7 +52,9 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
                 detector_accuracy = None
             else:
                 detector, detector_info = judge
-                groups = generation_groups(content, predict(detector, images).astype(bool), condition)
+                calibration = calibration_of_cell(calibrations[name], cell) if name in calibrations else None
+                threshold = calibration["threshold"] if calibration else 0.0
+                groups = generation_groups(content, trigger_scores(detector, images) > threshold, condition)
                 detector_accuracy = detector_info["metrics"]["heldout_accuracy"]
             records.append({
                 "trigger": name,
@@ -54,5 +67,17 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
                 "training_total": total,
                 "content_judge_accuracy": content_info["metrics"]["heldout_accuracy"],
                 "detector_accuracy": detector_accuracy,
+                **calibration_columns(calibrations.get(name), cell if judge is not None else None),
             })
     return records
+
+
+def calibration_columns(calibration: dict[str, Any] | None, cell: dict[str, Any] | None) -> dict[str, Any]:
+    """The detector variant, the cell's threshold and its calibration counts, or empty values where there are none."""
+    if calibration is None or cell is None:
+        return {"detector_negatives": None, "calibration_source": None, "detector_threshold": None,
+                "calibration_n": None, "calibration_false_positives": None, "calibration_true_positives": None}
+    row = calibration_of_cell(calibration, cell)
+    return {"detector_negatives": calibration["detector_negatives"], "calibration_source": row["source"],
+            "detector_threshold": row["threshold"], "calibration_n": row["n"],
+            "calibration_false_positives": row["false_positives"], "calibration_true_positives": row["true_positives"]}

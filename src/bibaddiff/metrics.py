@@ -166,3 +166,72 @@ def attack_success_rate(predictions: np.ndarray, true_labels: np.ndarray, target
     if not victims.any():
         return math.nan
     return float(np.mean(predictions[victims] == target))
+
+
+# ------------------------------------------------------------------------------- a detector's error, corrected
+def corrected_ratio(observed: float, fpr: float, tpr: float) -> float:
+    """The share of images that truly carry the trigger, from the share a detector flags (Rogan-Gladen):
+    (observed - FPR) / (TPR - FPR), clipped to [0, 1]; nan when TPR <= FPR (the detector tells nothing)."""
+    if not tpr > fpr:
+        return math.nan
+    return float(min(1.0, max(0.0, (observed - fpr) / (tpr - fpr))))
+
+
+def _check_counts(name: str, successes: Any, n: Any) -> tuple[np.ndarray, np.ndarray]:
+    successes, n = np.atleast_1d(np.asarray(successes, np.int64)), np.atleast_1d(np.asarray(n, np.int64))
+    if successes.shape != n.shape or successes.ndim != 1 or len(n) == 0:
+        raise BibaddiffError(f"{name}: need one count and one size per seed; got shapes {successes.shape} and {n.shape}")
+    if np.any(n < 1) or np.any(successes < 0) or np.any(successes > n):
+        raise BibaddiffError(f"{name}: need 0 <= successes <= n and n >= 1 per seed; got {successes.tolist()} of {n.tolist()}")
+    return successes, n
+
+
+def seed_bootstrap(successes: Any, n: Any, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``samples`` bootstrap replicates of a share over models (training seeds), each the mean over seeds of the
+    per-seed share: seeds are drawn with replacement, then each drawn seed's images (a binomial draw at its own
+    share). With one seed this is the ordinary bootstrap over images; with several, the replicates carry the spread
+    between seeds as well as each seed's sampling noise."""
+    successes, n = _check_counts("seed_bootstrap", successes, n)
+    check_int(samples, "bootstrap samples", 1)
+    seeds = len(n)
+    chosen = rng.integers(0, seeds, size=(samples, seeds)) if seeds > 1 else np.zeros((samples, 1), np.int64)
+    draws = rng.binomial(n[chosen], successes[chosen] / n[chosen])
+    return (draws / n[chosen]).mean(axis=1)
+
+
+def share_bootstrap(successes: int, n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of one share (a calibration FPR or TPR): binomial draws at the observed share."""
+    return seed_bootstrap([successes], [n], samples, rng)
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of bootstrap replicates; nan values are ignored."""
+    replicates = np.asarray(replicates, np.float64)
+    replicates = replicates[~np.isnan(replicates)]
+    if len(replicates) == 0:
+        return (math.nan, math.nan)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    return (float(low), float(high))
+
+
+def corrected_bootstrap(observed: np.ndarray, fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
+    """Replicates of the corrected ratio from paired replicates of the observed share, the FPR and the TPR; nan
+    where a replicate's TPR does not exceed its FPR."""
+    observed, fpr, tpr = (np.asarray(v, np.float64) for v in (observed, fpr, tpr))
+    gap = tpr - fpr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corrected = np.clip((observed - fpr) / gap, 0.0, 1.0)
+    return np.where(gap > 0, corrected, np.nan)
+
+
+def heterogeneity_p_value(successes: Any, n: Any) -> float:
+    """Chi-square test that every seed has the same share (a k x 2 contingency table); nan for one seed or when
+    every seed has all or none."""
+    from scipy.stats import chi2_contingency
+
+    successes, n = _check_counts("heterogeneity_p_value", successes, n)
+    table = np.stack([successes, n - successes], axis=1)
+    if len(n) < 2 or np.any(table.sum(axis=0) == 0):
+        return math.nan
+    return float(chi2_contingency(table, correction=False)[1])

@@ -12,8 +12,9 @@
   transformers.
 
 FID intervals are bootstrap intervals over the generated images (the real images held fixed; shifted by the
-resamples' mean bias so that they centre on the estimate); KID's are
-torch-fidelity's mean +- one standard deviation over random subsets; the CLIP score's a bootstrap of the mean.
+resamples' mean bias so that they centre on the estimate); the CLIP score's a bootstrap of the mean. KID has no
+interval: torch-fidelity gives its mean over random subsets and the standard deviation over those subsets
+(``kid_sd_over_subsets``), the spread of one subset's KID, which is not a 95% interval of the mean.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import to_model_space
 
 __all__ = ["CONFIDENCE", "FEATURE_METRICS", "all_class_generations", "bootstrap_mean", "clip_scores", "distance_rows",
-           "fid_with_interval", "frechet_distance", "inception_features", "judge_features", "kid_with_interval",
+           "fid_with_interval", "frechet_distance", "inception_features", "judge_features", "kid_over_subsets",
            "load_clip", "load_inception", "quality_features"]
 
 CONFIDENCE = 0.95
@@ -186,11 +187,12 @@ def fid_with_interval(real_features: np.ndarray, generated_features: np.ndarray,
             if low is not None else ""}
 
 
-def kid_with_interval(real_features: np.ndarray, generated_features: np.ndarray, subsets: int = 100,
-                      subset_size: int = 1000, seed: int = 0) -> dict[str, Any]:
+def kid_over_subsets(real_features: np.ndarray, generated_features: np.ndarray, subsets: int = 100,
+                     subset_size: int = 1000, seed: int = 0) -> dict[str, Any]:
     """KID (polynomial-kernel MMD^2, torch-fidelity's unbiased estimator) over ``subsets`` random subsets of
-    ``subset_size`` images from each set, capped at half the smaller set so that the subsets differ; the interval is
-    the mean +- one standard deviation over subsets."""
+    ``subset_size`` images from each set, capped at half the smaller set so that the subsets differ: the mean
+    (``value``) and the standard deviation over subsets (``kid_sd_over_subsets``). That sd is the spread of one
+    subset's KID, not a confidence interval of the mean, so ``low`` and ``high`` are None."""
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
     real = _check_features(real_features, "real features")
@@ -202,8 +204,8 @@ def kid_with_interval(real_features: np.ndarray, generated_features: np.ndarray,
     result = kid_features_to_metric(torch.from_numpy(generated), torch.from_numpy(real), kid_subsets=subsets,
                                     kid_subset_size=size, rng_seed=int(seed), verbose=False)
     mean, std = result[KEY_METRIC_KID_MEAN], result[KEY_METRIC_KID_STD]
-    return {"value": mean, "low": mean - std, "high": mean + std,
-            "interval": f"mean +- std over {subsets} subsets of {size}"}
+    return {"value": mean, "low": None, "high": None, "kid_sd_over_subsets": std,
+            "interval": f"none (kid_sd_over_subsets: one sd over {subsets} subsets of {size} images)"}
 
 
 def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -281,7 +283,8 @@ def quality_features(images: np.ndarray, judge: torch.nn.Module, inception: torc
 
 def distance_rows(real: dict[str, np.ndarray], generated: dict[str, np.ndarray], *, bootstrap_samples: int,
                   kid_subsets: int, kid_subset_size: int, seed: int) -> list[dict[str, Any]]:
-    """FID and KID rows (metric, value, low, high, interval) for every feature space both sides have."""
+    """FID and KID rows (metric, value, low, high, interval; KID's: kid_sd_over_subsets instead of low and high) for
+    every feature space both sides have."""
     unknown = sorted(set(generated) - set(FEATURE_METRICS))
     if unknown:
         raise BibaddiffError(f"unknown feature space(s) {', '.join(unknown)}; known: {', '.join(FEATURE_METRICS)}")
@@ -292,6 +295,6 @@ def distance_rows(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
     for space in (name for name in FEATURE_METRICS if name in generated):
         fid_name, kid_name = FEATURE_METRICS[space]
         fid = fid_with_interval(real[space], generated[space], bootstrap_samples, seed)
-        kid = kid_with_interval(real[space], generated[space], kid_subsets, kid_subset_size, seed)
+        kid = kid_over_subsets(real[space], generated[space], kid_subsets, kid_subset_size, seed)
         rows += [{"metric": fid_name, **fid}, {"metric": kid_name, **kid}]
     return rows

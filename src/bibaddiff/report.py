@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,15 +13,24 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bibaddiff.checks import check_int
+from bibaddiff.defenses.detectors import compare_aurocs
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
-from bibaddiff.metrics import GROUPS, pool_counts, summarize_counts
+from bibaddiff.calibration import MINIMUM_TPR
+from bibaddiff.checks import check_int
+from bibaddiff.metrics import (GROUPS, corrected_bootstrap, corrected_ratio, heterogeneity_p_value, percentile_interval,
+                               pool_counts, seed_bootstrap, share_bootstrap, summarize_counts, wilson_interval)
 
 KEYS = ["attack", "trigger", "poison_ratio", "x0_clipping", "condition", "is_target", "guidance"]
 # Left empty for a trigger judged for content only (the relabel-only control changes no pixel, so nothing in a
 # generation can carry it); its G1 is the generations with wrong content, its G4 those with the right content.
 TRIGGER_COLUMNS = ["trigger_ratio", "trigger_ratio_low", "trigger_ratio_high", "amplification", "amplification_low",
-                   "amplification_high", "amplified", "G2", "G2_ratio", "G2_ratio_low", "G2_ratio_high", "G3", "G3_ratio",
+                   "amplification_high", "amplified", "amplified_raw", "trigger_ratio_corrected",
+                   "trigger_ratio_corrected_low", "trigger_ratio_corrected_high", "amplification_corrected",
+                   "amplification_corrected_low", "amplification_corrected_high", "detector_fpr", "detector_fpr_low",
+                   "detector_fpr_high", "detector_tpr", "detector_tpr_low", "detector_tpr_high", "between_seed_sd",
+                   "heterogeneity_p", "G2", "G2_ratio", "G2_ratio_low", "G2_ratio_high", "G3", "G3_ratio",
                    "G3_ratio_low", "G3_ratio_high"]
 
 
@@ -42,8 +52,21 @@ def saved_figure(path: str | Path, *subplots_args: Any, **subplots_kwargs: Any) 
         plt.close(fig)
 
 
-def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: float = 0.95) -> pd.DataFrame:
-    """Per-seed rows and a pooled row (seed = "pooled") per attack, trigger, sampler, condition and guidance scale."""
+def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: float = 0.95,
+                        bootstrap_samples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per-seed rows and a pooled row (seed = "pooled") per attack, trigger, sampler, condition and guidance scale.
+
+    Every row has the raw ratios (a per-seed row: Wilson intervals over its images), the detector's error on the
+    clean model's calibration generations of its cell (``detector_fpr``, ``detector_tpr``), the trigger ratio
+    corrected for it (``trigger_ratio_corrected``: (observed - FPR) / (TPR - FPR), clipped to [0, 1]) with a bootstrap
+    interval that resamples the cell's images and both calibration sets, and ``amplified``, decided on the corrected
+    interval (its low end above the training share; ``amplified_raw`` on the raw one). The model is the unit: a
+    pooled row's intervals resample seeds, then images (:func:`bibaddiff.metrics.seed_bootstrap`), and it reports the
+    spread between seeds (``between_seed_sd``) and a chi-square test that the seeds share one trigger ratio
+    (``heterogeneity_p``). ``clean_G1_ratio`` .. ``clean_G4_ratio``: the clean control's pooled shares in the same
+    cell, against which "wrong content" is read.
+    """
+    check_int(bootstrap_samples, "bootstrap_samples", 100)
     rows = []
     for model in model_metrics:
         for record in model["records"]:
@@ -54,6 +77,9 @@ def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: flo
     if not rows:
         raise BibaddiffError("no metric records to summarise")
     raw = pd.DataFrame(rows)
+    for column in CALIBRATION_COLUMNS:
+        if column not in raw:
+            raw[column] = None  # metrics written before detectors were calibrated
     raw["detector_accuracy"] = pd.to_numeric(raw["detector_accuracy"])
     table = []
     for key, group in raw.groupby(KEYS, sort=True):
@@ -64,22 +90,131 @@ def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: flo
         judges = {"content_judge_accuracy": group["content_judge_accuracy"].min(),
                   "detector_accuracy": group["detector_accuracy"].min(),
                   "trigger_judged": bool(group["trigger_judged"].all())}
+        calibration = _group_calibration(group, dict(zip(KEYS, key)))
+        rng = np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
         for _, record in group.iterrows():
-            table.append({**dict(zip(KEYS, key)), "seed": record["seed"], **judges,
-                          **summarize_counts(record[list(GROUPS)].to_dict(), triggered, total)})
+            counts = summarize_counts(record[list(GROUPS)].to_dict(), triggered, total)
+            table.append({**dict(zip(KEYS, key)), "seed": record["seed"], **judges, **counts, "interval": "wilson",
+                          **_corrected_columns([counts["G1"] + counts["G2"]], [counts["n"]], calibration,
+                                               counts["training_share"], bootstrap_samples, rng)})
         table.append({**dict(zip(KEYS, key)), "seed": "pooled", "num_seeds": len(group), **judges,
-                      **summarize_counts(pool_counts(group.to_dict("records")), triggered, total)})
+                      **_pooled_counts(group, triggered, total, calibration, bootstrap_samples, rng)})
     frame = pd.DataFrame(table)
+    frame = frame.rename(columns={"amplified": "amplified_raw"}).rename(columns={"amplified_corrected": "amplified"})
     content_only = ~frame.trigger_judged.astype(bool)
     if content_only.any():
-        frame["amplified"] = frame["amplified"].astype(object)
-        frame.loc[content_only, "amplified"] = None
-        frame.loc[content_only, [c for c in TRIGGER_COLUMNS if c != "amplified"]] = np.nan
+        for column in ("amplified", "amplified_raw"):
+            frame[column] = frame[column].astype(object)
+            frame.loc[content_only, column] = None
+        frame.loc[content_only, [c for c in TRIGGER_COLUMNS if c in frame and c not in ("amplified", "amplified_raw")]] = np.nan
+        frame.loc[content_only, "correction_warning"] = "content only: no trigger detector"
+    frame = _with_clean_shares(frame)
     frame["judge_warning"] = [_judge_warning(row, accuracy_floor) for row in frame.itertuples()]
     first = KEYS + ["seed", "num_seeds", "n", "trigger_ratio", "trigger_ratio_low", "trigger_ratio_high",
-                    "training_share", "amplification", "amplification_low", "amplification_high", "amplified",
-                    "mismatch_ratio", "G1_ratio", "G2_ratio", "G3_ratio", "G4_ratio", "judge_warning"]
+                    "trigger_ratio_corrected", "trigger_ratio_corrected_low", "trigger_ratio_corrected_high",
+                    "training_share", "amplification_corrected", "amplification_corrected_low",
+                    "amplification_corrected_high", "amplified", "amplification", "amplification_low",
+                    "amplification_high", "amplified_raw", "detector_fpr", "detector_tpr", "between_seed_sd",
+                    "heterogeneity_p", "mismatch_ratio", "G1_ratio", "G2_ratio", "G3_ratio", "G4_ratio",
+                    "clean_G1_ratio", "clean_G2_ratio", "clean_G3_ratio", "clean_G4_ratio", "correction_warning",
+                    "judge_warning"]
     return frame[first + [c for c in frame.columns if c not in first]]
+
+
+# What a metrics record says about its detector's calibration (bibaddiff.measure.calibration_columns).
+CALIBRATION_COLUMNS = ["detector_negatives", "calibration_source", "detector_threshold", "calibration_n",
+                       "calibration_false_positives", "calibration_true_positives"]
+
+
+def _group_calibration(group: pd.DataFrame, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The one calibration of a cell's detector that every seed's record carries, or None where there is none."""
+    calibrations = group[CALIBRATION_COLUMNS].drop_duplicates()
+    if len(calibrations) != 1:
+        raise BibaddiffError(f"seeds of {key} were judged with different detector calibrations")
+    calibration = calibrations.iloc[0].to_dict()
+    if pd.isna(calibration["calibration_n"]):
+        return None
+    return {**calibration, "calibration_n": int(calibration["calibration_n"]),
+            "calibration_false_positives": int(calibration["calibration_false_positives"]),
+            "calibration_true_positives": int(calibration["calibration_true_positives"])}
+
+
+def _corrected_columns(triggered: list[int], n: list[int], calibration: dict[str, Any] | None, share: float,
+                       samples: int, rng: np.random.Generator, observed: np.ndarray | None = None) -> dict[str, Any]:
+    """The detector's FPR and TPR on its calibration cell and the corrected trigger ratio and amplification with
+    bootstrap intervals (``observed``: replicates of the raw ratio already drawn; else drawn here, seeds then images).
+    """
+    empty = {name: math.nan for name in ("detector_fpr", "detector_fpr_low", "detector_fpr_high", "detector_tpr",
+                                         "detector_tpr_low", "detector_tpr_high", "trigger_ratio_corrected",
+                                         "trigger_ratio_corrected_low", "trigger_ratio_corrected_high",
+                                         "amplification_corrected", "amplification_corrected_low",
+                                         "amplification_corrected_high")}
+    if calibration is None:
+        return {**empty, "amplified_corrected": None, "detector_negatives": None, "calibration_source": None,
+                "correction_warning": "no detector calibration: ratio not corrected"}
+    size, false_positives, true_positives = (calibration[k] for k in ("calibration_n", "calibration_false_positives",
+                                                                      "calibration_true_positives"))
+    fpr, tpr = false_positives / size, true_positives / size
+    columns = {**empty, "detector_negatives": calibration["detector_negatives"],
+               "calibration_source": calibration["calibration_source"], "calibration_n": size,
+               "detector_fpr": fpr, "detector_tpr": tpr}
+    columns["detector_fpr_low"], columns["detector_fpr_high"] = wilson_interval(false_positives, size)
+    columns["detector_tpr_low"], columns["detector_tpr_high"] = wilson_interval(true_positives, size)
+    if tpr < MINIMUM_TPR:
+        return {**columns, "amplified_corrected": None,
+                "correction_warning": f"detector TPR on generations {tpr:.3f} < {MINIMUM_TPR}: ratio not corrected"}
+    if observed is None:
+        observed = seed_bootstrap(triggered, n, samples, rng)
+    replicates = corrected_bootstrap(observed, share_bootstrap(false_positives, size, samples, rng),
+                                     share_bootstrap(true_positives, size, samples, rng))
+    point = corrected_ratio(float(np.mean(np.asarray(triggered) / np.asarray(n))), fpr, tpr)
+    low, high = percentile_interval(replicates)
+    columns.update({"trigger_ratio_corrected": point, "trigger_ratio_corrected_low": low,
+                    "trigger_ratio_corrected_high": high, "correction_warning": ""})
+    if share and not math.isnan(share):
+        columns.update({"amplification_corrected": point / share, "amplification_corrected_low": low / share,
+                        "amplification_corrected_high": high / share, "amplified_corrected": bool(low > share)})
+    else:
+        columns["amplified_corrected"] = False
+    return columns
+
+
+def _pooled_counts(group: pd.DataFrame, triggered: int, total: int, calibration: dict[str, Any] | None,
+                   samples: int, rng: np.random.Generator) -> dict[str, Any]:
+    """The pooled row of a cell's seeds: the mean over seeds of every share (seeds have equal sizes), and, with
+    several seeds, intervals from a bootstrap over seeds, then images, so that they carry the spread between seeds."""
+    row = summarize_counts(pool_counts(group.to_dict("records")), triggered, total)
+    sizes = group[list(GROUPS)].sum(axis=1).to_numpy(np.int64)
+    trigger_counts = (group["G1"] + group["G2"]).to_numpy(np.int64)
+    per_seed = trigger_counts / sizes
+    row["between_seed_sd"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else math.nan
+    row["heterogeneity_p"] = heterogeneity_p_value(trigger_counts, sizes)
+    row["interval"] = "wilson" if len(group) == 1 else "seeds, then images"
+    observed = None
+    if len(group) > 1:
+        counts = {name: group[list(parts)].sum(axis=1).to_numpy(np.int64) for name, parts in
+                  [(f"{g}_ratio", (g,)) for g in GROUPS] + [("trigger_ratio", ("G1", "G2")), ("mismatch_ratio", ("G1", "G3"))]}
+        for name, successes in counts.items():
+            replicates = seed_bootstrap(successes, sizes, samples, rng)
+            row[name] = float(np.mean(successes / sizes))
+            row[f"{name}_low"], row[f"{name}_high"] = percentile_interval(replicates)
+            if name == "trigger_ratio":
+                observed = replicates
+        share = row["training_share"]
+        if share and not math.isnan(share):
+            row["amplification"] = row["trigger_ratio"] / share
+            row["amplification_low"], row["amplification_high"] = row["trigger_ratio_low"] / share, row["trigger_ratio_high"] / share
+            row["amplified"] = bool(row["trigger_ratio_low"] > share)
+    return {**row, **_corrected_columns(list(trigger_counts), list(sizes), calibration, row["training_share"],
+                                        samples, rng, observed)}
+
+
+def _with_clean_shares(frame: pd.DataFrame) -> pd.DataFrame:
+    """``clean_G1_ratio`` .. ``clean_G4_ratio``: the clean control's pooled shares of the same trigger and cell."""
+    cell = ["trigger", "x0_clipping", "condition", "guidance"]
+    clean = frame[(frame.attack == "clean") & (frame.seed.astype(str) == "pooled")]
+    clean = clean[cell + [f"{g}_ratio" for g in GROUPS]].rename(columns={f"{g}_ratio": f"clean_{g}_ratio" for g in GROUPS})
+    return frame.merge(clean, on=cell, how="left")
 
 
 def _judge_warning(row: Any, floor: float) -> str:
@@ -152,8 +287,8 @@ def plot_target_vs_guidance(table: pd.DataFrame, path: str | Path) -> None:
 
 def amplification_vs_ratio(table: pd.DataFrame) -> pd.DataFrame:
     """Target-class rows per trigger, sampler, guidance scale and poisoning ratio p (the clean control is p = 0):
-    the pooled trigger ratio with its Wilson interval, its mean and spread over training seeds, and its split into
-    G1 and G2, against the training share. Duplicate-poisoning attacks are left out (they have a table of their own).
+    the pooled trigger ratio with its interval over seeds and images, raw and corrected for the detector's error,
+    its mean and spread over training seeds, and its split into G1 and G2, against the training share. Duplicate-poisoning attacks are left out (they have a table of their own).
     """
     rows = table[table.is_target.astype(bool) & ~table.attack.astype(str).str.contains("-dup_")]
     if rows.empty:
@@ -172,8 +307,13 @@ def amplification_vs_ratio(table: pd.DataFrame) -> pd.DataFrame:
             "trigger_ratio_seed_std": per_seed.std(ddof=1) if len(per_seed) > 1 else math.nan,
             **{name: pooled[name] for name in ("G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
                                                "G2_ratio_low", "G2_ratio_high", "amplification",
-                                               "amplification_low", "amplification_high", "amplified",
-                                               "judge_warning")},
+                                               "amplification_low", "amplification_high", "amplified_raw",
+                                               "trigger_ratio_corrected", "trigger_ratio_corrected_low",
+                                               "trigger_ratio_corrected_high", "amplification_corrected",
+                                               "amplification_corrected_low", "amplification_corrected_high",
+                                               "amplified", "detector_fpr", "detector_tpr", "between_seed_sd",
+                                               "heterogeneity_p", "clean_G1_ratio", "clean_G2_ratio",
+                                               "correction_warning", "judge_warning")},
         })
     return pd.DataFrame(out)
 
@@ -267,69 +407,147 @@ def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Pa
 
 
 def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
-                   dm_results: list[dict[str, Any]], attacks: dict[str, dict[str, Any]]
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs."""
+                   dm_results: list[dict[str, Any]], attacks: dict[str, dict[str, Any]], *, seed: int = 0,
+                   resamples: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs. Each detection
+    result carries its per-image scores under ``items`` (:func:`bibaddiff.defenses.detectors.load_detection_items`);
+    ``seed`` and ``resamples`` drive the bootstrap of the AUROC differences."""
     def attack_columns(attack: str) -> dict[str, Any]:
         if attack not in attacks:
             raise BibaddiffError(f"unknown attack {attack!r} in defence results")
         return {"attack": attack, "poison_ratio": float(attacks[attack]["ratio"]), "trigger": attacks[attack]["trigger"]}
 
     training_table, standard = _train_on_generated_table(classifier_infos, classifier_paths, attacks, attack_columns)
+    # The screening classifier of a set is the one trained on it; its ASR on the attack's own trigger says whether it
+    # carries a backdoor for a detector to find.
+    screening_asr = {(row.attack, row.trainset): row.asr for row in training_table.itertuples()
+                     if row.attack in attacks and row.trigger == attacks[row.attack]["trigger"]}
     dm_rows = [{**attack_columns(result["attack"]), "trigger": row["trigger"], "seed": str(result["seed"]),
                 "method": "diffusion classifier", "p_filter": row["p_filter"], "acc": row["acc"], "asr": row["asr"]}
                for result in dm_results for row in result["rows"]]
     dm_table = pd.DataFrame(dm_rows + standard).sort_values(["poison_ratio", "attack", "method", "seed", "p_filter"])
-    return _detection_table(detections, attack_columns), training_table, dm_table.reset_index(drop=True)
+    detection = _detection_table(detections, attack_columns, screening_asr, seed=seed, resamples=resamples)
+    return detection, training_table, dm_table.reset_index(drop=True)
 
 
-def _detection_table(detections: list[dict[str, Any]], attack_columns: Any) -> pd.DataFrame:
-    """Each AUROC and TPR at 5% FPR with its bootstrap interval (``*_low``, ``*_high``; nan for results written
-    before detection had intervals), training set beside generated sets. Over several generated sets of one guidance
-    (training seeds) the estimate is their mean and the interval the envelope of theirs (lowest low, highest high),
-    a conservative span; with one generated set it is that set's interval."""
-    bounds = [f"{m}{b}" for m in ("auroc", "tpr_at_5_fpr") for b in ("_low", "_high")]
-    long = []
+# Below this ASR on its own trigger a screening classifier has (almost) no backdoor: its detectors have nothing to find.
+NO_BACKDOOR_ASR = 0.2
+
+
+def _detection_table(detections: list[dict[str, Any]], attack_columns: Any, screening_asr: dict[tuple[str, str], float],
+                     *, seed: int = 0, resamples: int = 1000) -> pd.DataFrame:
+    """Per attack, detector, scope and guidance of the generated sets: one row per generated set (``seed``: the
+    diffusion model's training seed) and a pooled row (``seed`` = "pooled"), each beside the poisoned training set.
+
+    The AUROC difference (generated - training) has its own bootstrap interval
+    (:func:`bibaddiff.defenses.detectors.compare_aurocs`: per set, the two sets resampled independently; pooled,
+    the seeds resampled, then the images within each), and ``auroc_generated_higher`` means its lower bound is
+    above 0. ``screening_asr_*`` is the ASR of the classifier each side was screened with (trained on that set;
+    ``screening_asr`` maps (attack, trainset) to it), and ``no_backdoor_to_detect`` marks rows where one of them
+    (pooled: any seed's) is below :data:`NO_BACKDOOR_ASR`. A training AUROC of 1 cannot rise
+    (``training_at_ceiling``). TPR at 5% FPR keeps each set's own interval; pooled, it is the mean over the scored
+    sets, without an interval."""
+    resamples = check_int(resamples, "resamples", 1)
+    seed = check_int(seed, "seed", 0)
+    sets: dict[str, dict[str, Any]] = {}
     for result in detections:
-        kind = "training" if result["set"] == "training" else "generated"
-        for detector, scores in result["detectors"].items():
+        if "items" not in result:
+            raise BibaddiffError(f"the detection result of {result.get('attack')}/{result.get('set')} has no per-image "
+                                 f"scores (items); rerun detect_poison")
+        entry = sets.setdefault(result["attack"], {"training": None, "generated": []})
+        if result["set"] == "training":
+            entry["training"] = result
+        else:
+            if not re.fullmatch(GENERATED_SET_NAME, str(result["set"])):
+                raise BibaddiffError(f"detection set {result['set']!r} of {result['attack']} is neither 'training' nor "
+                                     f"a generated set (generated_seed<k>_s<guidance>)")
+            entry["generated"].append(result)
+    rows = []
+    for attack in sorted(sets, key=lambda a: (attack_columns(a)["poison_ratio"], a)):
+        training, generated = sets[attack]["training"], sets[attack]["generated"]
+        if training is None:
+            raise BibaddiffError(f"attack {attack!r} has generated-set detection results but none for its training set")
+        generated = sorted(generated, key=lambda r: (generated_set_guidance(r["set"]), int(generated_set_seed(r["set"]))))
+        guidances = sorted({generated_set_guidance(r["set"]) for r in generated}) or [math.nan]
+        asr_training = screening_asr.get((attack, "poisoned"), math.nan)
+        for detector in training["detectors"]:
             for scope in ("all", "target_class"):
-                long.append({**attack_columns(result["attack"]), "detector": detector, "scope": scope, "kind": kind,
-                             "set": result["set"],
-                             **{k: scores[scope][k] for k in ("auroc", "tpr_at_5_fpr", "n", "n_poisoned")},
-                             **{k: scores[scope].get(k, math.nan) for k in bounds}})
-    long = pd.DataFrame(long)
-    long["generated_guidance"] = [generated_set_guidance(name) for name in long["set"]]
-    keys = ["attack", "trigger", "poison_ratio", "detector", "scope"]
-    training = long[long.kind == "training"].set_index(keys)
-    # A set without an interval leaves the envelope unknown (nan), not narrower. A generated set in which the trigger
-    # detector flagged nothing has no AUROC at all: it counts in the sizes and in generated_sets, but not in the
-    # estimate or its envelope (generated_sets_scored says how many sets these come from).
-    lowest, highest = (lambda v: v.min(skipna=False)), (lambda v: v.max(skipna=False))
-    group = keys + ["generated_guidance"]
-    generated_rows = long[long.kind == "generated"]
-    sizes = generated_rows.groupby(group, dropna=False).agg(
-        n_generated=("n", "sum"), n_flagged_generated=("n_poisoned", "sum"), generated_sets=("set", "count"))
-    scores = generated_rows[generated_rows["auroc"].notna()].groupby(group, dropna=False).agg(
-        auroc_generated=("auroc", "mean"), auroc_generated_low=("auroc_low", lowest),
-        auroc_generated_high=("auroc_high", highest), tpr_at_5_fpr_generated=("tpr_at_5_fpr", "mean"),
-        tpr_at_5_fpr_generated_low=("tpr_at_5_fpr_low", lowest), tpr_at_5_fpr_generated_high=("tpr_at_5_fpr_high", highest),
-        generated_sets_scored=("set", "count"))
-    generated = scores.join(sizes, how="right")
-    generated["generated_sets_scored"] = generated["generated_sets_scored"].fillna(0).astype(int)
-    detection = pd.DataFrame({
-        "auroc_training": training["auroc"], "auroc_training_low": training["auroc_low"],
-        "auroc_training_high": training["auroc_high"], "tpr_at_5_fpr_training": training["tpr_at_5_fpr"],
-        "tpr_at_5_fpr_training_low": training["tpr_at_5_fpr_low"],
-        "tpr_at_5_fpr_training_high": training["tpr_at_5_fpr_high"],
-        "n_training": training["n"], "n_poisoned_training": training["n_poisoned"],
-    }).reset_index().merge(generated.reset_index(), on=keys, how="outer")
-    detection = detection[keys + ["generated_guidance"] + [c for c in detection.columns
-                                                           if c not in keys and c != "generated_guidance"]]
-    detection["auroc_gain"] = detection["auroc_generated"] - detection["auroc_training"]
-    # "Easier on generated data" is claimed only when the two 95% intervals do not overlap.
-    detection["auroc_generated_higher"] = detection["auroc_generated_low"] > detection["auroc_training_high"]
-    return detection
+                for guidance in guidances:
+                    members = [r for r in generated if generated_set_guidance(r["set"]) == guidance]
+                    rows += _detection_rows(attack_columns(attack), detector, scope, guidance, training, members,
+                                            asr_training, [screening_asr.get((attack, r["set"]), math.nan) for r in members],
+                                            seed, resamples)
+    return pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+
+
+def _scope_items(result: dict[str, Any], detector: str, scope: str) -> tuple[np.ndarray, np.ndarray]:
+    """One set's (scores, carries_trigger) for a detector, restricted to the target class for that scope."""
+    items = result["items"]
+    if detector not in items["scores"]:
+        raise BibaddiffError(f"the detection result of {result['attack']}/{result['set']} has no scores of detector {detector!r}")
+    keep = items["in_target"] if scope == "target_class" else np.ones(len(items["carries_trigger"]), bool)
+    return np.asarray(items["scores"][detector])[keep], np.asarray(items["carries_trigger"])[keep]
+
+
+def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance: float, training: dict[str, Any],
+                    members: list[dict[str, Any]], asr_training: float, asr_generated: list[float], seed: int,
+                    resamples: int) -> list[dict[str, Any]]:
+    """The per-seed rows and the pooled row of one (attack, detector, scope, guidance) cell."""
+    comparison = compare_aurocs(_scope_items(training, detector, scope),
+                                [_scope_items(r, detector, scope) for r in members], resamples=resamples, seed=seed)
+    trained = training["detectors"][detector][scope]
+    base = {**columns, "detector": detector, "scope": scope, "generated_guidance": guidance}
+    training_columns = {
+        "auroc_training": comparison["training"]["auroc"], "auroc_training_low": comparison["training"]["auroc_low"],
+        "auroc_training_high": comparison["training"]["auroc_high"],
+        "training_at_ceiling": comparison["training"]["auroc"] >= 1.0,
+        **{f"tpr_at_5_fpr_training{b}": trained.get(f"tpr_at_5_fpr{b}", math.nan) for b in ("", "_low", "_high")},
+        "n_training": trained["n"], "n_poisoned_training": trained["n_poisoned"], "screening_asr_training": asr_training,
+    }
+
+    def no_backdoor(asrs: list[float]) -> bool:
+        return any(asr < NO_BACKDOOR_ASR for asr in [asr_training, *asrs])
+
+    rows = []
+    for result, compared, asr in zip(members, comparison["generated"], asr_generated):
+        scores = result["detectors"][detector][scope]
+        rows.append({**base, "seed": generated_set_seed(result["set"]), **training_columns,
+                     "auroc_generated": compared["auroc"], "auroc_generated_low": compared["auroc_low"],
+                     "auroc_generated_high": compared["auroc_high"], "between_seed_sd": math.nan,
+                     **{f"tpr_at_5_fpr_generated{b}": scores.get(f"tpr_at_5_fpr{b}", math.nan) for b in ("", "_low", "_high")},
+                     "n_generated": scores["n"], "n_flagged_generated": scores["n_poisoned"], "generated_sets": 1,
+                     "generated_sets_scored": int(not math.isnan(compared["auroc"])), "screening_asr_generated": asr,
+                     **{k: compared[k] for k in ("auroc_difference", "auroc_difference_low", "auroc_difference_high")},
+                     "no_backdoor_to_detect": no_backdoor([asr])})
+    pooled = comparison["pooled"]
+    scored_tprs = [row["tpr_at_5_fpr_generated"] for row in rows if row["generated_sets_scored"]]
+    rows.append({**base, "seed": "pooled", **training_columns,
+                 "auroc_generated": pooled["auroc"], "auroc_generated_low": pooled["auroc_low"],
+                 "auroc_generated_high": pooled["auroc_high"], "between_seed_sd": pooled["between_seed_sd"],
+                 "tpr_at_5_fpr_generated": float(np.mean(scored_tprs)) if scored_tprs else math.nan,
+                 "tpr_at_5_fpr_generated_low": math.nan, "tpr_at_5_fpr_generated_high": math.nan,
+                 "n_generated": sum(row["n_generated"] for row in rows),
+                 "n_flagged_generated": sum(row["n_flagged_generated"] for row in rows), "generated_sets": len(rows),
+                 "generated_sets_scored": pooled["sets_scored"],
+                 "screening_asr_generated": float(np.nanmean(asr_generated)) if not np.all(np.isnan(asr_generated)) else math.nan,
+                 **{k: pooled[k] for k in ("auroc_difference", "auroc_difference_low", "auroc_difference_high")},
+                 "no_backdoor_to_detect": no_backdoor(asr_generated)})
+    for row in rows:
+        # Decided on the difference's own interval: a 95% interval of generated - training wholly above 0.
+        row["auroc_generated_higher"] = bool(row["auroc_difference_low"] > 0)
+    return [{key: row[key] for key in DETECTION_COLUMNS} for row in rows]
+
+
+DETECTION_COLUMNS = [
+    "attack", "trigger", "poison_ratio", "detector", "scope", "generated_guidance", "seed",
+    "auroc_training", "auroc_training_low", "auroc_training_high", "training_at_ceiling",
+    "auroc_generated", "auroc_generated_low", "auroc_generated_high", "between_seed_sd",
+    "auroc_difference", "auroc_difference_low", "auroc_difference_high", "auroc_generated_higher",
+    "screening_asr_training", "screening_asr_generated", "no_backdoor_to_detect",
+    "tpr_at_5_fpr_training", "tpr_at_5_fpr_training_low", "tpr_at_5_fpr_training_high",
+    "tpr_at_5_fpr_generated", "tpr_at_5_fpr_generated_low", "tpr_at_5_fpr_generated_high",
+    "n_training", "n_poisoned_training", "n_generated", "n_flagged_generated", "generated_sets", "generated_sets_scored",
+]
 
 
 def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
@@ -358,36 +576,75 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
     return table.reset_index(drop=True), standard
 
 
+GENERATED_SET_NAME = r"generated_seed(\d+)_s(\d+(?:\.\d+)?)"
+
+
 def generated_set_guidance(name: str) -> float:
     """The guidance scale in a generated set's name (``generated_seed<k>_s<guidance>``); nan for other sets."""
-    match = re.fullmatch(r"generated_seed\d+_s(\d+(?:\.\d+)?)", str(name))
-    return float(match.group(1)) if match else math.nan
+    match = re.fullmatch(GENERATED_SET_NAME, str(name))
+    return float(match.group(2)) if match else math.nan
+
+
+def generated_set_seed(name: str) -> str:
+    """The diffusion model's training seed in a generated set's name (``generated_seed<k>_s<guidance>``); "" for
+    other sets."""
+    match = re.fullmatch(GENERATED_SET_NAME, str(name))
+    return match.group(1) if match else ""
 
 
 def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
-    """AUROC on the training set vs on generated data, per detector, one panel per attack, with the bootstrap
-    intervals as error bars where the table has them."""
+    """Per attack and guidance of the generated sets (a column each), over the detectors: top, the AUROC on the
+    poisoned training set and the pooled AUROC on the generated sets, each with its bootstrap interval, and each
+    seed's generated AUROC as a dot; bottom, the difference generated - training with its own interval (filled:
+    interval above 0; grey: a screening classifier without a backdoor, nothing to detect; tick label "ceiling": the
+    training AUROC is 1 and cannot rise)."""
     table = detection[detection.scope == "all"]
-    panels = sorted(table.groupby(["attack", "generated_guidance"], dropna=False).groups,
-                    key=lambda key: (table[table.attack == key[0]].poison_ratio.iloc[0], key[0], key[1]))
-    size = (4.5 * len(panels), 3.8)
-    with saved_figure(path, 1, len(panels), figsize=size, squeeze=False, sharey=True) as (fig, axes):
-        for ax, (attack, guidance) in zip(axes[0], panels):
-            rows = table[(table.attack == attack)
-                         & ((table.generated_guidance == guidance) | (table.generated_guidance.isna() & pd.isna(guidance)))]
+    pooled, per_seed = table[table.seed.astype(str) == "pooled"], table[table.seed.astype(str) != "pooled"]
+    panels = sorted(pooled.groupby(["attack", "generated_guidance"], dropna=False).groups,
+                    key=lambda key: (pooled[pooled.attack == key[0]].poison_ratio.iloc[0], key[0], key[1]))
+
+    def in_panel(rows: pd.DataFrame, attack: str, guidance: float) -> pd.DataFrame:
+        same_guidance = (rows.generated_guidance == guidance) | (rows.generated_guidance.isna() & pd.isna(guidance))
+        return rows[(rows.attack == attack) & same_guidance]
+
+    def error_bars(rows: pd.DataFrame, value: str) -> np.ndarray:
+        error = np.stack([rows[value] - rows[f"{value}_low"], rows[f"{value}_high"] - rows[value]]).astype(float)
+        return np.clip(np.nan_to_num(error), 0, None)
+
+    size = (4.5 * len(panels), 6.4)
+    with saved_figure(path, 2, len(panels), figsize=size, squeeze=False, sharex="col", sharey="row") as (fig, axes):
+        for column, (attack, guidance) in enumerate(panels):
+            top, bottom = axes[0][column], axes[1][column]
+            rows = in_panel(pooled, attack, guidance)
             x = np.arange(len(rows))
-            for offset, kind, label in ((-0.2, "training", "poisoned training set"), (0.2, "generated", "generated set")):
-                value, low, high = (f"auroc_{kind}", f"auroc_{kind}_low", f"auroc_{kind}_high")
-                error = None
-                if low in rows and high in rows:
-                    error = np.stack([rows[value] - rows[low], rows[high] - rows[value]]).astype(float)
-                    error = np.clip(np.nan_to_num(error), 0, None)
-                ax.bar(x + offset, rows[value], 0.4, yerr=error, capsize=2, error_kw={"linewidth": 0.8}, label=label)
-            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-            ax.set_xticks(x, rows.detector, rotation=30, ha="right", fontsize=8)
-            ax.set_title(attack if pd.isna(guidance) else f"{attack}, generated at s={guidance:g}", fontsize=9)
-            ax.set_ylim(0, 1.02)
-        axes[0][0].set_ylabel("AUROC")
+            for offset, kind, label in ((-0.2, "training", "poisoned training set"),
+                                        (0.2, "generated", "generated sets (mean over seeds)")):
+                top.bar(x + offset, rows[f"auroc_{kind}"], 0.4, yerr=error_bars(rows, f"auroc_{kind}"), capsize=2,
+                        error_kw={"linewidth": 0.8}, label=label)
+            seeds = in_panel(per_seed, attack, guidance)
+            for position, detector in enumerate(rows.detector):
+                values = seeds[seeds.detector == detector].auroc_generated
+                top.plot(np.full(len(values), position + 0.2), values, "k.", markersize=4,
+                         label="one seed's generated set" if position == 0 and column == 0 else None)
+            top.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+            top.set_ylim(0, 1.02)
+            top.set_title(attack if pd.isna(guidance) else f"{attack}, generated at s={guidance:g}", fontsize=9)
+            no_backdoor = rows.no_backdoor_to_detect.astype(bool).to_numpy()
+            higher = rows.auroc_generated_higher.astype(bool).to_numpy()
+            colors = ["grey" if nothing else "C0" for nothing in no_backdoor]
+            difference_errors = error_bars(rows, "auroc_difference")
+            for position, color in enumerate(colors):
+                bottom.errorbar(x[position], rows.auroc_difference.iloc[position],
+                                yerr=difference_errors[:, position:position + 1], fmt="none", ecolor=color, capsize=3,
+                                linewidth=1)
+            bottom.scatter(x, rows.auroc_difference, edgecolors=colors, zorder=3,
+                           facecolors=[color if up else "white" for color, up in zip(colors, higher)])
+            bottom.axhline(0, color="black", linewidth=0.8)
+            labels = [detector + ("\nceiling" if ceiling else "") + ("\nno backdoor" if nothing else "")
+                      for detector, ceiling, nothing in zip(rows.detector, rows.training_at_ceiling.astype(bool), no_backdoor)]
+            bottom.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        axes[0][0].set_ylabel("AUROC (95% bootstrap interval)")
+        axes[1][0].set_ylabel("AUROC generated - training\n(95% bootstrap interval)")
         axes[0][0].legend(fontsize=7)
 
 
@@ -510,12 +767,15 @@ def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: list[str]) -
     return rows[columns].sort_values(["x0_clipping", "guidance", "mode"]).reset_index(drop=True)
 
 
-QUALITY_COLUMNS = ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low", "high", "interval"]
+QUALITY_COLUMNS = ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low", "high",
+                   "kid_sd_over_subsets", "interval"]
+KID_METRICS = ("kid", "kid_judge")
 
 
 def quality_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (model, metric) from the quality stage's per-model results: FID/KID (``fid``, ``kid``: Inception
-    features; ``fid_judge``, ``kid_judge``: the content judge's), ``clip_score``, each with its interval."""
+    features; ``fid_judge``, ``kid_judge``: the content judge's), ``clip_score``. FID and the CLIP score have a 95%
+    interval (``low``, ``high``); KID has none, only its standard deviation over subsets (``kid_sd_over_subsets``)."""
     if not results:
         raise BibaddiffError("quality_table needs at least one model's quality result")
     rows = []
@@ -524,6 +784,10 @@ def quality_table(results: list[dict[str, Any]]) -> pd.DataFrame:
         if missing:
             raise BibaddiffError(f"a quality result lacks {', '.join(sorted(missing))}")
         for row in result["rows"]:
+            if row["metric"] in KID_METRICS and "kid_sd_over_subsets" not in row:
+                # Written before KID's sd had its own column: low and high were the mean -+ one sd over subsets.
+                row = {**row, "kid_sd_over_subsets": (row["high"] - row["low"]) / 2, "low": None, "high": None,
+                       "interval": f"none (kid_sd_over_subsets: {row['interval']})"}
             rows.append({**{key: result.get(key) for key in QUALITY_COLUMNS[:7]}, **row})
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     return table.sort_values(["metric", "p", "attack", "seed"], kind="stable").reset_index(drop=True)
@@ -560,3 +824,55 @@ def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path) -> None:
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+
+
+# ---------------------------------------------------------------------------------------- trigger detectors
+def calibration_table(calibrations: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (detector, cell): the detector's threshold, its false-positive rate on the clean model's
+    calibration generations, its true-positive rate on the same images with the trigger applied (at the poisoning
+    strength; ``tpr_detector_range``: across the detector's training range), each with a 95% Wilson interval, and
+    whether the correction may use it (TPR >= 0.5). ``source`` says what the detector was checked on."""
+    rows = []
+    for calibration in calibrations:
+        for row in calibration["rows"]:
+            out = {"detector": calibration["trigger"], "detector_negatives": calibration["detector_negatives"],
+                   "source": row["source"], "x0_clipping": row["x0_clipping"], "condition": row["condition"],
+                   "guidance": row["guidance"], "n": row["n"], "threshold": row["threshold"],
+                   "target_fpr": calibration["target_fpr"] if row["source"] == "clean_generations" else math.nan}
+            for name, count in (("fpr", row["false_positives"]), ("tpr", row["true_positives"]),
+                                ("tpr_detector_range", row["true_positives_detector_range"])):
+                out[name] = count / row["n"]
+                out[f"{name}_low"], out[f"{name}_high"] = wilson_interval(count, row["n"])
+            out["correction_usable"] = bool(out["tpr"] >= MINIMUM_TPR)
+            rows.append(out)
+    columns = ["detector", "detector_negatives", "source", "x0_clipping", "condition", "guidance", "n", "threshold",
+               "target_fpr", "fpr", "fpr_low", "fpr_high", "tpr", "tpr_low", "tpr_high", "tpr_detector_range",
+               "tpr_detector_range_low", "tpr_detector_range_high", "correction_usable"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows)[columns].sort_values(["detector", "x0_clipping", "condition", "guidance"]).reset_index(drop=True)
+
+
+def plot_calibration(table: pd.DataFrame, path: str | Path) -> None:
+    """Each detector's FPR (on clean generations) and TPR (the same images with the trigger) against guidance, with
+    95% intervals; a line per condition and sampler, the target FPR dashed."""
+    detectors = sorted(table.detector.unique()) if len(table) else ["(no trigger detector)"]
+    with saved_figure(path, 2, len(detectors), figsize=(4.2 * len(detectors), 6.5), squeeze=False) as (fig, axes):
+        for j, detector in enumerate(detectors):
+            subset = table[table.detector == detector] if len(table) else table
+            for i, rate in enumerate(("fpr", "tpr")):
+                ax = axes[i][j]
+                for index, ((sampler, condition), line) in enumerate(subset.groupby(["x0_clipping", "condition"])):
+                    line = line.sort_values("guidance")
+                    ax.errorbar(line.guidance, line[rate], yerr=[line[rate] - line[f"{rate}_low"],
+                                                                 line[f"{rate}_high"] - line[rate]],
+                                marker="o", capsize=3, color=f"C{index}", label=f"c{condition}, x0 {sampler}")
+                if rate == "fpr" and len(subset) and subset.target_fpr.notna().any():
+                    ax.axhline(subset.target_fpr.dropna().iloc[0], color="black", linestyle="--", linewidth=1,
+                               label="target FPR")
+                source = ", ".join(sorted(subset.source.unique())) if len(subset) else ""
+                ax.set_title(f"{detector}: {'false' if rate == 'fpr' else 'true'}-positive rate\n({source})", fontsize=9)
+                ax.set_xlabel("guidance scale s")
+                ax.set_ylim(-0.02, 1.02 if rate == "tpr" else max(0.1, float(subset.fpr_high.max()) + 0.02 if len(subset) else 0.1))
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=6)

@@ -18,7 +18,8 @@ labels the set carries (for a generated set, the condition each image was genera
                           translation than a clean image's.
 
 Detection is scored by :func:`evaluate_detection`: AUROC and TPR at 5% FPR, each with a stratified bootstrap
-interval.
+interval. :func:`compare_aurocs` bootstraps the difference between the AUROC on generated sets and on the training
+set from the per-image scores (:func:`save_detection_items`, :func:`load_detection_items`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from bibaddiff.images import inference_batch_size, to_model_space
 from bibaddiff.checks import check_int
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import auroc, tpr_at_fpr
+from bibaddiff.utils import write_atomically
 
-__all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "bootstrap_interval", "score_strip",
+__all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "bootstrap_interval", "compare_aurocs",
+           "save_detection_items", "load_detection_items", "score_strip",
            "score_spectral", "score_activation_clustering", "score_cognitive_distillation", "score_fct",
            "cognitive_distillation_objective", "mask_total_variation", "rotate_translate",
            "penultimate_features"]
@@ -529,3 +532,147 @@ def evaluate_detection(scores: np.ndarray, is_poisoned: np.ndarray, *, resamples
         result.update({key: statistic(scores, flags), f"{key}_low": low, f"{key}_high": high})
     return {**result, "n": int(len(flags)), "n_poisoned": int(flags.sum()), "resamples": int(resamples),
             "level": float(level)}
+
+
+# ------------------------------------------------------------------------------ comparing AUROCs between sets
+
+
+def save_detection_items(path: Any, carries_trigger: np.ndarray, in_target: np.ndarray,
+                         scores: dict[str, np.ndarray]) -> None:
+    """Write one screened set's per-image flags and every detector's scores to an ``.npz`` (atomically), for
+    :func:`compare_aurocs` to bootstrap: ``carries_trigger`` and ``in_target`` (bool), ``score_<detector>`` (float)."""
+    carries_trigger, in_target = np.asarray(carries_trigger).astype(bool), np.asarray(in_target).astype(bool)
+    if carries_trigger.ndim != 1 or in_target.shape != carries_trigger.shape:
+        raise BibaddiffError(f"carries_trigger and in_target must be 1-D and equal in length; got {carries_trigger.shape} "
+                             f"and {in_target.shape}")
+    arrays = {"carries_trigger": carries_trigger, "in_target": in_target}
+    for name, values in scores.items():
+        values = np.asarray(values, np.float64)
+        if values.shape != carries_trigger.shape:
+            raise BibaddiffError(f"scores of detector {name!r} must have one value per image ({len(carries_trigger)}); "
+                                 f"got shape {values.shape}")
+        arrays[f"score_{name}"] = values
+
+    def dump(tmp: Any) -> None:
+        with open(tmp, "wb") as handle:  # a handle, so that numpy does not append its own .npz to the name
+            np.savez(handle, **arrays)
+
+    write_atomically(path, dump)
+
+
+def load_detection_items(path: Any) -> dict[str, Any]:
+    """What :func:`save_detection_items` wrote: ``carries_trigger``, ``in_target`` and ``scores`` {detector: scores}."""
+    with np.load(path) as arrays:
+        missing = {"carries_trigger", "in_target"} - set(arrays.files)
+        if missing:
+            raise BibaddiffError(f"{path}: not a detection items file (it lacks {', '.join(sorted(missing))})")
+        return {"carries_trigger": arrays["carries_trigger"].astype(bool), "in_target": arrays["in_target"].astype(bool),
+                "scores": {key.removeprefix("score_"): arrays[key] for key in arrays.files if key.startswith("score_")}}
+
+
+def _check_scored_set(scored_set: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(scored_set, (tuple, list)) or len(scored_set) != 2:
+        raise BibaddiffError(f"{name} must be a (scores, is_poisoned) pair; got {type(scored_set).__name__}")
+    scores, flags = np.asarray(scored_set[0], np.float64), np.asarray(scored_set[1]).astype(bool)
+    if scores.ndim != 1 or scores.shape != flags.shape:
+        raise BibaddiffError(f"{name} must be a (scores, is_poisoned) pair of 1-D arrays of equal length; got shapes "
+                             f"{scores.shape} and {flags.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise BibaddiffError(f"{name}: scores must be finite")
+    return scores, flags
+
+
+def _stratified_bootstrap_aurocs(scores: np.ndarray, flags: np.ndarray, resamples: int,
+                                 rng: np.random.Generator) -> np.ndarray:
+    """AUROCs of ``resamples`` resamples that draw the poisoned and the clean images separately with replacement;
+    all nan when either class is empty.
+
+    AUROC is the Mann-Whitney statistic, ties counting half, so a resample needs only how often each distinct score
+    is drawn on each side: a clean image's count below a score is a cumulative sum. That is exact (the same value as
+    scikit-learn's on the resampled images) and takes O(n) per resample instead of a sort."""
+    positives, negatives = int(flags.sum()), int((~flags).sum())
+    if positives == 0 or negatives == 0:
+        return np.full(resamples, math.nan)
+    _, tie_group = np.unique(scores, return_inverse=True)
+    groups = int(tie_group.max()) + 1
+    positive_groups, negative_groups = tie_group[flags], tie_group[~flags]
+    values = np.empty(resamples)
+    chunk = max(1, 2_000_000 // max(groups, positives, negatives))  # bounds the (chunk, n) arrays at ~16 MB each
+
+    def counts(sides: np.ndarray, size: int) -> np.ndarray:
+        drawn = sides[rng.integers(0, len(sides), (size, len(sides)))]
+        offsets = np.arange(size)[:, None] * groups
+        return np.bincount((drawn + offsets).ravel(), minlength=size * groups).reshape(size, groups)
+
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        positive_counts, negative_counts = counts(positive_groups, size), counts(negative_groups, size)
+        clean_below = np.cumsum(negative_counts, axis=1) - negative_counts
+        wins = (positive_counts * (clean_below + 0.5 * negative_counts)).sum(axis=1)
+        values[start:start + size] = wins / (positives * negatives)
+    return values
+
+
+def compare_aurocs(training: tuple[np.ndarray, np.ndarray], generated_sets: list[tuple[np.ndarray, np.ndarray]], *,
+                   resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """AUROC on generated sets minus AUROC on the training set, each difference with its own bootstrap interval.
+
+    ``training`` and each of ``generated_sets`` (one per training seed of the diffusion model) are
+    (scores, is_poisoned) pairs. They are independent samples, so each is resampled on its own, stratified by
+    poisoned/clean (:func:`bootstrap_interval`'s scheme), with ``resamples`` draws from one ``numpy`` Generator
+    seeded with ``seed``; intervals are ``level`` percentile intervals.
+
+    Returns ``training`` (auroc, auroc_low, auroc_high), ``generated`` (per set: auroc with interval and
+    auroc_difference with interval) and ``pooled``: the mean AUROC over the generated sets minus the training AUROC,
+    with an interval from a two-stage bootstrap that resamples the sets (the seeds), then the images within each
+    drawn set, so that it widens when seeds disagree; ``between_seed_sd`` is the standard deviation of the sets'
+    AUROCs (ddof 1). A generated set with no poisoned or no clean image has no AUROC: it is nan and left out of
+    the pooled estimate (``sets_scored`` counts the others)."""
+    resamples = check_int(resamples, "resamples", 1)
+    if not _is_finite_number(level) or not 0 < level < 1:
+        raise BibaddiffError(f"level must lie in (0, 1); got {level!r}")
+    if not isinstance(generated_sets, (list, tuple)):
+        raise BibaddiffError(f"generated_sets must be a list of (scores, is_poisoned) pairs; got {type(generated_sets).__name__}")
+    training = _check_scored_set(training, "training")
+    generated_sets = [_check_scored_set(s, f"generated_sets[{k}]") for k, s in enumerate(generated_sets)]
+    rng = np.random.default_rng(check_int(seed, "seed", 0))
+    quantiles = [(1 - level) / 2, (1 + level) / 2]
+
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        if np.isnan(values).any():
+            return math.nan, math.nan
+        low, high = np.quantile(values, quantiles)
+        return float(low), float(high)
+
+    training_auroc = auroc(*training)
+    training_draws = _stratified_bootstrap_aurocs(*training, resamples, rng)
+    result: dict[str, Any] = {"training": {"auroc": training_auroc, **dict(zip(("auroc_low", "auroc_high"),
+                                                                              interval(training_draws)))}}
+    per_set, scored_draws, scored_aurocs = [], [], []
+    for scores, flags in generated_sets:
+        value, draws = auroc(scores, flags), _stratified_bootstrap_aurocs(scores, flags, resamples, rng)
+        low, high = interval(draws)
+        difference_low, difference_high = interval(draws - training_draws)
+        per_set.append({"auroc": value, "auroc_low": low, "auroc_high": high,
+                        "auroc_difference": value - training_auroc, "auroc_difference_low": difference_low,
+                        "auroc_difference_high": difference_high})
+        if not math.isnan(value):
+            scored_draws.append(draws)
+            scored_aurocs.append(value)
+    result["generated"] = per_set
+    pooled = dict.fromkeys(("auroc", "auroc_low", "auroc_high", "auroc_difference", "auroc_difference_low",
+                            "auroc_difference_high", "between_seed_sd"), math.nan)
+    if scored_aurocs:
+        sets = len(scored_aurocs)
+        # Stage one draws which sets (seeds) a resample holds; stage two gives each drawn set an item resample of its
+        # own (a random one of its ``resamples`` stratified draws), so a set drawn twice gets two different ones.
+        chosen_sets = rng.integers(0, sets, (resamples, sets))
+        chosen_draws = rng.integers(0, resamples, (resamples, sets))
+        pooled_draws = np.stack(scored_draws)[chosen_sets, chosen_draws].mean(axis=1)
+        pooled["auroc"] = float(np.mean(scored_aurocs))
+        pooled["auroc_low"], pooled["auroc_high"] = interval(pooled_draws)
+        pooled["auroc_difference"] = pooled["auroc"] - training_auroc
+        pooled["auroc_difference_low"], pooled["auroc_difference_high"] = interval(pooled_draws - training_draws)
+        pooled["between_seed_sd"] = float(np.std(scored_aurocs, ddof=1)) if sets > 1 else math.nan
+    result["pooled"] = {**pooled, "sets_scored": len(scored_aurocs)}
+    return result
