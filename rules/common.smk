@@ -8,6 +8,7 @@ from pathlib import Path
 
 try:
     from bibaddiff.config import load_schema, validate_config
+    from bibaddiff.diffusion.timesteps import SAMPLER_KEYS, non_default_sampler_options
     from bibaddiff.errors import BibaddiffError
     from bibaddiff.triggers import DETECTOR_ALPHA_RANGE
 except ImportError as error:
@@ -229,7 +230,11 @@ else:
 # initial noise is drawn for the whole cell at once, so its images do not depend on how it is cut into batches.
 # cells_per_job only decides which job makes a cell.
 SAMPLING_SETTINGS = {k: v for k, v in config["generation"].items()
-                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size", "cells_per_job")}
+                     if k not in ("guidance_scales", "other_conditions", "threads", "x0_clipping", "batch_size", "cells_per_job",
+                                  *SAMPLER_KEYS)}
+# generation.timesteps and precision enter the digest only when not at their defaults, so that cells made before the
+# keys existed keep their folders.
+SAMPLING_SETTINGS.update(non_default_sampler_options(config["generation"]))
 GENERATION_BATCH = config["generation"]["batch_size"]
 # Every model of a config trains with the same settings, and every cell samples with the same ones: one digest each.
 TRAINING_ID = f"train-{settings_digest(TRAINER_SETTINGS)}"
@@ -564,7 +569,8 @@ QUALITY_GUIDANCE = number(QUALITY["guidance"])
 # (generation.seed + 1, as the defences' generated training sets), so that both stages make the same set.
 QUALITY_SAMPLING = {"kind": "all-class generations", "balance": CLEAN_STAGE, "num_images": QUALITY["num_images"],
                     "guidance": float(QUALITY["guidance"]), "ddim_steps": config["generation"]["ddim_steps"],
-                    "seed": config["generation"]["seed"] + 1, "x0_clipping": SAMPLERS[0]}
+                    "seed": config["generation"]["seed"] + 1, "x0_clipping": SAMPLERS[0],
+                    **non_default_sampler_options(config["generation"])}
 QUALITY_SET_ID = f"allclass-{settings_digest(QUALITY_SAMPLING)}"
 QUALITY_FEATURES = ["judge"] + (["inception"] if QUALITY["inception_weights"] else [])
 

@@ -107,6 +107,7 @@ def test_imagefolder_config(tmp_path):
                 (tmp_path / split / name / f"{k}.png").write_bytes(b"")  # counted, not read
     config = tiny()
     config["dataset"] = {"name": "folder", "source": "imagefolder", "root": str(tmp_path), "image_size": 8}
+    config["defenses"]["enabled"] = False  # 10 images: fewer than the published FCT's fine-tuning batch
     config["target"] = 1
     config["generation"]["other_conditions"] = [0]
     filled = validate_config(config, schema())
@@ -572,10 +573,11 @@ def test_validating_a_config_does_not_import_torch():
 
 
 def test_schema_types_exactly_the_settings_each_detector_takes():
-    from bibaddiff.defenses.detectors import DETECTORS, detector_settings
+    from bibaddiff.defenses.detectors import DETECTOR_NAMES, detector_settings
 
-    typed = schema()["properties"]["defenses"]["properties"]["detector_settings"]["properties"]
-    assert set(typed) == set(DETECTORS)
+    defenses = schema()["properties"]["defenses"]["properties"]
+    typed = defenses["detector_settings"]["properties"]
+    assert set(typed) == set(DETECTOR_NAMES) == set(defenses["detectors"]["items"]["enum"])
     for name, spec in typed.items():
         assert spec.get("additionalProperties") is False, name
         assert set(spec["properties"]) == set(detector_settings(name)), name
@@ -616,6 +618,49 @@ def test_embedder_typos_stop_before_any_job(embedder, words):
     config["replication"]["embedder"] = embedder
     message = error_of(config)
     assert message.startswith("config key replication.embedder") and words in message
+
+
+def test_fct_constants_are_the_detectors():
+    from bibaddiff.config import FCT_FINETUNE_BATCH_SIZE, FCT_FINETUNING, fct_runs
+    from bibaddiff.defenses.detectors import DETECTOR_NAMES, FCT_VARIANTS, detector_settings, detector_variant
+
+    assert FCT_VARIANTS["published"]["finetune_batch_size"] == FCT_FINETUNE_BATCH_SIZE
+    assert set(FCT_FINETUNING) == {key for key in detector_settings("fct") if key.startswith("finetune_")}
+    runs = fct_runs({"detectors": list(DETECTOR_NAMES), "detector_settings": {"fct": {"variant": "frozen"}}})
+    assert runs == {name: detector_variant(name, {"variant": "frozen"}) for name in DETECTOR_NAMES
+                    if name.startswith("fct")}
+
+
+def test_a_fct_fine_tuning_batch_larger_than_the_screened_sets_stops_before_any_job():
+    config = tiny()  # 20 training images per class: 200 images in each screened set
+    config["defenses"]["detectors"] = ["fct_published"]
+    config["defenses"]["detector_settings"] = {"fct_published": {"finetune_batch_size": 201}}
+    message = error_of(config)
+    assert message == ("config key defenses.detector_settings.fct_published.finetune_batch_size: 201 images per "
+                       "fine-tuning batch, but the screened sets hold only 200 images; allowed up to 200")
+    config["defenses"]["detector_settings"] = {"fct_published": {"finetune_batch_size": 200}}
+    validate_config(config, schema())
+    # The default batch (100) against a smaller set: the plain name runs the published variant by default.
+    config["dataset"]["max_images_per_class"] = 9
+    config["defenses"]["detectors"] = ["fct"]
+    config["defenses"]["detector_settings"] = {}
+    config["poisoning"]["ratios"] = [0.05]
+    assert error_of(config).startswith("config key defenses.detector_settings.fct.finetune_batch_size: 100 images")
+    config["defenses"]["detector_settings"] = {"fct": {"variant": "frozen"}}
+    validate_config(config, schema())  # the frozen variant does not fine-tune
+    config["defenses"]["detector_settings"] = {"fct": {"variant": "frozen", "finetune_epochs": 3}}
+    assert error_of(config).startswith("config key defenses.detector_settings.fct.finetune_epochs: the frozen FCT")
+
+
+def test_two_variants_of_a_detector_run_side_by_side():
+    config = tiny()
+    config["defenses"]["detectors"] = ["cognitive_distillation_published", "cognitive_distillation_probabilities",
+                                       "fct_frozen"]
+    config["defenses"]["detector_settings"] = {"cognitive_distillation_probabilities": {"steps": 5}}
+    validate_config(config, schema())
+    config["defenses"]["detector_settings"] = {"cognitive_distillation_probabilities": {"variant": "published"}}
+    message = error_of(config)
+    assert message.startswith("config key defenses.detector_settings.cognitive_distillation_probabilities") and "variant" in message
 
 
 def test_strip_partner_default_is_the_detectors():

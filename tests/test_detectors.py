@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from bibaddiff.data import load_source
-from bibaddiff.defenses.detectors import (DETECTORS, bootstrap_interval, cognitive_distillation_objective,
-                                          detector_settings, evaluate_detection, mask_total_variation,
+from bibaddiff.defenses.detectors import (DETECTOR_NAMES, DETECTORS, bootstrap_interval,
+                                          cognitive_distillation_objective, detector_settings, detector_variant,
+                                          evaluate_detection, fct_intra_class_loss, mask_total_variation,
                                           penultimate_features, rotate_translate, run_detector,
                                           score_activation_clustering, score_cognitive_distillation, score_fct,
                                           score_spectral, score_strip)
@@ -40,7 +41,7 @@ TEST_SETTINGS = {
     "fct": {},
 }
 # Lowest AUROC each detector must reach on the poisoned set; measured values are about 1.00 (STRIP, 100 held-out
-# partners superimposed), 0.92, 0.99, 1.00 and 0.96 (FCT, one transformed copy).
+# partners superimposed), 0.92, 0.99, 1.00 and 0.98 (FCT as published, fine-tuned, one transformed copy; 0.95 frozen).
 MIN_AUROC = {"strip": 0.95, "spectral": 0.85, "activation_clustering": 0.95, "cognitive_distillation": 0.95,
              "fct": 0.85}
 
@@ -309,18 +310,23 @@ def test_rotate_translate_matches_numpy_for_right_angles_and_whole_pixel_shifts(
     np.testing.assert_array_equal(shifted, expected)
 
 
-def test_fct_is_zero_for_the_identity_and_independent_of_batch_size(poisoned_digits):
+@pytest.mark.parametrize("variant", ["frozen", "published"])
+def test_fct_is_zero_for_the_identity_and_independent_of_batch_size(variant, poisoned_digits):
     data = poisoned_digits
     args = (data.model, data.images[:30], data.labels[:30])
+    tuning = {"finetune_batch_size": 10, "finetune_epochs": 2} if variant == "published" else {}
     # The identity transformation copies the images exactly: pixel features do not move at all, and the CNN's
     # features only by float rounding (its kernels may take another path for a tensor of another layout).
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     assert torch.equal(rotate_translate(x, torch.zeros(3), torch.zeros(3, 2)), x)
-    assert np.all(score_fct(PixelFeatures(64), *args[1:], rotation_degrees=0.0, translate=0.0) == 0.0)
-    assert np.all(score_fct(*args, rotation_degrees=0.0, translate=0.0) < 1e-10)
-    big = score_fct(*args, num_transforms=2, batch_size=30, seed=1)
-    np.testing.assert_allclose(big, score_fct(*args, num_transforms=2, batch_size=7, seed=1), rtol=1e-5, atol=1e-7)
-    assert np.all(big >= 0) and not np.allclose(big, score_fct(*args, num_transforms=2, batch_size=30, seed=2))
+    assert np.all(score_fct(PixelFeatures(64), *args[1:], variant=variant, rotation_degrees=0.0, translate=0.0,
+                            **tuning) == 0.0)
+    assert np.all(score_fct(*args, variant=variant, rotation_degrees=0.0, translate=0.0, **tuning) < 1e-10)
+    big = score_fct(*args, variant=variant, num_transforms=2, batch_size=30, seed=1, **tuning)
+    np.testing.assert_allclose(big, score_fct(*args, variant=variant, num_transforms=2, batch_size=7, seed=1, **tuning),
+                               rtol=1e-5, atol=1e-7)
+    assert np.all(big >= 0) and not np.allclose(big, score_fct(*args, variant=variant, num_transforms=2, batch_size=30,
+                                                               seed=2, **tuning))
 
 
 def test_fct_scores_a_trigger_that_moves_under_the_transformation_higher():
@@ -331,11 +337,73 @@ def test_fct_scores_a_trigger_that_moves_under_the_transformation_higher():
     clean = np.full((40, 8, 8, 1), 128, np.uint8)
     patched = clean.copy()
     patched[:, -3:-1, -3:-1] = 255
-    clean_scores = score_fct(model, clean, np.zeros(40, np.int64), seed=0)
-    patched_scores = score_fct(model, patched, np.zeros(40, np.int64), seed=0)
+    clean_scores = score_fct(model, clean, np.zeros(40, np.int64), variant="frozen", seed=0)
+    patched_scores = score_fct(model, patched, np.zeros(40, np.int64), variant="frozen", seed=0)
     assert np.all(patched_scores >= clean_scores - 1e-12)
     assert np.mean(patched_scores > clean_scores + 1e-9) > 0.9
     assert auroc(np.r_[clean_scores, patched_scores], np.r_[np.zeros(40), np.ones(40)]) > 0.6
+
+
+def test_fct_intra_class_loss_by_hand():
+    # Class centres (1, 0) and (0, 1): orthogonal, the off-diagonal similarities are 0.
+    features = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    assert fct_intra_class_loss(features, torch.tensor([0, 0, 1])).item() == pytest.approx(0.0)
+    # Centres along one direction: similarity 1 off the diagonal, 0 on it, mean over the 2 x 2 matrix = 0.5.
+    assert fct_intra_class_loss(torch.tensor([[1.0, 1.0], [2.0, 2.0]]), torch.tensor([4, 7])).item() == pytest.approx(0.5)
+    # Three classes at 120 degrees: cosine -1/2 off the diagonal, 6 of the 9 entries: mean -1/3.
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    spread = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    assert fct_intra_class_loss(spread, torch.tensor([0, 1, 2])).item() == pytest.approx(-1 / 3)
+    # One class: nothing to pull apart.
+    assert fct_intra_class_loss(features, torch.tensor([5, 5, 5])).item() == 0.0
+
+
+def test_published_fct_fine_tunes_a_copy_and_separates_the_patch_at_least_as_well(poisoned_digits):
+    data = poisoned_digits
+    model = data.model
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    grads = [p.requires_grad for p in model.parameters()]
+    model.train()  # the published variant scores with its copy: even the caller's mode stays
+    try:
+        published = score_fct(model, data.images, data.labels, variant="published", seed=0)
+        assert model.training
+    finally:
+        model.eval()
+    frozen = score_fct(model, data.images, data.labels, variant="frozen", seed=0)
+    # The caller's classifier is untouched: weights, batch-norm statistics, requires_grad.
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == grads
+    # The fine-tuning changes the scores, and the published variant separates the patch at least as well (measured:
+    # AUROC 0.979 against 0.954 frozen).
+    assert not np.allclose(frozen, published)
+    frozen_auroc, published_auroc = auroc(frozen, data.poisoned), auroc(published, data.poisoned)
+    assert published_auroc >= frozen_auroc and published_auroc > 0.95, (published_auroc, frozen_auroc)
+    # Deterministic, and the same seed gives the same transformation draws in both variants.
+    np.testing.assert_array_equal(published, score_fct(model, data.images, data.labels, seed=0))
+    np.testing.assert_array_equal(frozen, score_fct(model, data.images, data.labels, variant="frozen",
+                                                    rotation_degrees=180.0, seed=0))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({}, "finetune_batch_size: 100 images per fine-tuning batch, but the screened set holds only 10; allowed up to 10"),
+    ({"finetune_batch_size": 11}, "finetune_batch_size: 11 images per fine-tuning batch"),
+    ({"finetune_batch_size": 1}, "finetune_batch_size"),
+    ({"finetune_epochs": 0, "finetune_batch_size": 5}, "finetune_epochs"),
+    ({"finetune_learning_rate": -0.1, "finetune_batch_size": 5}, "finetune_learning_rate"),
+    ({"variant": "frozen", "finetune_epochs": 3}, "finetune_epochs: the frozen FCT does not fine-tune"),
+    ({"variant": "paper"}, "variant must be one of published, frozen"),
+])
+def test_fct_rejects_bad_fine_tuning_in_one_line(settings, message, poisoned_digits):
+    data = poisoned_digits
+    with pytest.raises(BibaddiffError, match=message) as error:
+        score_fct(data.model, data.images[:10], data.labels[:10], **settings)
+    assert "\n" not in str(error.value)
+
+
+def test_published_fct_needs_two_classes(poisoned_digits):
+    data = poisoned_digits
+    with pytest.raises(BibaddiffError, match="one class; use variant 'frozen'"):
+        score_fct(data.model, data.images[:10], np.zeros(10, np.int64), finetune_batch_size=5)
 
 
 # ------------------------------------------------------------------------------- dispatch and validation
@@ -344,6 +412,29 @@ def test_fct_scores_a_trigger_that_moves_under_the_transformation_higher():
 def test_run_detector_rejects_unknown_name_listing_allowed(poisoned_digits):
     with pytest.raises(BibaddiffError, match="strip, spectral, activation_clustering, cognitive_distillation, fct"):
         run_detector("neural_cleanse", poisoned_digits.model, poisoned_digits.images, poisoned_digits.labels, {}, 0)
+
+
+def test_a_name_with_a_variant_runs_that_variant_and_takes_no_variant_setting(poisoned_digits):
+    data = poisoned_digits
+    args = (data.model, data.images[:20], data.labels[:20])
+    assert DETECTOR_NAMES == ("strip", "spectral", "activation_clustering", "cognitive_distillation", "fct",
+                              "cognitive_distillation_published", "cognitive_distillation_probabilities",
+                              "fct_published", "fct_frozen")
+    np.testing.assert_array_equal(run_detector("fct_frozen", *args, {}, seed=2),
+                                  score_fct(*args, variant="frozen", seed=2))
+    np.testing.assert_array_equal(
+        run_detector("cognitive_distillation_probabilities", *args, {"steps": 3}, seed=2),
+        score_cognitive_distillation(*args, variant="probabilities", steps=3, seed=2))
+    assert "variant" not in detector_settings("fct_frozen") and "variant" in detector_settings("fct")
+    assert detector_settings("fct_published").keys() == detector_settings("fct").keys() - {"variant"}
+    with pytest.raises(BibaddiffError, match="unknown setting.*'variant' for detector 'fct_frozen'"):
+        run_detector("fct_frozen", *args, {"variant": "published"}, seed=0)
+    # The variant each run labels its rows with.
+    assert detector_variant("fct") == "published" and detector_variant("fct", {"variant": "frozen"}) == "frozen"
+    assert detector_variant("cognitive_distillation") == "published"
+    assert detector_variant("cognitive_distillation", {"variant": "probabilities"}) == "probabilities"
+    assert detector_variant("cognitive_distillation_probabilities", {"steps": 3}) == "probabilities"
+    assert detector_variant("strip", {"num_blends": 3}) is None
 
 
 def test_run_detector_rejects_unknown_setting(poisoned_digits):
@@ -650,6 +741,30 @@ def test_detection_table_has_a_row_per_seed_and_a_pooled_row_decided_on_the_diff
     assert at_6.no_backdoor_to_detect.to_dict() == {"0": False, "1": True, "pooled": True}
     assert at_6.screening_asr_generated.to_dict() == pytest.approx({"0": 0.8, "1": 0.05, "pooled": 0.425})
     assert (table.screening_asr_training == 0.9).all() and not table.training_at_ceiling.any()
+
+
+def test_two_variants_of_one_detector_get_rows_of_their_own_labelled_with_their_variant(tmp_path):
+    from bibaddiff.report import _detection_table, plot_detection
+
+    def result(set_name, seed):
+        plain = _detection_result(set_name, _scored_set(200, 1.0, seed))
+        runs = {"cognitive_distillation_probabilities": "probabilities", "cognitive_distillation_published": "published",
+                "fct": "published"}
+        plain["detectors"] = {**{name: {**plain["detectors"]["strip"], "variant": variant} for name, variant in runs.items()},
+                              "strip": {**plain["detectors"]["strip"], "variant": None}}
+        plain["items"]["scores"] = {name: plain["items"]["scores"]["strip"] + k for k, name in enumerate(plain["detectors"])}
+        return plain
+
+    table = _detection_table([result("training", 0), result("generated_seed0_s1", 1)], _attack_columns,
+                             {}, seed=0, resamples=50)
+    labels = table[["detector", "variant"]].drop_duplicates().itertuples(index=False)
+    assert {(detector, None if isinstance(variant, float) and math.isnan(variant) else variant)
+            for detector, variant in labels} == {("cognitive_distillation_probabilities", "probabilities"),
+                                               ("cognitive_distillation_published", "published"),
+                                               ("fct", "published"), ("strip", None)}
+    assert len(table) == 4 * 2 * 2  # detectors x scopes x (one seed + pooled)
+    plot_detection(table, tmp_path / "detection.png")
+    assert (tmp_path / "detection.png").stat().st_size > 0
 
 
 def test_a_training_auroc_of_one_is_flagged_at_ceiling_and_a_set_without_flags_is_counted_not_scored():

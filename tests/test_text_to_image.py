@@ -456,3 +456,26 @@ def test_corrupt_single_file_gives_one_line_error(tiny_sd, tmp_path):
 def test_latents_are_never_clipped(sd_model):
     with pytest.raises(BibaddiffError, match="generation.x0_clipping: a stable_diffusion model samples latents"):
         sd_model.generate(0, 2.0, 1, 2, seed=0, batch_size=1, x0_clipping="clip")
+
+
+def test_stable_diffusion_samples_with_the_sampler_settings(sd_model, monkeypatch):
+    """generation.timesteps and generation.precision reach the text-to-image path too (it samples through
+    sample_ddim): leading is Stable Diffusion's own spacing (steps_offset 1), quadratic upstream's DDPM list."""
+    import bibaddiff.diffusion.sampling as sampling
+
+    calls = []
+    hook = sd_model.denoiser.register_forward_pre_hook(lambda module, args, kwargs: calls.append(int(args[1])),
+                                                       with_kwargs=True)
+    try:
+        leading = sd_model.generate(0, 2.0, 1, 4, seed=1, batch_size=1, x0_clipping="none")
+        quadratic = sd_model.generate(0, 2.0, 1, 4, seed=1, batch_size=1, x0_clipping="none", timesteps="quadratic")
+    finally:
+        hook.remove()
+    assert calls == [751, 501, 251, 1, 999, 250, 0, 0]
+    assert not np.array_equal(leading, quadratic)
+    monkeypatch.setattr(sampling, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(BibaddiffError, match="^generation.precision: bf16, but this CPU has no bf16 support"):
+        sd_model.generate(0, 2.0, 1, 2, seed=1, batch_size=1, x0_clipping="none", precision="bf16")
+    monkeypatch.setattr(sampling, "cpu_supports_bf16", lambda: True)
+    half = sd_model.generate(0, 2.0, 1, 4, seed=1, batch_size=1, x0_clipping="none", precision="bf16")
+    assert half.shape == leading.shape and half.dtype == np.uint8

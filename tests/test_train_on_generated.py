@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from bibaddiff.data import load_source
-from bibaddiff.defenses.train_on_generated import evaluate_classifier
+from bibaddiff.defenses.train_on_generated import evaluate_classifier, train_and_evaluate_by_epoch
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import JudgeSettings, train_judge
 from bibaddiff.metrics import attack_success_rate
@@ -52,6 +53,69 @@ def test_train_and_evaluate_is_deterministic(digits):
     first = _run(train.images[:200], train.labels[:200], heldout, trigger, seed=3)
     again = _run(train.images[:200], train.labels[:200], heldout, trigger, seed=3)
     assert first == again
+
+
+def test_per_epoch_evaluation_trains_train_judges_model_and_keeps_the_best_epochs(digits):
+    train, heldout, trigger = digits
+    poisoned, _ = poison_dataset(train, trigger, TARGET, 0.05, seed=0)
+    settings = JudgeSettings(epochs=4, batch_size=64)
+    other = build_trigger("corner", {"type": "patch", "corner": "top-left", "size": 2}, 8, 1)
+    model, evaluation = train_and_evaluate_by_epoch(poisoned.images, poisoned.labels, 10, settings, 1, heldout.images,
+                                                    heldout.labels, {"badnet": trigger, "corner": other}, TARGET,
+                                                    device="cpu")
+    # Measuring after every epoch leaves the training as judges.train_judge's: the same weights.
+    reference = train_judge(poisoned.images, poisoned.labels, 10, settings, 1, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert not model.training
+    for name, used in (("badnet", trigger), ("corner", other)):
+        scores = evaluation[name]
+        # The last epoch's values are evaluate_classifier's on the returned model.
+        assert {k: scores[k] for k in ("acc", "asr", "n_test", "n_attacked")} == evaluate_classifier(
+            model, heldout.images, heldout.labels, used, TARGET)
+        assert len(scores["acc_per_epoch"]) == len(scores["asr_per_epoch"]) == 4
+        assert scores["acc_per_epoch"][-1] == scores["acc"] and scores["asr_per_epoch"][-1] == scores["asr"]
+        assert scores["acc_best_epoch"] == max(scores["acc_per_epoch"]) >= scores["acc"]
+        assert scores["asr_best_epoch"] == max(scores["asr_per_epoch"]) >= scores["asr"]
+    # One clean-accuracy curve, a backdoor on the poisoned trigger only; the early epochs differ from the last.
+    assert evaluation["badnet"]["acc_per_epoch"] == evaluation["corner"]["acc_per_epoch"]
+    assert evaluation["badnet"]["asr"] > 0.8 and evaluation["corner"]["asr"] < 0.3
+    assert evaluation["badnet"]["acc_per_epoch"][0] < evaluation["badnet"]["acc"]
+
+
+def test_the_train_on_generated_table_reports_the_last_and_the_best_epoch():
+    from bibaddiff.report import _train_on_generated_table
+
+    attacks = {"patch-p0.1": {"ratio": 0.1, "trigger": "patch"}}
+    info = {"num_train": 50, "evaluation": {"patch": {"acc": 0.9, "asr": 0.2, "acc_per_epoch": [0.5, 0.95, 0.9],
+                                                      "asr_per_epoch": [0.6, 0.3, 0.2], "acc_best_epoch": 0.95,
+                                                      "asr_best_epoch": 0.6}}}
+    older = {"num_train": 50, "evaluation": {"patch": {"acc": 0.8, "asr": 0.1}}}  # saved before per-epoch values
+    table, standard = _train_on_generated_table(
+        [info, older], ["c/patch-p0.1/poisoned", "c/patch-p0.1/generated_seed0_s1"], attacks,
+        lambda attack: {"attack": attack, "poison_ratio": attacks[attack]["ratio"], "trigger": "patch"})
+    rows = table.set_index("trainset")
+    assert rows.loc["poisoned", ["acc", "asr", "acc_best_epoch", "asr_best_epoch", "epochs"]].tolist() == [
+        0.9, 0.2, 0.95, 0.6, 3]
+    assert rows.loc["generated_seed0_s1", ["acc_best_epoch", "asr_best_epoch", "epochs"]].isna().all()
+    assert standard[0]["acc"] == 0.9 and standard[0]["asr"] == 0.2  # the comparison row keeps the last epoch
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda heldout, trigger: {"triggers": {"badnet": "patch"}}, "Trigger"),
+    (lambda heldout, trigger: {"target": 10}, r"target must be a class index in \[0, 10\)"),
+    (lambda heldout, trigger: {"clean_test_images": heldout.images.repeat(3, axis=-1)},
+     "3 channels; the classifier takes 1"),
+    (lambda heldout, trigger: {"clean_test_labels": np.full(len(heldout), TARGET)}, "no images outside target class 0"),
+    (lambda heldout, trigger: {"settings": {"epochs": 1}}, "JudgeSettings"),
+])
+def test_per_epoch_evaluation_rejects_bad_input_before_training(digits, change, message):
+    train, heldout, trigger = digits
+    arguments = dict(images=train.images[:20], labels=train.labels[:20], num_outputs=10,
+                     settings=JudgeSettings(epochs=1, batch_size=64), seed=0, clean_test_images=heldout.images,
+                     clean_test_labels=heldout.labels, triggers={"badnet": trigger}, target=TARGET, device="cpu")
+    arguments.update(change(heldout, trigger))
+    with pytest.raises(BibaddiffError, match=message):
+        train_and_evaluate_by_epoch(**arguments)
 
 
 @pytest.mark.parametrize("change, message", [

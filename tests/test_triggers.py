@@ -404,7 +404,7 @@ def test_badnets_band_from_side_8(side):
             assert square[row, col] == (255 if low <= row + col - (side - 1) <= high else 0), (row, col)
 
 
-# ------------------------------------------------------------------------------------------ builtin:bomb (BadNets-2)
+# ------------------------------------------------------------------------- builtin:bomb (upstream's extra trigger)
 
 
 def test_builtin_bomb_at_51_px_is_a_dark_disc_on_white_with_a_spark():

@@ -179,7 +179,13 @@ def test_amplification_vs_ratio_table(tiny_run):
 def test_defense_tables(tiny_run):
     summary = tiny_run / "results/experiments/tiny/summary"
     detection = pd.read_csv(summary / "detection.csv", dtype={"seed": str})
-    assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation", "fct"}
+    assert set(detection.detector) == {"strip", "spectral", "activation_clustering", "cognitive_distillation", "fct",
+                                       "fct_frozen"}
+    # Every row says which definition produced it; detectors with one definition leave it empty.
+    one_definition = detection.detector.isin(["strip", "spectral", "activation_clustering"])
+    assert detection[one_definition].variant.isna().all()
+    variants = detection[~one_definition].groupby("detector").variant.unique().map(list).to_dict()
+    assert variants == {"cognitive_distillation": ["probabilities"], "fct": ["published"], "fct_frozen": ["frozen"]}
     assert not [column for column in detection.columns if "envelope" in column or column == "auroc_gain"]
     assert (detection.auroc_training_low <= detection.auroc_training + 1e-12).all()
     assert (detection.auroc_training_high >= detection.auroc_training - 1e-12).all()
@@ -200,6 +206,9 @@ def test_defense_tables(tiny_run):
     assert list(training.trainset) == ["clean", "poisoned", "generated_seed0_s1"]
     assert training.generated_guidance.isna().tolist() == [True, True, False]
     assert training.acc.between(0, 1).all() and training.asr.between(0, 1).all()
+    # The last epoch's ACC and ASR beside the best over epochs (upstream's), measured after each of the one epoch.
+    assert (training.acc_best_epoch >= training.acc).all() and (training.asr_best_epoch >= training.asr).all()
+    assert (training.epochs == 1).all()
     dm = pd.read_csv(summary / "diffusion_classifier.csv")
     by_method = dm.groupby("method").size().to_dict()
     # 2 models x 2 p_filters, plus the standard classifier trained on the poisoned set.

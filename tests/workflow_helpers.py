@@ -143,8 +143,9 @@ def fill_placeholders(config: dict, tmp_path) -> dict:
             for name in folders:
                 folder = tmp_path / "folder" / split / name
                 folder.mkdir(parents=True)
-                # Enough held-out images for STRIP's 100 published partners.
-                for i in range(20 if split == "train" else 60):
+                # Enough held-out images for STRIP's 100 published partners, and training images for the
+                # published FCT's fine-tuning batch of 100.
+                for i in range(50 if split == "train" else 60):
                     (folder / f"{i}.png").write_bytes(b"")
         dataset["root"] = str(tmp_path / "folder")
     if config["diffusion"].get("kind") == "stable_diffusion" and not config["diffusion"]["pretrained"].get("build"):

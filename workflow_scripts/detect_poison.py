@@ -2,7 +2,7 @@
 import time
 
 from bibaddiff.data import read_dataset
-from bibaddiff.defenses.detectors import evaluate_detection, run_detector, save_detection_items
+from bibaddiff.defenses.detectors import detector_variant, evaluate_detection, run_detector, save_detection_items
 from bibaddiff.judges import load_judge
 from bibaddiff.utils import run_logged, set_threads, write_json
 
@@ -19,9 +19,12 @@ def main(snakemake):
     results, item_scores = {}, {}
     for name in params.detectors:
         started = time.perf_counter()
-        scores = run_detector(name, model, data.images, data.labels, params.detector_settings.get(name), params.seed, heldout=heldout)
+        settings = params.detector_settings.get(name)
+        scores = run_detector(name, model, data.images, data.labels, settings, params.seed, heldout=heldout)
         item_scores[name] = scores
         results[name] = {
+            # Which definition produced the scores (None for detectors with one), and the settings it ran with.
+            "variant": detector_variant(name, settings), "settings": settings or {},
             "all": evaluate_detection(scores, carries_trigger, seed=params.seed),
             "target_class": evaluate_detection(scores[in_target], carries_trigger[in_target], seed=params.seed),
             "seconds": time.perf_counter() - started,

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 from bibaddiff.diffusion.cells import Cell, CellSettings, generate_cells
+from bibaddiff.diffusion.timesteps import sampler_options
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
 
@@ -22,7 +23,7 @@ def main(snakemake):
     sampling = snakemake.params.sampling
     cells = [cell_of(images, grid) for images, grid in zip(snakemake.output.images, snakemake.output.grids)]
     settings = CellSettings(sampling["num_images"], sampling["ddim_steps"], sampling["seed"],
-                            snakemake.resources.images_per_batch)
+                            snakemake.resources.images_per_batch, **sampler_options(sampling))
     generate_cells(snakemake.input.model, cells, settings, select_device(snakemake.params.device))
     # The cells of one model and sampling settings share a folder; its params.json says what they are (every job
     # writes the same record, atomically).

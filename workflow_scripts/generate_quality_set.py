@@ -3,6 +3,7 @@ from pathlib import Path
 
 from bibaddiff.data import scaled_class_counts, write_dataset
 from bibaddiff.diffusion import load_diffusion_model
+from bibaddiff.diffusion.timesteps import sampler_options
 from bibaddiff.quality import all_class_generations
 from bibaddiff.utils import read_json, run_logged, select_device, set_threads, write_json
 
@@ -14,6 +15,7 @@ def main(snakemake):
     clean_counts = read_json(Path(snakemake.input.balance) / "manifest.json")["counts_per_class"]
     counts = scaled_class_counts(clean_counts, sampling["num_images"] or sum(clean_counts))
     model = load_diffusion_model(snakemake.input.model, select_device(snakemake.params.device))
+    model.use_sampler(**sampler_options(sampling))
     dataset = all_class_generations(model, counts.tolist(), sampling["guidance"], sampling["ddim_steps"],
                                     sampling["seed"], snakemake.resources.images_per_batch,
                                     x0_clipping=sampling["x0_clipping"])

@@ -4,6 +4,7 @@ from pathlib import Path
 from bibaddiff.data import write_dataset
 from bibaddiff.defenses.train_on_generated import generated_training_set
 from bibaddiff.diffusion import load_diffusion_model
+from bibaddiff.diffusion.timesteps import sampler_options
 from bibaddiff.judges import load_judge
 from bibaddiff.utils import read_json, run_logged, select_device, set_threads
 
@@ -15,6 +16,8 @@ def main(snakemake):
     # The counts are in the manifest: no need to decode the set's images.
     counts = read_json(Path(snakemake.input.balance) / "manifest.json")["counts_per_class"]
     model = load_diffusion_model(snakemake.input.model, select_device(params.device))
+    # The rule's sampling params name ddim_steps and seed only; the sampler's timesteps and precision are the config's.
+    model.use_sampler(**sampler_options(snakemake.config["generation"]))
     detector, _ = load_judge(snakemake.input.trigger_judges[0], params.device)
     # A seed of its own, so that this set does not repeat the noise of the measured cells.
     dataset = generated_training_set(model, counts, guidance, sampling["ddim_steps"], sampling["seed"] + 1,

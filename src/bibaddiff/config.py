@@ -17,6 +17,7 @@ from jsonschema.exceptions import best_match
 from bibaddiff.calibration import check_calibration_settings
 from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, display_class_names, imagefolder_classes,
                             imagefolder_files, scaled_class_counts)
+from bibaddiff.diffusion.timesteps import quadratic_timesteps, sampler_options
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import build_trigger
 
@@ -30,6 +31,10 @@ MODEL_KINDS = ("ddpm", "stable_diffusion")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # score_strip's default partner count (the published 100); a test keeps the two equal.
 STRIP_NUM_BLENDS = 100
+# The published FCT's fine-tuning batch (score_fct's default, the reference configs' 100) and the detector names that
+# run FCT with its variant fixed or not (bibaddiff.defenses.detectors, which imports torch); a test keeps them equal.
+FCT_FINETUNE_BATCH_SIZE = 100
+FCT_FINETUNING = ("finetune_epochs", "finetune_batch_size", "finetune_learning_rate")
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:
@@ -251,6 +256,38 @@ def check_strip_partners(config: dict[str, Any], folders: list[str]) -> None:
                              f"for, but the dataset holds out only {available} images; allowed up to {available}")
 
 
+def fct_runs(defenses: dict[str, Any]) -> dict[str, str]:
+    """The FCT runs of ``defenses.detectors``: {name: the variant it runs} (published unless set or named)."""
+    runs = {}
+    for name in defenses.get("detectors", []):
+        if name == "fct":
+            runs[name] = defenses.get("detector_settings", {}).get(name, {}).get("variant", "published")
+        elif name.startswith("fct_"):
+            runs[name] = name.removeprefix("fct_")
+    return runs
+
+
+def check_fct_finetuning(config: dict[str, Any], screened_images: int) -> None:
+    """The published FCT fine-tunes on whole batches of the screened set (the poisoned training set, or a generated
+    set of as many images), so a batch may not outgrow it; the frozen FCT takes no fine-tuning setting."""
+    defenses = config.get("defenses", {})
+    if not defenses.get("enabled"):
+        return
+    for name, variant in fct_runs(defenses).items():
+        settings = defenses.get("detector_settings", {}).get(name, {})
+        key = f"config key defenses.detector_settings.{name}"
+        if variant == "frozen":
+            stray = [setting for setting in FCT_FINETUNING if setting in settings]
+            if stray:
+                raise BibaddiffError(f"{key}.{stray[0]}: the frozen FCT does not fine-tune; leave "
+                                     f"{', '.join(stray)} out or run the published variant")
+            continue
+        wanted = settings.get("finetune_batch_size", FCT_FINETUNE_BATCH_SIZE)
+        if wanted > screened_images:
+            raise BibaddiffError(f"{key}.finetune_batch_size: {wanted} images per fine-tuning batch, but the screened "
+                                 f"sets hold only {screened_images} images; allowed up to {screened_images}")
+
+
 def resolve_class(value: int | str, folders: list[str], class_names: list[str]) -> int:
     """A class index from an index, a folder name or a class name; a name that is neither is an error."""
     if isinstance(value, int):
@@ -296,6 +333,7 @@ def check_experiment(config: dict[str, Any]) -> None:
         raise BibaddiffError("config key defenses.enabled: the defences test a trigger, and every trigger here is type "
                              "relabel (no pixel change); add a trigger of another type or set defenses.enabled false")
     check_strip_partners(config, folders)
+    check_fct_finetuning(config, total)
     if dataset.get("captions") and dataset["source"] != "imagefolder":
         raise BibaddiffError(f"config key dataset.captions: per-image captions need source imagefolder; got {dataset['source']}")
     if dataset.get("captions") and not Path(dataset["captions"]).expanduser().is_file():
@@ -308,6 +346,7 @@ def check_experiment(config: dict[str, Any]) -> None:
     if config["diffusion"]["kind"] == "stable_diffusion":
         check_stable_diffusion(config, channels)
         return
+    check_sampler(config, config["diffusion"]["training"]["num_train_timesteps"])
     if config["diffusion"]["training"]["mixed_precision"] == "fp16":
         raise BibaddiffError("config key diffusion.training.mixed_precision: fp16 is for stable_diffusion only; "
                              "the DDPM trains in bf16 or no")
@@ -383,8 +422,10 @@ def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
         raise BibaddiffError("config key diffusion.kind: stable_diffusion needs RGB images; "
                              f"dataset source {config['dataset']['source']} is grayscale")
     if diffusion["pretrained"].get("build"):
-        # Built by the DAG (rule build_tiny_base), so there is nothing on disk to check yet.
+        # Built by the DAG (rule build_tiny_base), so there is nothing on disk to check yet; its schedule has the
+        # 1,000 timesteps of Stable Diffusion's (diffusion/tiny.py).
         diffusion["pretrained"] = check_tiny_build(diffusion["pretrained"], config["dataset"]["image_size"])
+        check_sampler(config, 1000)
         return
     extra = [key for key in TINY_BUILD_KEYS if key != "build" and key in diffusion["pretrained"]]
     if extra:
@@ -392,12 +433,31 @@ def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
                              "path brings its own settings")
     path, config_dir = check_pretrained(diffusion["pretrained"])
     folder = path if path.is_dir() else config_dir
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+    check_sampler(config, int(scheduler.get("num_train_timesteps", 1000)))
     vae_factor = _downsampling(folder / "vae" / "config.json")
     unet_factor = _downsampling(folder / "unet" / "config.json")
     size = config["dataset"]["image_size"]
     if vae_factor and unet_factor and size % (vae_factor * unet_factor):
         raise BibaddiffError(f"config key dataset.image_size: {size} must be divisible by {vae_factor * unet_factor} for "
                              f"{path} (its VAE downsamples by {vae_factor}, its UNet by {unet_factor})")
+
+
+def check_sampler(config: dict[str, Any], num_train_timesteps: int) -> None:
+    """``generation.timesteps`` and ``generation.precision`` before any job: a quadratic step count that repeats
+    timesteps beyond the leading zeros, and fp16 on a CPU, stop with one line. (Whether a CPU has bf16 is checked
+    when the sampler runs, on the machine that runs it.)"""
+    generation = config["generation"]
+    options = sampler_options(generation)
+    if options["timesteps"] == "quadratic":
+        try:
+            quadratic_timesteps(generation["ddim_steps"], num_train_timesteps)
+        except BibaddiffError as error:
+            raise BibaddiffError(f"config key {error}") from None
+    if options["precision"] == "fp16" and config.get("device") == "cpu":
+        raise BibaddiffError("config key generation.precision: fp16 samples on a CUDA device only; device is cpu "
+                             "(use fp32, or bf16 on a CPU that has it)")
 
 
 def _downsampling(config_file: Path) -> int | None:

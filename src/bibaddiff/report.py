@@ -438,6 +438,8 @@ def _detection_table(detections: list[dict[str, Any]], attack_columns: Any, scre
                      *, seed: int = 0, resamples: int = 1000) -> pd.DataFrame:
     """Per attack, detector, scope and guidance of the generated sets: one row per generated set (``seed``: the
     diffusion model's training seed) and a pooled row (``seed`` = "pooled"), each beside the poisoned training set.
+    ``detector`` is the name the config lists (a variant may be in it, e.g. ``cognitive_distillation_probabilities``)
+    and ``variant`` the definition that produced the scores (empty for detectors with one definition).
 
     The AUROC difference (generated - training) has its own bootstrap interval
     (:func:`bibaddiff.defenses.detectors.compare_aurocs`: per set, the two sets resampled independently; pooled,
@@ -496,7 +498,10 @@ def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance
     comparison = compare_aurocs(_scope_items(training, detector, scope),
                                 [_scope_items(r, detector, scope) for r in members], resamples=resamples, seed=seed)
     trained = training["detectors"][detector][scope]
-    base = {**columns, "detector": detector, "scope": scope, "generated_guidance": guidance}
+    # The definition the scores come from (e.g. published or probabilities for cognitive distillation); results
+    # written before variants were recorded, and detectors with one definition, have none.
+    variant = training["detectors"][detector].get("variant")
+    base = {**columns, "detector": detector, "variant": variant, "scope": scope, "generated_guidance": guidance}
     training_columns = {
         "auroc_training": comparison["training"]["auroc"], "auroc_training_low": comparison["training"]["auroc_low"],
         "auroc_training_high": comparison["training"]["auroc_high"],
@@ -539,7 +544,7 @@ def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance
 
 
 DETECTION_COLUMNS = [
-    "attack", "trigger", "poison_ratio", "detector", "scope", "generated_guidance", "seed",
+    "attack", "trigger", "poison_ratio", "detector", "variant", "scope", "generated_guidance", "seed",
     "auroc_training", "auroc_training_low", "auroc_training_high", "training_at_ceiling",
     "auroc_generated", "auroc_generated_low", "auroc_generated_high", "between_seed_sd",
     "auroc_difference", "auroc_difference_low", "auroc_difference_high", "auroc_generated_higher",
@@ -554,13 +559,20 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
                               attacks: dict[str, dict[str, Any]], attack_columns: Any
                               ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """ACC and ASR of the classifiers trained on the clean, poisoned and generated sets; and the poisoned-set rows
-    again as the diffusion classifier's "standard classifier" comparison."""
+    again as the diffusion classifier's "standard classifier" comparison.
+
+    ``acc`` and ``asr`` are the last epoch's; ``acc_best_epoch`` and ``asr_best_epoch`` are the highest ACC and the
+    highest ASR over the epochs (each its own epoch, both on the held-out set), what upstream's train-on-sample scripts
+    log; nan for classifiers saved before per-epoch values were kept."""
     rows, standard = [], []
     for info, path in zip(classifier_infos, classifier_paths):
         attack, trainset = Path(path).parts[-2], Path(path).parts[-1]
         for trigger, scores in info["evaluation"].items():
             row = {"trigger": trigger, "trainset": trainset, "generated_guidance": generated_set_guidance(trainset),
-                   "acc": scores["acc"], "asr": scores["asr"], "n_train": info.get("num_train")}
+                   "acc": scores["acc"], "asr": scores["asr"],
+                   "acc_best_epoch": scores.get("acc_best_epoch", math.nan),
+                   "asr_best_epoch": scores.get("asr_best_epoch", math.nan),
+                   "epochs": len(scores.get("acc_per_epoch", [])) or math.nan, "n_train": info.get("num_train")}
             if attack == "clean":
                 # The clean-set classifier is the reference row of every attack that uses this trigger.
                 rows += [{**attack_columns(a), **row} for a, spec in attacks.items() if spec["trigger"] == trigger]
@@ -640,8 +652,10 @@ def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
             bottom.scatter(x, rows.auroc_difference, edgecolors=colors, zorder=3,
                            facecolors=[color if up else "white" for color, up in zip(colors, higher)])
             bottom.axhline(0, color="black", linewidth=0.8)
-            labels = [detector + ("\nceiling" if ceiling else "") + ("\nno backdoor" if nothing else "")
-                      for detector, ceiling, nothing in zip(rows.detector, rows.training_at_ceiling.astype(bool), no_backdoor)]
+            names = [detector if pd.isna(variant) or str(detector).endswith(f"_{variant}") else f"{detector}\n({variant})"
+                     for detector, variant in zip(rows.detector, rows.variant)]
+            labels = [name + ("\nceiling" if ceiling else "") + ("\nno backdoor" if nothing else "")
+                      for name, ceiling, nothing in zip(names, rows.training_at_ceiling.astype(bool), no_backdoor)]
             bottom.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         axes[0][0].set_ylabel("AUROC (95% bootstrap interval)")
         axes[1][0].set_ylabel("AUROC generated - training\n(95% bootstrap interval)")
@@ -649,14 +663,19 @@ def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
 
 
 def plot_train_on_generated(training: pd.DataFrame, path: str | Path) -> None:
-    """ACC and ASR of classifiers trained on the clean, poisoned and generated sets, per attack."""
+    """ACC and ASR of classifiers trained on the clean, poisoned and generated sets, per attack: bars at the last
+    epoch, a black tick at the best epoch (upstream's convention)."""
     attacks = list(dict.fromkeys(training.attack))
     size = (max(7, 1.6 * len(training) / max(1, len(attacks)) * len(attacks)), 3.8)
     with saved_figure(path, 1, 2, figsize=size) as (fig, axes):
         labels = [f"{r.attack}\n{r.trainset}" for r in training.itertuples()]
         for ax, metric in zip(axes, ("acc", "asr")):
             colors = ["C2" if t == "clean" else "C3" if t == "poisoned" else "C0" for t in training.trainset]
-            ax.bar(range(len(training)), training[metric], color=colors)
+            ax.bar(range(len(training)), training[metric], color=colors, label="last epoch")
+            if f"{metric}_best_epoch" in training:
+                ax.scatter(range(len(training)), training[f"{metric}_best_epoch"], marker="_", s=120, color="black",
+                           zorder=3, label="best epoch (upstream)")
+                ax.legend(fontsize=6)
             ax.set_xticks(range(len(training)), labels, rotation=70, ha="right", fontsize=6)
             ax.set_ylim(0, 1.02)
             ax.set_title({"acc": "clean accuracy (ACC)", "asr": "attack success rate (ASR)"}[metric])

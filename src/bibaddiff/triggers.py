@@ -398,7 +398,8 @@ def _drawn_once(draw: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray
 
 @_drawn_once
 def draw_bomb(size: int) -> np.ndarray:
-    """``builtin:bomb``, our stand-in for BadNets-2's bomb icon: (size, size, 3) float64 in [0, 255].
+    """``builtin:bomb``, our stand-in for the icon of upstream's extra ``bomb`` trigger (not the paper's BadNets-2,
+    which is most likely Blend: docs/paper-map.md): (size, size, 3) float64 in [0, 255].
 
     A dark round bomb filling most of the square, with a cap, a curved fuse and an orange-yellow spark, on white.
     At 4-5 pixels it is a dark blob on white; at 51 pixels the cap, fuse and spark are distinct.

@@ -17,6 +17,10 @@ labels the set carries (for a generated set, the condition each image was genera
   fct                     FCT (Chen et al. 2022): a poisoned image's features move more under rotation and
                           translation than a clean image's.
 
+Cognitive distillation and FCT have variants (:data:`DETECTOR_VARIANTS`: the published definition and our earlier
+one), chosen by their ``variant`` setting or by a name that fixes it, ``<detector>_<variant>``; one config may list
+several such names to run the variants side by side (:func:`resolve_detector`, :func:`detector_variant`).
+
 Detection is scored by :func:`evaluate_detection`: AUROC and TPR at 5% FPR, each with a stratified bootstrap
 interval. :func:`compare_aurocs` bootstraps the difference between the AUROC on generated sets and on the training
 set from the per-image scores (:func:`save_detection_items`, :func:`load_detection_items`).
@@ -24,6 +28,7 @@ set from the per-image scores (:func:`save_detection_items`, :func:`load_detecti
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from typing import Any, Callable
@@ -40,9 +45,11 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import auroc, tpr_at_fpr
 from bibaddiff.utils import write_atomically
 
-__all__ = ["DETECTORS", "run_detector", "detector_settings", "evaluate_detection", "bootstrap_interval", "compare_aurocs",
+__all__ = ["DETECTORS", "DETECTOR_VARIANTS", "DETECTOR_NAMES", "run_detector", "resolve_detector", "detector_settings",
+           "detector_variant", "evaluate_detection", "bootstrap_interval", "compare_aurocs",
            "save_detection_items", "load_detection_items", "score_strip",
            "score_spectral", "score_activation_clustering", "score_cognitive_distillation", "score_fct",
+           "fct_finetune", "fct_intra_class_loss",
            "cognitive_distillation_objective", "mask_total_variation", "rotate_translate",
            "penultimate_features"]
 
@@ -409,9 +416,106 @@ def rotate_translate(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor
     return moved + (inside - 1.0)
 
 
-@torch.no_grad()
-def score_fct(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, rotation_degrees: float = 180.0,
-              translate: float = 0.2, num_transforms: int = 1, batch_size: int = 256, seed: int = 0) -> np.ndarray:
+FCT_VARIANTS: dict[str, dict[str, Any]] = {
+    # Huang et al.'s detection/fct.py, the detection code the paper used (after Chen et al.'s
+    # finetune_attack_noTrans.py): the classifier is fine-tuned on the screened set with the intra-class loss before
+    # it scores, 10 epochs of SGD (lr 0.01, momentum 0.9, weight decay 5e-4), in batches of the reference configs'
+    # train_bs, 100.
+    "published": {"finetune_epochs": 10, "finetune_batch_size": 100, "finetune_learning_rate": 0.01},
+    # This module's earlier scoring: the classifier as trained, no fine-tuning.
+    "frozen": {"finetune_epochs": 0, "finetune_batch_size": None, "finetune_learning_rate": None},
+}
+FCT_MOMENTUM, FCT_WEIGHT_DECAY = 0.9, 5e-4
+
+
+def fct_intra_class_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """FCT's fine-tuning loss on one batch of penultimate features (B, D) with their labels (B,): the mean of the
+    K x K cosine-similarity matrix of the K classes' feature centres present in the batch, with its diagonal set to 0.
+
+    Minimising it pulls the class centres apart (each image towards its own class); a batch of one class has loss 0.
+    """
+    classes, members = torch.unique(labels, return_inverse=True)
+    sums = torch.zeros(len(classes), features.shape[1], dtype=features.dtype, device=features.device)
+    sums = sums.index_add(0, members, features)
+    counts = torch.bincount(members, minlength=len(classes)).to(features.dtype)
+    centres = F.normalize(sums / counts[:, None], dim=1)
+    off_diagonal = 1.0 - torch.eye(len(classes), dtype=features.dtype, device=features.device)
+    return (centres @ centres.T * off_diagonal).mean()
+
+
+def fct_finetune(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int,
+                 learning_rate: float, seed: int) -> nn.Module:
+    """A copy of ``model`` fine-tuned with :func:`fct_intra_class_loss` on the screened images and the labels they
+    carry, as the published FCT does before it scores; ``model`` itself is left as it was.
+
+    ``epochs`` passes in train mode (batch-norm statistics update, as in the reference), SGD with ``learning_rate``,
+    momentum 0.9 and weight decay 5e-4, batches of ``batch_size`` images in a seeded random order per epoch (our
+    choice: the reference iterates its set's stored order, which is mixed on CIFAR-10; our generated sets are stored
+    class by class, and a batch of one class has nothing to pull apart). A last batch of a single image is skipped
+    (it is one class, loss 0, and batch norm cannot train on it).
+    """
+    tuned = copy.deepcopy(model)
+    for parameter in tuned.parameters():
+        parameter.requires_grad_(True)
+    tuned.train()
+    device = _device_of(tuned)
+    optimizer = torch.optim.SGD(tuned.parameters(), lr=float(learning_rate), momentum=FCT_MOMENTUM,
+                                weight_decay=FCT_WEIGHT_DECAY)
+    # A stream of its own, so that the transformation draws are the frozen variant's.
+    rng = np.random.default_rng([seed, 1])
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    with torch.enable_grad(), tqdm(total=epochs * steps_per_epoch, desc="FCT fine-tuning", unit="step") as bar:
+        for _ in range(epochs):
+            order = rng.permutation(len(images))
+            for start in range(0, len(images), batch_size):
+                rows = order[start:start + batch_size]
+                bar.update(1)
+                if len(rows) < 2:
+                    continue
+                x = to_model_space(images[rows]).to(device)
+                loss = fct_intra_class_loss(_penultimate(tuned, x).float(),
+                                            torch.as_tensor(labels[rows], device=device))
+                if not loss.requires_grad:
+                    continue  # features that depend on no parameter: nothing to fine-tune
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    for parameter in tuned.parameters():
+        parameter.requires_grad_(False)
+    return tuned.eval()
+
+
+def _fct_settings(variant: str, epochs: int | None, batch_size: int | None, learning_rate: float | None,
+                  num_images: int, labels: np.ndarray) -> dict[str, Any]:
+    """The variant's fine-tuning with the given overrides, checked against the screened set."""
+    if variant not in FCT_VARIANTS:
+        raise BibaddiffError(f"variant must be one of {', '.join(FCT_VARIANTS)}; got {variant!r}")
+    given = {"finetune_epochs": epochs, "finetune_batch_size": batch_size, "finetune_learning_rate": learning_rate}
+    if variant == "frozen":
+        stray = [name for name, value in given.items() if value is not None]
+        if stray:
+            raise BibaddiffError(f"{', '.join(stray)}: the frozen FCT does not fine-tune; leave them out or use "
+                                 f"variant 'published'")
+        return dict(FCT_VARIANTS["frozen"])
+    settings = {name: FCT_VARIANTS[variant][name] if value is None else value for name, value in given.items()}
+    settings["finetune_epochs"] = check_int(settings["finetune_epochs"], "finetune_epochs", 1)
+    settings["finetune_batch_size"] = check_int(settings["finetune_batch_size"], "finetune_batch_size", 2)
+    rate = settings["finetune_learning_rate"]
+    if not _is_finite_number(rate) or rate <= 0:
+        raise BibaddiffError(f"finetune_learning_rate must be a finite number > 0; got {rate!r}")
+    if num_images < settings["finetune_batch_size"]:
+        raise BibaddiffError(f"finetune_batch_size: {settings['finetune_batch_size']} images per fine-tuning batch, "
+                             f"but the screened set holds only {num_images}; allowed up to {num_images}")
+    if len(np.unique(labels)) < 2:
+        raise BibaddiffError("variant: the published FCT fine-tunes by pulling class centres apart, and the screened "
+                             "set holds one class; use variant 'frozen'")
+    return settings
+
+
+def score_fct(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, variant: str = "published",
+              finetune_epochs: int | None = None, finetune_batch_size: int | None = None,
+              finetune_learning_rate: float | None = None, rotation_degrees: float = 180.0, translate: float = 0.2,
+              num_transforms: int = 1, batch_size: int = 256, seed: int = 0) -> np.ndarray:
     """FCT (Feature Consistency towards Transformations): the mean squared difference between the penultimate
     features of an image and of a randomly transformed copy, averaged over ``num_transforms`` copies.
 
@@ -422,17 +526,34 @@ def score_fct(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, rotat
     same in Huang et al.'s detection/fct.py): ``RandomRotation(180)`` (angle uniform in [-180, 180] degrees) then
     ``RandomAffine(degrees=0, translate=(0.2, 0.2))`` (a shift of a whole number of pixels, uniform up to 20% of the
     width and height), one transformed copy per image; distance ``mean((f(x) - f(T(x)))**2)`` over feature
-    dimensions (calculate_consistency.py). The reference pipeline first fine-tunes the classifier with an
-    intra-class loss; this function scores the classifier as given. ``labels`` are only checked.
+    dimensions (calculate_consistency.py).
+
+    ``variant="published"`` (Huang et al.'s detection/fct.py, the code the paper used): the features are those of a
+    copy of the classifier first fine-tuned on the screened set with the intra-class loss (:func:`fct_finetune`:
+    ``finetune_epochs`` 10, ``finetune_batch_size`` 100, ``finetune_learning_rate`` 0.01; settings left at None take
+    these). ``variant="frozen"``: the classifier as given (this module's earlier scoring); it takes no fine-tuning
+    setting. ``model`` is never changed. ``labels`` (the labels the set carries) drive the fine-tuning only.
     """
     images, labels = _check_inputs(model, images, labels)
     num_transforms = check_int(num_transforms, "num_transforms", 1)
     batch_size = inference_batch_size(images, check_int(batch_size, "batch_size", 1))
+    seed = check_int(seed, "seed", 0)
     if not _is_finite_number(rotation_degrees) or not 0 <= rotation_degrees <= 180:
         raise BibaddiffError(f"rotation_degrees must be a number in [0, 180]; got {rotation_degrees!r}")
     if not _is_finite_number(translate) or not 0 <= translate <= 1:
         raise BibaddiffError(f"translate must be a number in [0, 1]; got {translate!r}")
-    rng = np.random.default_rng(check_int(seed, "seed", 0))
+    finetune = _fct_settings(variant, finetune_epochs, finetune_batch_size, finetune_learning_rate, len(images), labels)
+    if finetune["finetune_epochs"]:
+        model = fct_finetune(model, images, labels, epochs=finetune["finetune_epochs"],
+                             batch_size=finetune["finetune_batch_size"],
+                             learning_rate=finetune["finetune_learning_rate"], seed=seed)
+    return _feature_consistency(model, images, rotation_degrees, translate, num_transforms, batch_size, seed)
+
+
+@torch.no_grad()
+def _feature_consistency(model: nn.Module, images: np.ndarray, rotation_degrees: float, translate: float,
+                         num_transforms: int, batch_size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     n, height, width = len(images), images.shape[1], images.shape[2]
     # All draws up front, per image in order, so the scores do not depend on the batch size.
     angles = rng.uniform(-rotation_degrees, rotation_degrees, size=(n, num_transforms))
@@ -462,25 +583,57 @@ DETECTORS: dict[str, Callable[..., np.ndarray]] = {
     "cognitive_distillation": score_cognitive_distillation,
     "fct": score_fct,
 }
+# Detectors with more than one definition, selected by their ``variant`` setting (the first is the default). Each
+# variant also has a name of its own, ``<detector>_<variant>`` (e.g. ``cognitive_distillation_probabilities``), so
+# that one config can run several variants side by side, each under its own name and with its own settings.
+DETECTOR_VARIANTS: dict[str, tuple[str, ...]] = {
+    "cognitive_distillation": tuple(CD_VARIANTS),
+    "fct": tuple(FCT_VARIANTS),
+}
+DETECTOR_NAMES: tuple[str, ...] = (*DETECTORS, *(f"{detector}_{variant}" for detector, variants in DETECTOR_VARIANTS.items()
+                                                 for variant in variants))
 # Keyword arguments that are data the workflow passes, not settings a config may give.
 _DATA_ARGUMENTS = ("seed", "partners")
 
 
+def resolve_detector(name: str) -> tuple[str, str | None]:
+    """(the detector, the variant its name fixes or None) of a name in :data:`DETECTOR_NAMES`."""
+    if name in DETECTORS:
+        return name, None
+    for detector, variants in DETECTOR_VARIANTS.items():
+        for variant in variants:
+            if name == f"{detector}_{variant}":
+                return detector, variant
+    raise BibaddiffError(f"detector must be one of {', '.join(DETECTOR_NAMES)}; got {name!r}")
+
+
 def detector_settings(name: str) -> dict[str, Any]:
-    """The settings a detector accepts, with their defaults (``seed`` and the ``partners`` images excluded)."""
-    if name not in DETECTORS:
-        raise BibaddiffError(f"detector must be one of {', '.join(DETECTORS)}; got {name!r}")
-    parameters = inspect.signature(DETECTORS[name]).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in _DATA_ARGUMENTS}
+    """The settings a detector accepts, with their defaults (``seed`` and the ``partners`` images excluded); a name
+    that fixes a variant does not take ``variant``."""
+    detector, fixed = resolve_detector(name)
+    parameters = inspect.signature(DETECTORS[detector]).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.kind is p.KEYWORD_ONLY and p.name not in _DATA_ARGUMENTS and not (fixed and p.name == "variant")}
+
+
+def detector_variant(name: str, settings: dict[str, Any] | None = None) -> str | None:
+    """The variant detector ``name`` runs with ``settings``: the one its name fixes, else its ``variant`` setting,
+    else its default; None for a detector with one definition."""
+    detector, fixed = resolve_detector(name)
+    if detector not in DETECTOR_VARIANTS:
+        return None
+    return fixed or (settings or {}).get("variant") or detector_settings(detector)["variant"]
 
 
 def run_detector(name: str, model: nn.Module, images: np.ndarray, labels: np.ndarray,
                  settings: dict[str, Any] | None, seed: int, *, heldout: np.ndarray | None = None) -> np.ndarray:
-    """Scores of detector ``name`` with ``settings`` (a dict of that detector's keyword settings).
+    """Scores of detector ``name`` (one of :data:`DETECTOR_NAMES`) with ``settings`` (a dict of that detector's
+    keyword settings).
 
     ``heldout``: clean uint8 images the defender holds out; detectors that blend with clean images (STRIP) take
     their partners from them, the others ignore them.
     """
+    detector, fixed = resolve_detector(name)
     allowed = detector_settings(name)
     settings = {} if settings is None else settings
     if not isinstance(settings, dict):
@@ -489,10 +642,10 @@ def run_detector(name: str, model: nn.Module, images: np.ndarray, labels: np.nda
     if unknown:
         raise BibaddiffError(f"unknown setting(s) {', '.join(map(repr, unknown))} for detector {name!r}; "
                              f"allowed: {', '.join(allowed) or 'none'}")
-    data = {}
-    if heldout is not None and "partners" in inspect.signature(DETECTORS[name]).parameters:
+    data = {"variant": fixed} if fixed else {}
+    if heldout is not None and "partners" in inspect.signature(DETECTORS[detector]).parameters:
         data["partners"] = heldout
-    return DETECTORS[name](model, images, labels, **settings, **data, seed=seed)
+    return DETECTORS[detector](model, images, labels, **settings, **data, seed=seed)
 
 
 def bootstrap_interval(scores: np.ndarray, is_poisoned: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],

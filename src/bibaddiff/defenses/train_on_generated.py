@@ -2,8 +2,9 @@
 poisoned DM).
 
 The paper's claim (b): a classifier trained on a poisoned DM's generations carries a much weaker backdoor than one
-trained on the poisoned set itself. Both sides are trained by ``judges.train_judge`` and measured by
-``evaluate_classifier``, so only the training images differ.
+trained on the poisoned set itself. Both sides are trained by ``train_and_evaluate_by_epoch`` (``judges.train_judge``'s
+training, measured on the held-out set after every epoch) and measured by ``evaluate_classifier``, so only the
+training images differ.
 """
 
 from __future__ import annotations
@@ -12,26 +13,29 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset
 from bibaddiff.diffusion.base import DiffusionModel
-from bibaddiff.checks import check_class_index
+from bibaddiff.checks import check_class_index, check_int
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.judges import check_labelled_images, classifier_shape, predict
+from bibaddiff.images import to_model_space
+from bibaddiff.judges import JudgeSettings, build_judge, check_labelled_images, classifier_shape, predict
 from bibaddiff.metrics import accuracy, attack_success_rate
 from bibaddiff.quality import all_class_generations
 from bibaddiff.triggers import Trigger
+from bibaddiff.utils import select_device
 
-__all__ = ["evaluate_classifier", "generated_training_set"]
+__all__ = ["evaluate_classifier", "train_and_evaluate_by_epoch", "generated_training_set"]
 
 
-def evaluate_classifier(model: Any, clean_test_images: np.ndarray, clean_test_labels: np.ndarray, trigger: Trigger,
-                        target: int) -> dict[str, Any]:
-    """ACC on clean held-out images and ASR on the held-out images of non-target classes stamped with ``trigger``
-    (the share the classifier puts in ``target``)."""
+def _check_test_set(channels: int, num_classes: int, clean_test_images: np.ndarray, clean_test_labels: np.ndarray,
+                    trigger: Any, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The checked held-out images and labels, and the mask of those outside the target class (ASR's victims)."""
     if not isinstance(trigger, Trigger):
         raise BibaddiffError(f"trigger must be a bibaddiff.triggers.Trigger; got {type(trigger).__name__}")
-    channels, num_classes = classifier_shape(model)
     check_class_index(target, "target", num_classes)
     clean_test_images, test_labels = check_labelled_images("clean test", clean_test_images, clean_test_labels,
                                                            num_classes)
@@ -41,6 +45,18 @@ def evaluate_classifier(model: Any, clean_test_images: np.ndarray, clean_test_la
     victims = test_labels != target
     if not victims.any():
         raise BibaddiffError(f"the clean test set has no images outside target class {target}, so ASR is undefined")
+    return clean_test_images, test_labels, victims
+
+
+def evaluate_classifier(model: Any, clean_test_images: np.ndarray, clean_test_labels: np.ndarray, trigger: Trigger,
+                        target: int) -> dict[str, Any]:
+    """ACC on clean held-out images and ASR on the held-out images of non-target classes stamped with ``trigger``
+    (the share the classifier puts in ``target``)."""
+    if not isinstance(trigger, Trigger):
+        raise BibaddiffError(f"trigger must be a bibaddiff.triggers.Trigger; got {type(trigger).__name__}")
+    channels, num_classes = classifier_shape(model)
+    clean_test_images, test_labels, victims = _check_test_set(channels, num_classes, clean_test_images,
+                                                              clean_test_labels, trigger, target)
     attacked = predict(model, trigger.apply(clean_test_images[victims]))
     return {
         "acc": accuracy(predict(model, clean_test_images), test_labels),
@@ -48,6 +64,76 @@ def evaluate_classifier(model: Any, clean_test_images: np.ndarray, clean_test_la
         "n_test": int(len(clean_test_images)),
         "n_attacked": int(victims.sum()),
     }
+
+
+def train_and_evaluate_by_epoch(images: np.ndarray, labels: np.ndarray, num_outputs: int, settings: JudgeSettings,
+                                seed: int, clean_test_images: np.ndarray, clean_test_labels: np.ndarray,
+                                triggers: dict[str, Trigger], target: int, *, device: str = "auto",
+                                desc: str = "classifier") -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The classifier ``judges.train_judge`` trains on ``images`` (the same weights for the same seed; a test keeps
+    the two equal), with its ACC and each trigger's ASR on the held-out set measured after every epoch.
+
+    Returns the model and, per trigger, :func:`evaluate_classifier`'s last-epoch ``acc``, ``asr``, ``n_test`` and
+    ``n_attacked``, plus ``acc_per_epoch`` and ``asr_per_epoch`` and their maxima ``acc_best_epoch`` and
+    ``asr_best_epoch``: the best ACC and the best ASR over the epochs, each at its own epoch, which is what upstream's
+    ``train_*_on_sample.py`` scripts log (a choice made on the test set itself, so optimistic; the last epoch is
+    not). The held-out images are stamped once; each epoch costs one inference pass over them per trigger, plus one
+    clean pass.
+    """
+    check_int(num_outputs, "num_outputs (classes)", 2)
+    if not isinstance(settings, JudgeSettings):
+        raise BibaddiffError(f"settings must be a JudgeSettings; got {type(settings).__name__}")
+    images, labels = check_labelled_images("training", images, labels, num_outputs)
+    if not isinstance(triggers, dict):
+        raise BibaddiffError(f"triggers must be a dict of name -> Trigger; got {type(triggers).__name__}")
+    checked = [_check_test_set(images.shape[-1], num_outputs, clean_test_images, clean_test_labels, trigger, target)
+               for trigger in triggers.values()]
+    test_images, test_labels, victims = checked[0] if checked else (None, None, None)
+    stamped = {name: trigger.apply(test_images[victims]) for name, trigger in triggers.items()}
+    history: dict[str, list[float]] = {"acc": [], **{name: [] for name in triggers}}
+
+    def evaluate(model: Any) -> None:
+        if not stamped:
+            return  # no trigger to measure: nothing to report per epoch
+        history["acc"].append(accuracy(predict(model, test_images), test_labels))
+        for name, attacked in stamped.items():
+            history[name].append(attack_success_rate(predict(model, attacked), test_labels[victims], int(target)))
+        model.train()
+
+    # judges.train_judge's training, step for step: the same seeding, model, optimiser, schedule and batch order.
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    torch_device = select_device(device)
+    model = build_judge(settings.architecture, images.shape[-1], num_outputs, settings.pretrained_weights).to(torch_device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    steps_per_epoch = max(1, int(np.ceil(len(images) / settings.batch_size)))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate,
+                                                   total_steps=settings.epochs * steps_per_epoch)
+    model.train()
+    progress = tqdm(total=settings.epochs * steps_per_epoch, desc=desc, unit="step")
+    for epoch in range(settings.epochs):
+        progress.set_postfix(epoch=f"{epoch + 1}/{settings.epochs}")
+        order = rng.permutation(len(images))
+        for start in range(0, len(images), settings.batch_size):
+            index = order[start:start + settings.batch_size]
+            logits = model(to_model_space(images[index]).to(torch_device))
+            loss = F.cross_entropy(logits, torch.as_tensor(labels[index], device=torch_device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            progress.update()
+        evaluate(model)  # evaluation draws no random number: the training that follows is train_judge's
+    progress.close()
+    model.eval()
+    evaluation = {}
+    for name in triggers:
+        evaluation[name] = {
+            "acc": history["acc"][-1], "asr": history[name][-1], "n_test": int(len(test_images)),
+            "n_attacked": int(victims.sum()), "acc_per_epoch": list(history["acc"]), "asr_per_epoch": list(history[name]),
+            "acc_best_epoch": max(history["acc"]), "asr_best_epoch": max(history[name]),
+        }
+    return model, evaluation
 
 
 def generated_training_set(model: DiffusionModel, counts_per_class: list[int], guidance: float, ddim_steps: int,

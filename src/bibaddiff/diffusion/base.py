@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from bibaddiff.diffusion.timesteps import (DEFAULT_PRECISION, DEFAULT_TIMESTEPS, check_precision_name,
+                                           check_timestep_spacing)
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import to_model_space, to_uint8
 
@@ -66,6 +68,11 @@ class DiffusionModel:
     or VAE latents) and ``decode`` maps samples back to uint8 images. ``prompt_rows(condition, num_images, seed)``,
     when given, picks each generated image's conditioning row (a text-to-image model trained on per-image captions
     is prompted with its class's captions rather than one class prompt).
+
+    ``timesteps`` and ``precision`` are the sampler's ``generation.timesteps`` and ``generation.precision``
+    (:mod:`bibaddiff.diffusion.timesteps`), used by every :meth:`generate` that does not name its own; a workflow
+    script sets them with :meth:`use_sampler` once it has loaded the model, so that library code that generates
+    (the defences' generated sets, the quality stage) samples as the config says.
     """
 
     def __init__(self, denoiser: Any, scheduler: Any, info: ModelInfo, sample_shape: tuple[int, int, int],
@@ -75,9 +82,16 @@ class DiffusionModel:
         self.encode = encode or to_model_space
         self.decode = decode or to_uint8
         self.prompt_rows = prompt_rows
+        self.timesteps, self.precision = DEFAULT_TIMESTEPS, DEFAULT_PRECISION
+
+    def use_sampler(self, timesteps: str = DEFAULT_TIMESTEPS, precision: str = DEFAULT_PRECISION) -> "DiffusionModel":
+        """Sample with these ``generation.timesteps`` and ``generation.precision`` from now on."""
+        self.timesteps, self.precision = check_timestep_spacing(timesteps), check_precision_name(precision)
+        return self
 
     def generate(self, condition: int, guidance_scale: float, num_images: int, num_inference_steps: int, seed: int,
-                 batch_size: int, *, x0_clipping: str) -> np.ndarray:
+                 batch_size: int, *, x0_clipping: str, timesteps: str | None = None,
+                 precision: str | None = None) -> np.ndarray:
         from bibaddiff.diffusion.sampling import generate_images
 
         if self.kind == "stable_diffusion" and x0_clipping != "none":
@@ -87,4 +101,5 @@ class DiffusionModel:
         rows = None if self.prompt_rows is None else self.prompt_rows(condition, num_images, seed)
         return generate_images(self.denoiser, self.scheduler, self.info.null_class, condition, guidance_scale,
                                num_images, num_inference_steps, seed, batch_size, self.sample_shape, self.decode,
-                               x0_clipping=x0_clipping, rows=rows)
+                               x0_clipping=x0_clipping, rows=rows, timesteps=timesteps or self.timesteps,
+                               precision=precision or self.precision)

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bibaddiff.diffusion.timesteps import DEFAULT_PRECISION, DEFAULT_TIMESTEPS
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import write_atomically
 
@@ -33,6 +34,8 @@ class CellSettings:
     ddim_steps: int
     seed: int
     batch_size: int
+    timesteps: str = DEFAULT_TIMESTEPS  # generation.timesteps (bibaddiff.diffusion.timesteps)
+    precision: str = DEFAULT_PRECISION  # generation.precision
 
 
 def newest_file_time(directory: str | os.PathLike) -> float:
@@ -78,7 +81,7 @@ def generate_cells(model_dir: str | os.PathLike, cells: Sequence[Cell], settings
         from bibaddiff.diffusion.model import load_diffusion_model
         from bibaddiff.report import image_grid
 
-        model = load_diffusion_model(model_dir, device)
+        model = load_diffusion_model(model_dir, device).use_sampler(settings.timesteps, settings.precision)
         scale = max(1, 64 // model.info.image_size)
         for number, cell in enumerate(missing, 1):
             started = time.perf_counter()

@@ -91,7 +91,8 @@ class Trainer:
         self.trained = list(trainable.values())  # built once: every step clips, steps and averages these
         self.optimizer = torch.optim.AdamW(self.trained, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.lr_schedule = warmup_schedule(self.optimizer, settings.warmup_steps)
-        self.ema = EMAModel(self.trained, decay=settings.ema_decay)
+        # ema_decay 0 turns the EMA off: the trained weights themselves are saved (upstream's CIFAR-10 DDPM has none).
+        self.ema = EMAModel(self.trained, decay=settings.ema_decay) if settings.ema_decay > 0 else None
 
     def load_state(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -102,25 +103,28 @@ class Trainer:
     def load_optimisation_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.ema.load_state_dict(state["ema"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: value.detach().cpu() for name, value in self.trainable.items()}
 
     def prepare(self) -> None:
         self.unet, self.optimizer = self.accelerator.prepare(self.unet, self.optimizer)
-        self.ema.to(self.accelerator.device)
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
         self.unet.train()
 
     def optimise(self, loss: torch.Tensor) -> float:
-        """Backward, clip, step the optimiser and the schedule, update the EMA; returns the loss."""
+        """Backward, clip, step the optimiser and the schedule, update the EMA (when on); returns the loss."""
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         if self.accelerator.sync_gradients:
             self.accelerator.clip_grad_norm_(self.trained, self.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
-        self.ema.step(self.trained)
+        if self.ema is not None:
+            self.ema.step(self.trained)
         return loss.item()
 
 
@@ -178,13 +182,14 @@ def run_training(trainer: Trainer, take_step: Callable[[], float], generator: to
 
 def finish_training(trainer: Trainer, stats: dict[str, Any], losses: list[float], output_dir: str | Path,
                     save_model: Callable[[], None]) -> dict[str, Any]:
-    """After the last step: the main process copies the EMA weights into the model, ``save_model()`` writes it and
-    ``training.json`` records the run. A run stopped early saves nothing (its state is saved)."""
+    """After the last step: the main process copies the EMA weights (when on) into the model, ``save_model()``
+    writes it and ``training.json`` records the run. A run stopped early saves nothing (its state is saved)."""
     if stats["steps"] < stats["target_steps"]:
         return {**stats, "finished": False}
     accelerator = trainer.accelerator
     if accelerator.is_main_process:
-        trainer.ema.copy_to(trainer.trained)
+        if trainer.ema is not None:
+            trainer.ema.copy_to(trainer.trained)
         save_model()
         write_json(Path(output_dir) / "training.json", {**stats, "finished": True, "loss_curve": downsample(losses, 200)})
     accelerator.wait_for_everyone()
@@ -250,7 +255,8 @@ def save_training_state(path: Path, fingerprint: str, processes: int, step: int,
         torch.save({
             "fingerprint": fingerprint, "processes": processes, "step": step, "torch_rng": torch.get_rng_state(),
             "unet": weights, "optimizer": optimizer.state_dict(),
-            "lr_schedule": lr_schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
+            "lr_schedule": lr_schedule.state_dict(), "ema": None if ema is None else ema.state_dict(),
+            "generator": generator.get_state(),
             "losses": losses,
         }, tmp)
     except BaseException:
