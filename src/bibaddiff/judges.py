@@ -136,8 +136,11 @@ def penultimate_layers(model: nn.Module) -> nn.Module:
 
 def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settings: JudgeSettings, seed: int,
                 augment: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
-                device: str = "auto", desc: str = "judge") -> nn.Module:
-    """Train a classifier on uint8 images; ``augment(images, labels, rng)`` may rewrite each batch."""
+                device: str = "auto", desc: str = "judge",
+                on_epoch_end: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Train a classifier on uint8 images; ``augment(images, labels, rng)`` may rewrite each batch, and
+    ``on_epoch_end(model)`` is called after every epoch (it must draw no random number, so that the training that
+    follows does not depend on it; the model is put back in training mode after it)."""
     check_int(num_outputs, "num_outputs (classes)", 2)
     if not isinstance(settings, JudgeSettings):
         raise BibaddiffError(f"settings must be a JudgeSettings; got {type(settings).__name__}")
@@ -167,6 +170,9 @@ def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settin
             optimizer.step()
             schedule.step()
             progress.update()
+        if on_epoch_end is not None:
+            on_epoch_end(model)
+            model.train()
     progress.close()
     return model.eval()
 

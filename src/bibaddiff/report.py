@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bibaddiff.calibration import MINIMUM_TPR
 from bibaddiff.checks import check_int
 from bibaddiff.defenses.detectors import compare_aurocs
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
-from bibaddiff.calibration import MINIMUM_TPR
-from bibaddiff.checks import check_int
 from bibaddiff.metrics import (GROUPS, corrected_bootstrap, corrected_ratio, heterogeneity_p_value, percentile_interval,
                                pool_counts, seed_bootstrap, share_bootstrap, summarize_counts, wilson_interval)
 

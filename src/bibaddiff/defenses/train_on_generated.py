@@ -13,20 +13,15 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset
 from bibaddiff.diffusion.base import DiffusionModel
 from bibaddiff.checks import check_class_index, check_int
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.images import to_model_space
-from bibaddiff.judges import JudgeSettings, build_judge, check_labelled_images, classifier_shape, predict
+from bibaddiff.judges import JudgeSettings, check_labelled_images, classifier_shape, predict, train_judge
 from bibaddiff.metrics import accuracy, attack_success_rate
 from bibaddiff.quality import all_class_generations
 from bibaddiff.triggers import Trigger
-from bibaddiff.utils import select_device
 
 __all__ = ["evaluate_classifier", "train_and_evaluate_by_epoch", "generated_training_set"]
 
@@ -98,34 +93,8 @@ def train_and_evaluate_by_epoch(images: np.ndarray, labels: np.ndarray, num_outp
         history["acc"].append(accuracy(predict(model, test_images), test_labels))
         for name, attacked in stamped.items():
             history[name].append(attack_success_rate(predict(model, attacked), test_labels[victims], int(target)))
-        model.train()
 
-    # judges.train_judge's training, step for step: the same seeding, model, optimiser, schedule and batch order.
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    torch_device = select_device(device)
-    model = build_judge(settings.architecture, images.shape[-1], num_outputs, settings.pretrained_weights).to(torch_device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
-    steps_per_epoch = max(1, int(np.ceil(len(images) / settings.batch_size)))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate,
-                                                   total_steps=settings.epochs * steps_per_epoch)
-    model.train()
-    progress = tqdm(total=settings.epochs * steps_per_epoch, desc=desc, unit="step")
-    for epoch in range(settings.epochs):
-        progress.set_postfix(epoch=f"{epoch + 1}/{settings.epochs}")
-        order = rng.permutation(len(images))
-        for start in range(0, len(images), settings.batch_size):
-            index = order[start:start + settings.batch_size]
-            logits = model(to_model_space(images[index]).to(torch_device))
-            loss = F.cross_entropy(logits, torch.as_tensor(labels[index], device=torch_device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            progress.update()
-        evaluate(model)  # evaluation draws no random number: the training that follows is train_judge's
-    progress.close()
-    model.eval()
+    model = train_judge(images, labels, num_outputs, settings, seed, device=device, desc=desc, on_epoch_end=evaluate)
     evaluation = {}
     for name in triggers:
         evaluation[name] = {
