@@ -57,8 +57,8 @@ PRECISION_GUIDANCE_SCALES = (1, 11)  # the plain conditional model and the paper
 # Parts in the order they run. The Stable Diffusion benchmark goes last: it takes whatever time is left, and its
 # JSON is rewritten after each variant, so a run cut short by the budget still keeps the variants it finished.
 PARTS = ("ddpm_training_speed", "sampling_precision", "accelerate_one_process", "tiny_dag", "sd_throughput")
-# The most each part may take (seconds). Estimates for an H100/H200 with room to spare, not measurements; each
-# part also gets no more than what is left of --budget-s.
+# The most each part may take on a GPU (seconds). Estimates for an H100/H200 with room to spare, not measurements;
+# each part also gets no more than what is left of --budget-s.
 TIME_BOX_S = {"ddpm_training_speed": 150, "sampling_precision": 150, "accelerate_one_process": 90, "tiny_dag": 300,
               "sd_throughput": 300}
 MIN_PART_S = 20  # a part given less would only record a timeout
@@ -82,7 +82,7 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes(train_warmup=10, train_steps=200, train_batch=None, precision_train_steps=2000, precision_batch=64,
+    "full": Sizes(train_warmup=20, train_steps=300, train_batch=None, precision_train_steps=2000, precision_batch=64,
                   judge_epochs=8, precision_images=500, precision_ddim_steps=50, accelerate_steps=200),
     # A few steps of everything: every code path, minutes on 2 CPU cores. The CIFAR-10 UNet keeps its 36 M
     # parameters (the config's shape is part of what is checked) at a batch of 2.
@@ -336,12 +336,16 @@ def part_sampling_precision(options: argparse.Namespace, sizes: Sizes, device, w
     started = time.perf_counter()
     training = train_ddpm(train, work / "model", work / "state", settings, seed=0, device=device.type, progress=False)
     training_seconds = time.perf_counter() - started
+    training_precision = settings.mixed_precision if device.type == "cuda" else "no"  # as start_training decides
     judge_settings = JudgeSettings.from_config({**config["judges"], "epochs": sizes.judge_epochs})
     judge, judge_metrics = train_content_judge(train, heldout, [], judge_settings, seed=0, device=device.type)
     print(f"trained the DDPM ({steps} steps, {training_seconds:.0f} s) and the judge ({judge_metrics})", flush=True)
 
     model = load_diffusion_model(work / "model", device)
     unet = model.denoiser
+    # A reference in full fp32: PyTorch lets cuDNN convolutions run in TF32 unless told not to. bf16 autocast's
+    # convolutions and matrix products are bf16 either way, so the workflow's own sampling is not changed by this.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     generation = config["generation"]
     target, seed = int(config["target"]), int(generation.get("seed", 0))
     # One batch per cell: the batch size does not change what is sampled, only how fast.
@@ -362,11 +366,9 @@ def part_sampling_precision(options: argparse.Namespace, sizes: Sizes, device, w
         "status": "ok",
         "cell": {"condition": target, "x0_clipping": "none", "ddim_steps": sizes.precision_ddim_steps, "seed": seed},
         "model": {"config": str(DIGITS_CONFIG.relative_to(REPO_ROOT)), "training_steps": steps,
-                  "batch_size": settings.batch_size, "training_precision": training["settings"]["mixed_precision"]
-                  if device.type == "cuda" else "no", "training_seconds": training_seconds,
-                  "final_loss": training["final_loss"]},
+                  "batch_size": settings.batch_size, "training_precision": training_precision,
+                  "training_seconds": training_seconds, "final_loss": training["final_loss"]},
         "judge": {"epochs": sizes.judge_epochs, **judge_metrics},
-        # Convolutions in "fp32" may run in TF32 on a GPU; this says whether they did.
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "scales": scales,
     }
@@ -383,8 +385,9 @@ def part_accelerate_one_process(options: argparse.Namespace, sizes: Sizes, devic
     train, _ = load_source(config["dataset"])
     write_dataset(work / "data", train)
     steps = sizes.accelerate_steps
-    training = {**config["diffusion"]["training"], "steps": steps, "checkpoint_every": steps}
-    settings = {"training": training, "model": config["diffusion"]["model"]}
+    # The trainer's settings resolved as the train_diffusion rule passes them, the model's shape apart.
+    training = asdict(ddpm_settings(config, steps, checkpoint_every=steps))
+    settings = {"training": training, "model": training.pop("model")}
     # rules/common.smk's training_launcher without --multi_gpu, which accelerate refuses for one process.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -467,6 +470,14 @@ def gpu_rules() -> list[str]:
     return sorted(rules)
 
 
+def rules_that_need_no_gpu(config: dict[str, Any]) -> dict[str, str]:
+    """Rules that ask for a GPU but, with this config, do all their work on the CPU by design, and why."""
+    embedder = (config.get("replication") or {}).get("embedder") or {"type": "pixel"}
+    if embedder.get("type", "pixel") == "pixel":
+        return {"replication": "the pixel embedder (the default) compares pixels with CPU tensors"}
+    return {}
+
+
 def job_seconds(run_dir: Path) -> dict[str, float]:
     """Seconds per rule, summed over its jobs, from Snakemake's benchmark files."""
     seconds: dict[str, float] = {}
@@ -504,6 +515,7 @@ def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path,
     for path in run_dir.glob("results/**/logs/*/*.log"):
         logs.setdefault(path.parent.name, []).append(path)
     asking = set(gpu_rules())
+    by_design = rules_that_need_no_gpu(config)
     spent = job_seconds(run_dir)
     rules, problems = {}, []
     for rule in sorted(logs):
@@ -517,14 +529,14 @@ def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path,
                        "job_seconds": spent.get(rule), "log_names_device": names_device}
         if rule not in asking:
             continue
-        if len(mine) < len(logs[rule]):
+        if len(mine) < len(logs[rule]) and returncode == 0:  # jobs killed with a stopped run record nothing
             problems.append(f"{rule}: {len(logs[rule])} jobs but {len(mine)} processes recorded")
-        elif device.type == "cuda" and on_cuda < len(mine):
+        elif device.type == "cuda" and on_cuda < len(mine) and rule not in by_design:
             problems.append(f"{rule}: {len(mine) - on_cuda} of {len(mine)} processes never touched the GPU")
         elif device.type == "cpu" and on_cuda:
             problems.append(f"{rule}: {on_cuda} processes used CUDA with device: cpu")
     summary_dir = run_dir / "results" / "experiments" / config["experiment"] / "summary"
-    tables = {path.name: sum(1 for _ in open(path)) - 1 for path in sorted(summary_dir.glob("*.csv"))}
+    tables = {path.name: len(path.read_text().splitlines()) - 1 for path in sorted(summary_dir.glob("*.csv"))}
     if returncode != 0:
         problems.insert(0, "snakemake timed out" if returncode is None else f"snakemake failed (exit {returncode})")
     if not tables.get("trigger_amplification.csv"):
@@ -534,7 +546,8 @@ def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path,
                          for path in run_dir.glob("results/*/models/*/*/seed*/training.json")})
     result = {"status": "error" if problems else "ok", "config": str(TINY_CONFIG.relative_to(REPO_ROOT)),
               "device": device.type, "cores": cores, "snakemake_returncode": returncode, "wall_seconds": wall,
-              "jobs": sum(len(paths) for paths in logs.values()), "gpu_rules": sorted(asking), "rules": rules,
+              "jobs": sum(len(paths) for paths in logs.values()), "gpu_rules": sorted(asking),
+              "gpu_rules_on_the_cpu_by_design": by_design, "rules": rules,
               "summary_tables": tables, "training_json_devices": trained_on,
               "logs_name_device": sorted(rule for rule, row in rules.items() if row["log_names_device"])}
     if problems:
@@ -561,7 +574,8 @@ def part_sd_throughput(options: argparse.Namespace, sizes: Sizes, device, work: 
     variants = report.get("results", {})
     failed = sorted(name for name, row in variants.items() if row.get("status") == "error")
     if returncode is None:
-        return {**result, "status": "timeout", "error": f"stopped by the time box after {', '.join(variants) or 'no variant'}"}
+        finished = ", ".join(variants) or "no variant"
+        return {**result, "status": "timeout", "error": f"stopped by the time box after {finished}"}
     if returncode != 0 or failed:
         return {**result, "status": "error", "error": f"exit status {returncode}; failed variants: {failed}",
                 "output": tail(stderr)}
@@ -652,6 +666,11 @@ def number(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
+def precision_name(mixed_precision: str) -> str:
+    """accelerate's mixed-precision setting as a reader says it: "no" is fp32."""
+    return "fp32" if mixed_precision == "no" else f"{mixed_precision} autocast"
+
+
 def part_summary(name: str, result: dict[str, Any]) -> str:
     """One line of the summary table: the part's headline figure, or its error."""
     if result.get("error"):
@@ -666,12 +685,15 @@ def part_summary(name: str, result: dict[str, Any]) -> str:
         return f"{result['steps']} steps on {result['device']}, {number(result['steps_per_second'])} steps/s"
     if name == "tiny_dag":
         asking = [rule for rule, row in result["rules"].items() if row["asks_for_gpu"]]
-        return (f"{result['jobs']} jobs; {len(asking)} GPU rules ran, all on {result['device']}; "
+        on_cpu = [rule for rule in asking if rule in result["gpu_rules_on_the_cpu_by_design"]]
+        where = (f"all on {result['device']}" if result["device"] == "cpu" or not on_cpu
+                 else f"all on cuda but {', '.join(on_cpu)} (CPU by design)")
+        return (f"{result['jobs']} jobs; {len(asking)} GPU rules ran, {where}; "
                 f"{len(result['summary_tables'])} summary tables")
     if name == "sd_throughput":
         variants = result["report"].get("results", {})
-        return ", ".join(f"{variant} {row['status'] if row['status'] != 'ok' else number(row['images_per_second']) + ' img/s'}"
-                         for variant, row in variants.items())
+        return ", ".join(f"{variant} " + (f"{number(row['images_per_second'])} img/s" if row["status"] == "ok"
+                                          else row["status"]) for variant, row in variants.items())
     return ""
 
 
@@ -718,13 +740,13 @@ def training_section(result: dict[str, Any]) -> list[str]:
     for name, row in result["models"].items():
         library, bare = row["library"], row["bare"]
         lines.append(f"| {name} ({row['config']}) | {row['parameters'] / 1e6:.2f} M | {row['image_size']} px x "
-                     f"{row['channels']} | {row['batch_size']} | {library['precision']} | "
+                     f"{row['channels']} | {row['batch_size']} | {precision_name(library['precision'])} | "
                      f"{number(library['steps_per_second'])} | {number(bare['steps_per_second'])} | "
                      f"{row['library_over_bare']:.2f} | {number(library['peak_memory_gib'])} | "
                      f"{number(bare['peak_memory_gib'])} |")
     steps = next(iter(result["models"].values()))["library"]["timed_steps"]
-    lines += ["", f"{steps} timed steps per loop after {next(iter(result['models'].values()))['warmup_steps']} "
-              "untimed ones. The bare loop keeps the data on the device and has no label dropout, clipping, warm-up "
+    lines += ["", f"Timed steps per loop: {steps}, after {next(iter(result['models'].values()))['warmup_steps']} "
+              "untimed. The bare loop keeps the data on the device and has no label dropout, clipping, warm-up "
               "or EMA; the library's step assembles each batch on the CPU and reads its loss back every step."]
     return lines
 
@@ -733,10 +755,10 @@ def precision_section(result: dict[str, Any]) -> list[str]:
     model, judge, cell = result["model"], result["judge"], result["cell"]
     lines = ["## Sampling precision: one cell in fp32 and under bf16 autocast", "",
              f"DDPM of {model['config']} trained {model['training_steps']} steps (batch {model['batch_size']}, "
-             f"{model['training_precision']}), final loss {number(model['final_loss'])}; content judge "
-             f"{judge['epochs']} epochs, held-out accuracy {number(judge['heldout_clean_accuracy'])}. Cell: class "
-             f"{cell['condition']}, x0 {cell['x0_clipping']}, {cell['ddim_steps']} DDIM steps, seed {cell['seed']}. "
-             f"TF32: matmul {result['tf32']['matmul']}, cuDNN {result['tf32']['cudnn']}.", "",
+             f"{precision_name(model['training_precision'])}), final loss {number(model['final_loss'])}; content judge "
+             f"of {judge['epochs']} epoch(s), held-out accuracy {number(judge['heldout_clean_accuracy'])}. Cell: class "
+             f"{cell['condition']}, x0 {cell['x0_clipping']}, {cell['ddim_steps']} DDIM steps, seed {cell['seed']}; "
+             "the fp32 run without TF32.", "",
              "| s | Images | Classified differently | Target share fp32 | Target share bf16 | Mean abs pixel "
              "difference | Images with a changed pixel | Workflow's sampler equals |",
              "|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -767,6 +789,8 @@ def dag_section(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {rule} | {row['jobs']} | {'yes' if row['asks_for_gpu'] else 'no'} | "
                      f"{row['processes_recorded']} | {row['processes_on_cuda']} | {row['cuda_peak_mib']} | "
                      f"{number(row['job_seconds'])} |")
+    lines += [""] + [f"{rule} asks for a GPU but works on the CPU with this config: {why}."
+                     for rule, why in result["gpu_rules_on_the_cpu_by_design"].items() if rule in result["rules"]]
     lines += ["", "Summary tables (rows): " + ", ".join(f"{name} ({rows})"
                                                           for name, rows in result["summary_tables"].items())]
     return lines
@@ -792,8 +816,14 @@ def write_report(report: dict[str, Any], json_path: Path, markdown_path: Path) -
 
 
 def run_all(options: argparse.Namespace) -> int:
+    from bibaddiff.errors import BibaddiffError
+
     started = time.perf_counter()
-    env = environment(options.device)
+    try:
+        env = environment(options.device)
+    except BibaddiffError as error:  # no CUDA device: every part would fail the same way
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     machine = re.sub(r"[^a-z0-9]+", "-", env["device_name"].lower()).strip("-") if options.device == "cuda" else "cpu"
     out_dir = Path(options.out_dir)
@@ -812,8 +842,11 @@ def run_all(options: argparse.Namespace) -> int:
             if left < MIN_PART_S:
                 report["parts"][name] = {"status": "skipped", "error": f"budget spent ({left:.0f} s left)"}
                 continue
-            # The last part takes whatever is left; the others stop at their own box.
-            seconds = left if name == options.parts[-1] else min(TIME_BOX_S[name], left)
+            # The last part takes whatever is left; the others stop at their own box. The boxes are GPU estimates:
+            # on a CPU (a smoke run of this script, where the tiny DAG alone took 3-5 minutes on 2 busy cores) only
+            # the budget bounds a part.
+            boxed = name != options.parts[-1] and options.device == "cuda"
+            seconds = min(TIME_BOX_S[name], left) if boxed else left
             report["parts"][name] = run_part(name, seconds, options, work)
             report["total_seconds"] = time.perf_counter() - started
             write_report(report, json_path, markdown_path)

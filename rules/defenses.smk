@@ -11,7 +11,11 @@ rule generate_training_set:
         dataset=directory(generated_set()),
     params:
         balance=DEFENSES["generated_set_balance"],
-        sampling={k: config["generation"][k] for k in ("ddim_steps", "seed")},
+        # Non-default sampler options join the params, so that changing them makes the sets again.
+        sampling={
+            **{k: config["generation"][k] for k in ("ddim_steps", "seed")},
+            **non_default_sampler_options(config["generation"]),
+        },
         x0_clipping=SAMPLERS[0],
         device=config["device"],
     threads: config["generation"]["threads"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from workflow_helpers import REPO
 
@@ -113,3 +114,44 @@ def test_script_startup_times_the_imports_of_adapters_that_need_no_torch(tmp_pat
     unknown = subprocess.run([sys.executable, str(REPO / "benchmarks" / "script_startup.py"), "--scripts", "nope"],
                              capture_output=True, text=True, timeout=60)
     assert unknown.returncode != 0 and "no adapter named nope" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_on_the_cpu(tmp_path):
+    """The GPU check's tiny CPU run (minutes): every part reports ok, and one JSON and one Markdown file hold it."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--size",
+                             "tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+                             # On a busy 2-core machine the parts take longer than the GPU budget allows.
+                             "--budget-s", "1500"], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    [json_file] = (tmp_path / "out").glob("gpu_check_*_cpu_tiny.json")
+    report = json.loads(json_file.read_text())
+    markdown = json_file.with_suffix(".md").read_text()
+    parts = report["parts"]
+    assert list(parts) == ["ddpm_training_speed", "sampling_precision", "accelerate_one_process", "tiny_dag",
+                           "sd_throughput"]
+    assert {name: part["status"] for name, part in parts.items()} == {name: "ok" for name in parts}
+    assert all(f"| {name} | ok |" in markdown for name in parts)
+    env = report["environment"]
+    assert env["date"] and env["device"] == "cpu" and env["git_commit"] and env["versions"]["torch"]
+
+    for model in ("digits", "cifar10"):
+        speed = parts["ddpm_training_speed"]["models"][model]
+        assert speed["library"]["steps_per_second"] > 0 and speed["bare"]["steps_per_second"] > 0
+    # bf16 autocast really ran on the CPU: it changed pixels, while the workflow's own CPU sampler is fp32.
+    precision = parts["sampling_precision"]["scales"]
+    assert set(precision) == {"1", "11"}
+    assert all(row["images"] == 16 and row["library_default_equals"] == "fp32" for row in precision.values())
+    assert any(row["images_with_a_changed_pixel"] > 0 for row in precision.values())
+    accelerate = parts["accelerate_one_process"]
+    assert accelerate["device"] == "cpu" and accelerate["processes"] == 1
+
+    dag = parts["tiny_dag"]
+    gpu_rules = {rule: row for rule, row in dag["rules"].items() if row["asks_for_gpu"]}
+    assert {"train_diffusion", "generate", "measure", "train_content_judge", "quality"} <= set(gpu_rules)
+    # Every job's process was seen, none of them on CUDA with device: cpu.
+    assert all(row["processes_recorded"] == row["jobs"] and row["processes_on_cuda"] == 0
+               for row in gpu_rules.values())
+    assert dag["summary_tables"]["trigger_amplification.csv"] > 0 and dag["training_json_devices"] == ["cpu"]
+    variants = parts["sd_throughput"]["report"]["results"]
+    assert len(variants) == 6 and all(row["status"] == "ok" for row in variants.values())
