@@ -271,6 +271,24 @@ def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_rando
     assert set(np.flatnonzero(random.poisoned)) - set(np.flatnonzero(duplicates.poisoned)) == set(record["replaced"])
 
 
+def test_injected_duplicates_are_swapped_into_a_random_poison_set(tmp_path):
+    config = write_config(tmp_path / "injected.yaml", defenses__enabled=False, quality__enabled=False,
+                          replication__duplicate_poisoning={"enabled": True, "design": "injected", "k": 5, "m": 4,
+                                                            "top_k": 8, "ratio": 0.1})
+    snakemake(tmp_path, "--until", "poison_duplicates", configfile=config)
+    data = tmp_path / "results/tiny/data"
+    duplicates, random = (read_dataset(stage(data, f"patch-p0.1-dup_{mode}") / "train") for mode in ("duplicates", "random"))
+    # Both sets hold the 5 x 4 copies; the same number of images is poisoned in each.
+    assert len(duplicates) == len(random) == 200 + 5 * 3
+    assert duplicates.poisoned.sum() == random.poisoned.sum() == round(0.1 * 215)
+    record = duplicates.manifest["poisoning"]
+    assert record["design"] == "injected" and len(record["duplicated"]) == 8
+    # top_k 8 = two whole groups of 4 copies; every other poisoned image is the random set's.
+    chosen = np.asarray(record["duplicated"])
+    assert duplicates.poisoned[chosen].all() and (np.unique(duplicates.source_index[chosen], return_counts=True)[1] == 4).all()
+    assert set(np.flatnonzero(random.poisoned)) - set(np.flatnonzero(duplicates.poisoned)) == set(record["replaced"])
+
+
 def test_two_experiments_keep_their_models_and_tables_side_by_side(tmp_path):
     """Experiment A, then B with other training settings in the same folder, then A again: A's rerun does nothing,
     and both experiments' models, tables and provenance are there."""

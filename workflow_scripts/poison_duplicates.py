@@ -1,8 +1,9 @@
 """Adapter: poison random images, or random images with the most duplicated ones among them, at one ratio.
 
 design natural (upstream's): the most duplicated training images, found with the replication embedder and
-threshold, replace random picks of the random poison set. design synthetic: k images are repeated m times and
-whole duplicate groups are poisoned.
+threshold, replace random picks of the random poison set. design injected: k images are repeated m times, and
+top_k of the copies (whole groups first) replace random picks of the random poison set, as upstream swaps its
+duplicates in. design synthetic: k images are repeated m times and whole duplicate groups are poisoned.
 """
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def main(snakemake):
                                                      duplicates["seed"], params.mode)
         print(f"{params.mode}: {len(positions)} poisoned; the {len(duplicated)} most duplicated images (tau {tau:.4f}, "
               f"top_k {duplicates['top_k']}) are {'among them' if params.mode == 'duplicates' else 'left as drawn'}")
+    elif duplicates["design"] == "injected":
+        # The same duplicated set and the same random poison set for both modes; "duplicates" swaps top_k copies in.
+        clean, groups = duplicate_images(clean, duplicates["k"], duplicates["m"], duplicates["seed"],
+                                         exclude_label=params.target)
+        duplicated = most_duplicated(groups.tolist(), clean.labels, params.target, duplicates["top_k"])
+        poisoned, positions = poison_with_duplicates(clean, duplicated, trigger, params.target, duplicates["ratio"],
+                                                     duplicates["seed"], params.mode, design="injected")
+        print(f"{params.mode}: {len(clean)} images ({duplicates['k']} repeated {duplicates['m']} times), "
+              f"{len(positions)} poisoned; {len(duplicated)} copies (top_k) are "
+              f"{'among them' if params.mode == 'duplicates' else 'left as drawn'}")
     else:
         # The same duplicated set for both modes: only which images are poisoned differs.
         clean, groups = duplicate_images(clean, duplicates["k"], duplicates["m"], duplicates["seed"],

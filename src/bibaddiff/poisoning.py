@@ -117,12 +117,12 @@ def most_duplicated(groups: list[list[int]], labels: np.ndarray, target: int, to
 
 
 def poison_with_duplicates(dataset: ImageDataset, duplicated: np.ndarray, trigger: Trigger, target: int, ratio: float,
-                           seed: int, mode: str) -> tuple[ImageDataset, np.ndarray]:
+                           seed: int, mode: str, design: str = "natural") -> tuple[ImageDataset, np.ndarray]:
     """Upstream's duplicate poisoning: the random poison set of :func:`poison_dataset` (``mode="random"``), or the
     same set with random picks replaced by the ``duplicated`` images (``mode="duplicates"``), at the same ratio.
 
     Only picks that are not duplicated images themselves are replaced, so every duplicated image ends up poisoned
-    and the count stays round(ratio * N).
+    and the count stays round(ratio * N). ``design`` names how the duplicated images were found, for the record.
     """
     if mode not in ("random", "duplicates"):
         raise BibaddiffError(f"mode must be 'random' or 'duplicates'; got {mode!r}")
@@ -137,7 +137,7 @@ def poison_with_duplicates(dataset: ImageDataset, duplicated: np.ndarray, trigge
         raise BibaddiffError(f"ratio {ratio} poisons {len(indices)} images, fewer than the {len(duplicated)} "
                              "duplicated images to put among them; lower replication.duplicate_poisoning.top_k")
     record: dict[str, Any] = {"trigger": trigger.name, "target": int(target), "ratio": float(ratio), "seed": int(seed),
-                              "mode": mode, "design": "natural", "duplicated": duplicated.tolist()}
+                              "mode": mode, "design": design, "duplicated": duplicated.tolist()}
     if mode == "duplicates":
         already = np.isin(indices, duplicated)
         missing = duplicated[~np.isin(duplicated, indices)]
