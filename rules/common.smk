@@ -15,7 +15,7 @@ except ImportError as error:
     raise WorkflowError(f"the bibaddiff package is not importable ({error}); run 'bash setup.sh' first")
 
 try:
-    _checked = validate_config(config, load_schema(Path(workflow.basedir) / "schemas" / "config.schema.yaml"))
+    _checked = validate_config(config, load_schema())  # the schema the package ships
 except BibaddiffError as error:
     # One line that names the key, instead of a traceback through the rule files.
     print(f"invalid config: {error}", file=sys.stderr)

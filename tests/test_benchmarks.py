@@ -74,11 +74,11 @@ def test_rule_memory_folder_has_imagenettes_layout_and_its_config_validates(tmp_
         assert [c.name for c in classes] == rule_memory.WNIDS
         assert sum(len(list(c.glob("*.JPEG"))) for c in classes) == total
     config = validate_config(rule_memory.benchmark_config(tmp_path / "images", "cpu"),
-                             load_schema(REPO / "schemas" / "config.schema.yaml"))
+                             load_schema())
     assert config["dataset"]["image_size"] == 256 and config["defenses"]["enabled"]
     assert config["replication"]["duplicate_poisoning"]["enabled"]
     sd = validate_config(rule_memory.stable_diffusion_config(tmp_path / "images", "cpu"),
-                         load_schema(REPO / "schemas" / "config.schema.yaml"))
+                         load_schema())
     assert sd["diffusion"]["kind"] == "stable_diffusion" and sd["dataset"] == config["dataset"]
     assert sd["experiment"] != config["experiment"]
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def schema():
-    return load_schema(REPO / "schemas" / "config.schema.yaml")
+    return load_schema()
 
 
 def load(name: str) -> dict:
@@ -562,7 +562,7 @@ def test_validating_a_config_does_not_import_torch():
     import sys
 
     code = ("import sys; from bibaddiff.config import load_schema, validate_config; import yaml; "
-            f"validate_config(yaml.safe_load(open({str(REPO / 'config.yaml')!r})), load_schema({str(REPO / 'schemas/config.schema.yaml')!r})); "
+            f"validate_config(yaml.safe_load(open({str(REPO / 'config.yaml')!r})), load_schema()); "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'sklearn') if m in sys.modules]; "
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -16,7 +16,7 @@ from bibaddiff.config import load_schema, validate_config
 from bibaddiff.errors import BibaddiffError
 from workflow_helpers import REPO, fill_placeholders
 
-SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
+SCHEMA = load_schema()
 VALIDATOR = Draft202012Validator(SCHEMA)
 SHIPPED = ["config.yaml", *sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))]
 # Values of every JSON type; the schema decides which of them are wrong for a key.

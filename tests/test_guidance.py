@@ -233,7 +233,7 @@ def _validated(**generation):
     config = yaml.safe_load((repo / "tests/configs/tiny.yaml").read_text())
     config["generation"].pop("x0_clipping", None)
     config["generation"].update(generation)
-    return validate_config(config, load_schema(repo / "schemas/config.schema.yaml"))
+    return validate_config(config, load_schema())
 
 
 def test_x0_clipping_default_is_a_list_of_one_mode():

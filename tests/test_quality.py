@@ -21,7 +21,7 @@ from bibaddiff.quality import (bootstrap_mean, clip_scores, distance_rows, fid_w
 from bibaddiff.report import plot_quality_vs_ratio, quality_table
 from workflow_helpers import REPO, TINY_CONFIG
 
-SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
+SCHEMA = load_schema()
 
 
 def test_frechet_distance_of_two_gaussians_with_diagonal_covariances():

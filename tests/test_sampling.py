@@ -48,7 +48,7 @@ def test_sampler_options_fill_the_defaults_and_refuse_unknown_values():
 
 
 def test_the_defaults_are_the_schemas():
-    from bibaddiff.config import section_defaults
+    from bibaddiff.schema import section_defaults
 
     for kind in ("ddpm", "stable_diffusion"):
         defaults = section_defaults(("generation",), kind)
@@ -277,7 +277,7 @@ def test_ema_decay_zero_saves_the_trained_weights_and_resumes(tmp_path):
 def _validated(config: dict) -> dict:
     from bibaddiff.config import load_schema, validate_config
 
-    return validate_config(config, load_schema(REPO / "schemas" / "config.schema.yaml"))
+    return validate_config(config, load_schema())
 
 
 def _shipped(name: str) -> dict:

@@ -83,6 +83,50 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, " -> ".join(cycle)
 
 
+def top_level(module: str) -> str:
+    """The package's top-level part a module belongs to: bibaddiff.diffusion.trainer -> bibaddiff.diffusion."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_level_imports() -> dict[str, set[str]]:
+    """The import graph of the top-level parts (modules and subpackages such as diffusion/, defenses/, report/):
+    a subpackage is one floor, so two of its modules may not depend on another part in opposite directions."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in package_imports().items():
+        graph.setdefault(top_level(module), set()).update(top_level(t) for t in targets if top_level(t) != top_level(module))
+    return graph
+
+
+def test_the_cycle_finder_sees_a_cycle_between_packages():
+    graph = {"bibaddiff.config": {"bibaddiff.diffusion.timesteps"}, "bibaddiff.diffusion.trainer": {"bibaddiff.config"},
+             "bibaddiff.diffusion.timesteps": set()}
+    collapsed: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        collapsed.setdefault(top_level(module), set()).update(top_level(t) for t in targets if top_level(t) != top_level(module))
+    assert find_cycle(graph) is None and find_cycle(collapsed) == ["bibaddiff.config", "bibaddiff.diffusion",
+                                                                   "bibaddiff.config"]
+
+
+def test_the_packages_have_no_import_cycle():
+    """config, diffusion/, defenses/, report/, ... form floors: no subpackage and module depend on each other."""
+    graph = package_level_imports()
+    assert {"bibaddiff.diffusion", "bibaddiff.config", "bibaddiff.report", "bibaddiff.schema"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_schema_is_the_bottom_floor_and_ships_with_the_package():
+    """Any module may read a default from the schema without depending on config (which imports data, triggers,
+    diffusion, ...); the schema file is package data, not a file of the source checkout."""
+    from bibaddiff.schema import SCHEMA_FILE, load_schema
+
+    assert package_imports()["bibaddiff.schema"] <= {"bibaddiff.errors"}
+    assert SCHEMA_FILE.parent == PACKAGE and load_schema()["properties"]["diffusion"]
+    assert "config.schema.yaml" in (REPO / "pyproject.toml").read_text()
+    assert "bibaddiff.config" not in {top_level(t) for m, ts in package_imports().items()
+                                      if m.startswith("bibaddiff.diffusion") for t in ts}
+
+
 def imported_heavy_modules(statement: str) -> list[str]:
     code = (f"import sys\n{statement}\n"
             "print(','.join(m for m in ('torch', 'diffusers', 'transformers', 'sklearn', 'matplotlib') if m in sys.modules))")
@@ -93,7 +137,7 @@ def imported_heavy_modules(statement: str) -> list[str]:
 
 def test_light_modules_import_neither_torch_nor_diffusers():
     assert imported_heavy_modules("import bibaddiff.config, bibaddiff.images, bibaddiff.checks, bibaddiff.utils, "
-                                  "bibaddiff.provenance, bibaddiff.diffusion.base") == []
+                                  "bibaddiff.provenance, bibaddiff.diffusion.base, bibaddiff.plan, bibaddiff.schema") == []
 
 
 def test_pixel_conversions_do_not_import_diffusers():
@@ -107,7 +151,7 @@ def test_validating_the_shipped_configs_imports_no_torch():
     seconds to each, and a WaNet trigger once did."""
     configs = sorted(str(path) for path in (REPO / "configs").glob("*.yaml")) + [str(REPO / "config.yaml")]
     statement = ("import yaml; from bibaddiff.config import load_schema, validate_config; "
-                 f"schema = load_schema({str(REPO / 'schemas' / 'config.schema.yaml')!r})\n"
+                 f"schema = load_schema()\n"
                  f"for path in {configs!r}:\n"
                  "    config = yaml.safe_load(open(path))\n"
                  "    try:\n"

@@ -157,7 +157,7 @@ def test_two_processes_under_accelerate_launch(tiny_data, tmp_path):
 
 
 def test_trainer_defaults_are_the_schemas():
-    from bibaddiff.config import training_defaults
+    from bibaddiff.schema import training_defaults
     from bibaddiff.diffusion.finetune import FinetuneSettings
 
     for settings, kind in ((TrainSettings(), "ddpm"), (FinetuneSettings(), "stable_diffusion")):

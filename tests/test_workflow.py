@@ -132,7 +132,7 @@ def clean_stage_name(results):
 
 def test_experiment_folder_holds_provenance_and_report(tiny_run):
     experiment = tiny_run / "results/experiments/tiny"
-    resolved = validate_config(yaml.safe_load(TINY_CONFIG.read_text()), load_schema(REPO / "schemas/config.schema.yaml"))
+    resolved = validate_config(yaml.safe_load(TINY_CONFIG.read_text()), load_schema())
     assert yaml.safe_load((experiment / "provenance/config.yaml").read_text()) == resolved
     environment = yaml.safe_load((experiment / "provenance/environment.yaml").read_text())
     assert environment["experiment"] == "tiny"
@@ -308,7 +308,7 @@ def test_two_experiments_keep_their_models_and_tables_side_by_side(tmp_path):
     for attack in ("patch-p0.1", "clean"):
         trainings = sorted(path.parent.name for path in stage(results / "tiny/models", attack).glob("train-*/seed0"))
         assert len(trainings) == 2, trainings
-    schema = load_schema(REPO / "schemas/config.schema.yaml")
+    schema = load_schema()
     for name, config in (("exp_a", first), ("exp_b", second)):
         experiment = results / "experiments" / name
         assert (experiment / "summary/trigger_amplification.csv").stat().st_size > 0

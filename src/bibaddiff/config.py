@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -19,15 +17,12 @@ from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, dis
                             imagefolder_files, scaled_class_counts)
 from bibaddiff.diffusion.timesteps import quadratic_timesteps, sampler_options
 from bibaddiff.errors import BibaddiffError
+# The schema and its defaults live on the bottom floor (bibaddiff.schema); they are re-exported here for callers.
+from bibaddiff.schema import (DEFAULT_BY_KIND, MODEL_KINDS, SCHEMA_FILE, default_x0_clipping, load_schema,  # noqa: F401
+                              schema_default, section_defaults, shipped_schema, training_defaults)
 from bibaddiff.triggers import build_trigger
 
 PLACEHOLDER = "CHANGE_ME"
-# The workflow's schema: the one source of every default, including those the trainers' settings classes use.
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
-# Our schema keyword for a default that depends on diffusion.kind: ``x-default-by-kind: {ddpm: ..., stable_diffusion:
-# ...}`` in place of ``default``; a kind it leaves out gets no default (the key stays absent).
-DEFAULT_BY_KIND = "x-default-by-kind"
-MODEL_KINDS = ("ddpm", "stable_diffusion")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # score_strip's default partner count (the published 100); a test keeps the two equal.
 STRIP_NUM_BLENDS = 100
@@ -37,59 +32,11 @@ FCT_FINETUNE_BATCH_SIZE = 100
 FCT_FINETUNING = ("finetune_epochs", "finetune_batch_size", "finetune_learning_rate")
 
 
-def load_schema(path: str | Path) -> dict[str, Any]:
-    # Every snakemake call reads the schema: libyaml's loader takes a tenth of the pure-Python one's 0.2 s.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path) as handle:
-        return yaml.load(handle, Loader=loader)
-
-
-@functools.lru_cache(maxsize=1)
-def _shipped_schema() -> dict[str, Any]:
-    if not SCHEMA_FILE.is_file():
-        raise BibaddiffError(f"the config schema {SCHEMA_FILE} is missing; bibaddiff reads its defaults from the "
-                             "schemas/ folder of its source tree (install it with pip install -e)")
-    return load_schema(SCHEMA_FILE)
-
-
-def schema_default(subschema: dict[str, Any], kind: str | None) -> tuple[bool, Any]:
-    """``(True, value)`` when ``subschema`` gives a default for ``kind`` (its ``default``, or its entry for ``kind``
-    under ``x-default-by-kind``), else ``(False, None)``."""
-    if "default" in subschema:
-        return True, copy.deepcopy(subschema["default"])
-    by_kind = subschema.get(DEFAULT_BY_KIND)
-    if isinstance(by_kind, dict) and kind in by_kind:
-        return True, copy.deepcopy(by_kind[kind])
-    return False, None
-
-
-def section_defaults(path: tuple[str, ...], kind: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every default of the schema section at ``path`` (e.g. ``("diffusion", "training")``) for one kind of model."""
-    if kind not in MODEL_KINDS:
-        raise BibaddiffError(f"config key diffusion.kind must be one of {', '.join(MODEL_KINDS)}; got {kind!r}")
-    node = schema if schema is not None else _shipped_schema()
-    for key in path:
-        node = node["properties"][key]
-    defaults = {}
-    for key, subschema in node.get("properties", {}).items():
-        found, value = schema_default(subschema, kind)
-        if found:
-            defaults[key] = value
-    return defaults
-
-
-def training_defaults(kind: str) -> dict[str, Any]:
-    """``diffusion.training``'s defaults for ``kind`` (ddpm or stable_diffusion), read from the schema."""
-    return section_defaults(("diffusion", "training"), kind)
-
-
-def default_x0_clipping() -> dict[str, Any]:
-    """``generation.x0_clipping``'s default per kind of model, read from the schema."""
-    return {kind: section_defaults(("generation",), kind)["x0_clipping"] for kind in MODEL_KINDS}
-
-
-def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    """Check ``config`` against the schema and the data it names; returns a copy with defaults filled in."""
+def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check ``config`` against the schema (the package's own when none is given) and the data it names; returns a
+    copy with defaults filled in."""
+    if schema is None:
+        schema = shipped_schema()
     unfilled = placeholder_keys(config)
     if unfilled:
         raise BibaddiffError(f"config has unfilled placeholders ({PLACEHOLDER}) at {', '.join(unfilled)}; "

@@ -6,6 +6,7 @@ one place that defines it. torch is imported on first call: importing this modul
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from bibaddiff.errors import BibaddiffError
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 
 # Inference on large images goes this many pixels per batch at most (32 images at 256 px, 8 at 512 px; digits and
@@ -64,3 +66,21 @@ def load_generated(path: str | Path) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
         raise BibaddiffError(f"{path}: expected uint8 images (N, H, W, 1 or 3); got {images.dtype} {images.shape}")
     return images
+
+
+def image_grid(images: np.ndarray, columns: int = 8, max_images: int = 64, scale: int = 1) -> "Image.Image":
+    """A grid of the first ``max_images`` uint8 (N, H, W, C) images, each ``scale`` times enlarged."""
+    from PIL import Image
+
+    images = np.asarray(images)[:max_images]
+    if images.ndim != 4 or len(images) == 0:
+        raise BibaddiffError(f"image_grid needs a non-empty (N, H, W, C) batch; got shape {images.shape}")
+    n, height, width, channels = images.shape
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 128, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] = image
+    pil = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil

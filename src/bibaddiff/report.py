@@ -17,7 +17,7 @@ from bibaddiff.calibration import MINIMUM_TPR
 from bibaddiff.checks import check_int
 from bibaddiff.defenses.detectors import compare_aurocs
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.images import load_generated
+from bibaddiff.images import image_grid, load_generated  # noqa: F401 (image_grid: re-exported)
 from bibaddiff.metrics import (GROUPS, corrected_bootstrap, corrected_ratio, heterogeneity_p_value, percentile_interval,
                                pool_counts, seed_bootstrap, share_bootstrap, summarize_counts, wilson_interval)
 
@@ -367,22 +367,6 @@ def plot_generation_groups(table: pd.DataFrame, path: str | Path) -> None:
         ax.set_xticks(range(len(pooled)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("share of generations")
         ax.legend(fontsize=7, loc="upper right")
-
-
-def image_grid(images: np.ndarray, columns: int = 8, max_images: int = 64, scale: int = 1) -> Image.Image:
-    """A grid of the first ``max_images`` uint8 (N, H, W, C) images, each ``scale`` times enlarged."""
-    images = np.asarray(images)[:max_images]
-    if images.ndim != 4 or len(images) == 0:
-        raise BibaddiffError(f"image_grid needs a non-empty (N, H, W, C) batch; got shape {images.shape}")
-    n, height, width, channels = images.shape
-    columns = min(columns, n)
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 128, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] = image
-    pil = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
-    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
 
 
 def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Path, title: str) -> None:

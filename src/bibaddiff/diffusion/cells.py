@@ -79,7 +79,7 @@ def generate_cells(model_dir: str | os.PathLike, cells: Sequence[Cell], settings
     log(f"{model_dir}: {len(kept)} of {len(cells)} cells are current and kept; generating {len(missing)}")
     if missing:
         from bibaddiff.diffusion.model import load_diffusion_model
-        from bibaddiff.report import image_grid
+        from bibaddiff.images import image_grid
 
         model = load_diffusion_model(model_dir, device).use_sampler(settings.timesteps, settings.precision)
         scale = max(1, 64 // model.info.image_size)

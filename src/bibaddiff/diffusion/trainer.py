@@ -28,6 +28,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.schema import training_defaults
 from bibaddiff.utils import select_device, write_json
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ def schema_field(kind: str, key: str) -> Any:
     """A dataclass field whose default is ``diffusion.training.<key>``'s schema default for ``kind``, read when an
     instance is made: the schema stays the one source of the trainers' defaults."""
     def default() -> Any:
-        from bibaddiff.config import training_defaults
-
         return training_defaults(kind)[key]
 
     return field(default_factory=default)
