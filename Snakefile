@@ -29,6 +29,8 @@ include: "rules/summary.smk"
 rule all:
     input:
         summary_outputs(),
-        list(provenance_outputs().values()),
-        all_cells(),
+        rules.provenance.output,
+        # Every generated cell: Snakemake (>= 7.7) does not regenerate a deleted intermediate file while what was
+        # computed from it is up to date; as a target, it is.
+        PLAN.all_cells(),
     default_target: True

@@ -1,15 +1,15 @@
 rule prepare_data:
     output:
-        train=directory(clean_split("train")),
-        heldout=directory(clean_split("heldout")),
+        train=directory(PLAN.clean_split("train")),
+        heldout=directory(PLAN.clean_split("heldout")),
     params:
         dataset=config["dataset"],
-        record=CLEAN_RECORD,
+        record=PLAN.clean_record,
     threads: 1
     log:
-        log_file("prepare_data", CLEAN_STAGE),
+        log_file("prepare_data", PLAN.clean_stage),
     benchmark:
-        benchmark_file("prepare_data", CLEAN_STAGE)
+        benchmark_file("prepare_data", PLAN.clean_stage)
     conda:
         ENV
     script:
@@ -18,18 +18,18 @@ rule prepare_data:
 
 rule poison:
     input:
-        train=clean_split("train"),
+        train=PLAN.clean_split("train"),
     output:
-        train=directory(stage_data("{stage}")),
+        train=directory(PLAN.stage_data()),
     wildcard_constraints:
-        stage=r"[A-Za-z0-9_]+-p[0-9.]+-[0-9a-f]{12}",
+        stage=POISONED_STAGE,
     params:
-        trigger_name=lambda wc: ATTACKS[stage_attack(wc)]["trigger"],
-        trigger=lambda wc: config["triggers"][ATTACKS[stage_attack(wc)]["trigger"]],
-        ratio=lambda wc: ATTACKS[stage_attack(wc)]["ratio"],
+        trigger_name=stage_trigger,
+        trigger=lambda wc: TRIGGERS[stage_trigger(wc)],
+        ratio=lambda wc: PLAN.attacks[stage_attack(wc)]["ratio"],
         target=TARGET,
-        seed=lambda wc: STAGE_RECORDS[wc.stage]["seed"],
-        record=lambda wc: STAGE_RECORDS[wc.stage],
+        seed=lambda wc: PLAN.stage_records[wc.stage]["seed"],
+        record=lambda wc: PLAN.stage_records[wc.stage],
     threads: 1
     log:
         log_file("poison", "{stage}"),
@@ -43,18 +43,18 @@ rule poison:
 
 rule poison_duplicates:
     input:
-        train=clean_split("train"),
-        heldout=clean_split("heldout"),
-        judge=replication_judge,
+        train=PLAN.clean_split("train"),
+        heldout=PLAN.clean_split("heldout"),
+        judge=PLAN.replication_judge(),
     output:
-        train=directory(stage_data("{stage}")),
+        train=directory(PLAN.stage_data()),
     wildcard_constraints:
-        stage=r"[A-Za-z0-9_]+-p[0-9.]+-dup_(random|duplicates)-[0-9a-f]{12}",
+        stage=DUPLICATE_STAGE,
     params:
-        trigger_name=lambda wc: ATTACKS[stage_attack(wc)]["trigger"],
-        trigger=lambda wc: config["triggers"][ATTACKS[stage_attack(wc)]["trigger"]],
-        mode=lambda wc: ATTACKS[stage_attack(wc)]["duplicates"],
-        record=lambda wc: STAGE_RECORDS[wc.stage],
+        trigger_name=stage_trigger,
+        trigger=lambda wc: TRIGGERS[stage_trigger(wc)],
+        mode=lambda wc: PLAN.attacks[stage_attack(wc)]["duplicates"],
+        record=lambda wc: PLAN.stage_records[wc.stage],
         duplicates=DUPLICATES,
         # The natural design finds duplicates with the replication embedder and threshold.
         embedder=REPLICATION["embedder"],

@@ -5,23 +5,21 @@
 rule generate_training_set:
     input:
         model=model_of,
-        balance=generated_set_balance,
-        trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
+        balance=lambda wc: PLAN.generated_set_balance(wc.attack),
+        trigger_judges=trigger_judges_of_model,
     output:
-        dataset=directory(generated_set()),
+        dataset=directory(PLAN.generated_set()),
     params:
         balance=DEFENSES["generated_set_balance"],
         # Non-default sampler options join the params, so that changing them makes the sets again.
-        sampling={
-            **{k: config["generation"][k] for k in ("ddim_steps", "seed")},
-            **non_default_sampler_options(config["generation"]),
-        },
-        x0_clipping=SAMPLERS[0],
+        sampling=PLAN.generated_set_sampling,
+        x0_clipping=PLAN.samplers[0],
         device=config["device"],
+        guidance=lambda wc: parse_number(wc.guidance),
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
-        images_per_batch=GENERATION_BATCH,
+        images_per_batch=PLAN.generation_batch,
     log:
         experiment_log("generate_training_set", "{attack}", "seed{seed}", "s{guidance}"),
     benchmark:
@@ -34,13 +32,13 @@ rule generate_training_set:
 
 rule train_defense_classifier:
     input:
-        train=defense_training_data,
-        heldout=clean_split("heldout"),
+        train=lambda wc: PLAN.trainset_data(wc.attack, wc.trainset),
+        heldout=PLAN.clean_split("heldout"),
     output:
-        classifier=directory(defense_classifier()),
+        classifier=directory(PLAN.defense_classifier()),
     params:
-        settings=JUDGE_SETTINGS,
-        triggers=lambda wc: {t: config["triggers"][t] for t in detected_triggers(wc.attack)},
+        settings=PLAN.judge_settings,
+        triggers=detected_trigger_specs,
         target=TARGET,
         device=config["device"],
     threads: DEFENSES["threads"]
@@ -58,17 +56,17 @@ rule train_defense_classifier:
 
 rule detect_poison:
     input:
-        unpack(detection_inputs),
-        heldout=clean_split("heldout"),
+        unpack(lambda wc: PLAN.detection_inputs(wc.attack, wc.detset)),
+        heldout=PLAN.clean_split("heldout"),
     output:
-        detection=detection_file(),
+        detection=PLAN.detection_file(),
         # Per-image scores and flags beside the result: the summary bootstraps AUROC differences from them.
-        item_scores=detection_file().removesuffix(".json") + "_items.npz",
+        item_scores=PLAN.detection_file(suffix="_items.npz"),
     params:
         detectors=DEFENSES["detectors"],
         detector_settings=DEFENSES["detector_settings"],
         target=TARGET,
-        seed=config["judges"]["seed"],
+        seed=JUDGES["seed"],
         device=config["device"],
     threads: DEFENSES["threads"]
     resources:
@@ -86,14 +84,14 @@ rule detect_poison:
 rule diffusion_classifier:
     input:
         model=model_of,
-        heldout=clean_split("heldout"),
+        heldout=PLAN.clean_split("heldout"),
     output:
-        result=diffusion_classifier_file(),
+        result=PLAN.diffusion_classifier_file(),
     params:
         settings=DEFENSES["diffusion_classifier"],
-        triggers=lambda wc: {t: config["triggers"][t] for t in detected_triggers(wc.attack)},
+        triggers=detected_trigger_specs,
         target=TARGET,
-        seed=config["judges"]["seed"],
+        seed=JUDGES["seed"],
         device=config["device"],
     threads: DEFENSES["threads"]
     resources:
@@ -110,37 +108,38 @@ rule diffusion_classifier:
 
 rule summarize_defenses:
     input:
-        **defense_inputs(),
-        detection_items=[path.removesuffix(".json") + "_items.npz" for path in defense_inputs()["detection"]],
+        **PLAN.defense_inputs(),
     output:
-        detection=report(f"{SUMMARY}/detection.csv", caption="../report/detection.rst", category="Castle walls"),
+        detection=report(PLAN.summary_file("detection.csv"), caption="../report/detection.rst", category="Castle walls"),
         train_on_generated=report(
-            f"{SUMMARY}/defense_train_on_generated.csv",
+            PLAN.summary_file("defense_train_on_generated.csv"),
             caption="../report/train_on_generated.rst",
             category="Castle walls",
         ),
         diffusion_classifier=report(
-            f"{SUMMARY}/diffusion_classifier.csv",
+            PLAN.summary_file("diffusion_classifier.csv"),
             caption="../report/diffusion_classifier.rst",
             category="Castle walls",
         ),
         detection_figure=report(
-            f"{SUMMARY}/detection_auroc.png", caption="../report/detection.rst", category="Castle walls"
+            PLAN.summary_file("detection_auroc.png"), caption="../report/detection.rst", category="Castle walls"
         ),
         train_on_generated_figure=report(
-            f"{SUMMARY}/defense_train_on_generated.png",
+            PLAN.summary_file("defense_train_on_generated.png"),
             caption="../report/train_on_generated.rst",
             category="Castle walls",
         ),
         diffusion_classifier_figure=report(
-            f"{SUMMARY}/diffusion_classifier_asr.png",
+            PLAN.summary_file("diffusion_classifier_asr.png"),
             caption="../report/diffusion_classifier.rst",
             category="Castle walls",
         ),
     params:
-        attacks={attack: ATTACKS[attack] for attack in POISONED_ATTACKS + ["clean"] if attack in ATTACKS},
+        attacks=PLAN.defense_attacks(),
+        # What each detection result and classifier is (attack, set, seed, guidance), in the order of the inputs.
+        sets=PLAN.defense_descriptions(),
         target=TARGET,
-        seed=config["judges"]["seed"],
+        seed=JUDGES["seed"],
     threads: 1
     log:
         experiment_log("summarize_defenses"),

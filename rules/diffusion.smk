@@ -1,18 +1,18 @@
-if TINY_BASE:
+if PLAN.tiny_base:
 
     rule build_tiny_base:
         input:
-            train=clean_split("train"),
+            train=PLAN.clean_split("train"),
         output:
-            model=directory(TINY_BASE),
-            description=report(f"{TINY_BASE}.json", caption="../report/tiny_base.rst", category="Base model"),
+            model=directory(PLAN.tiny_base),
+            description=report(f"{PLAN.tiny_base}.json", caption="../report/tiny_base.rst", category="Base model"),
         params:
             settings=config["diffusion"]["pretrained"],
         threads: config["diffusion"]["training"]["threads"]
         log:
-            log_file("build_tiny_base", Path(TINY_BASE).name),
+            log_file("build_tiny_base", Path(PLAN.tiny_base).name),
         benchmark:
-            benchmark_file("build_tiny_base", Path(TINY_BASE).name)
+            benchmark_file("build_tiny_base", Path(PLAN.tiny_base).name)
         conda:
             ENV
         script:
@@ -21,12 +21,12 @@ if TINY_BASE:
 
 rule encode_latents:
     input:
-        train=lambda wc: stage_data(wc.stage),
-        base=base_model,
+        train=lambda wc: PLAN.stage_data(wc.stage),
+        base=PLAN.base_model(),
     output:
-        latents=latents_file(),
+        latents=PLAN.latents_file(),
     params:
-        pretrained=PRETRAINED,
+        pretrained=PLAN.pretrained,
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]
     resources:
@@ -34,9 +34,9 @@ rule encode_latents:
         # Each image's latent mean and std come from the VAE alone; the batch size only sets the memory used.
         images_per_batch=config["diffusion"]["training"]["encode_batch_size"],
     log:
-        log_file("encode_latents", "{stage}", LATENTS_ID),
+        log_file("encode_latents", "{stage}", PLAN.latents_id),
     benchmark:
-        benchmark_file("encode_latents", "{stage}", LATENTS_ID)
+        benchmark_file("encode_latents", "{stage}", PLAN.latents_id)
     conda:
         ENV
     script:
@@ -45,15 +45,17 @@ rule encode_latents:
 
 rule train_diffusion:
     input:
-        train=diffusion_training_input,
-        base=base_model,
+        # A DDPM trains on the dataset folder; Stable Diffusion on the VAE latents cached from it.
+        train=lambda wc: PLAN.diffusion_training_input(wc.stage),
+        base=PLAN.base_model(),
     output:
-        model=directory(model_dir()),
+        model=directory(PLAN.model_dir()),
     params:
-        launcher=training_launcher,
-        settings=json.dumps(TRAINER_SETTINGS, sort_keys=True),
-        state_dir=training_state_dir,
-        record=lambda wc: json.dumps(model_record(wc), sort_keys=True),
+        launcher=launcher,
+        settings=json.dumps(PLAN.trainer_settings, sort_keys=True),
+        # Not a declared output: Snakemake deletes those before a job starts, and the state must survive to resume.
+        state_dir=lambda wc: PLAN.training_state_dir(wc.stage, wc.seed),
+        record=lambda wc: json.dumps(PLAN.model_record(wc.stage, wc.seed), sort_keys=True),
         device=config["device"],
     threads: config["diffusion"]["training"]["threads"]
     # Trainings first: generation waits on them, and with one generate job per model, a training started after the
@@ -63,9 +65,9 @@ rule train_diffusion:
     resources:
         gpu=GPUS_PER_JOB * config["diffusion"]["training"]["processes"],
     log:
-        log_file("train_diffusion", "{stage}", TRAINING_ID, "seed{seed}"),
+        log_file("train_diffusion", "{stage}", PLAN.training_id, "seed{seed}"),
     benchmark:
-        benchmark_file("train_diffusion", "{stage}", TRAINING_ID, "seed{seed}")
+        benchmark_file("train_diffusion", "{stage}", PLAN.training_id, "seed{seed}")
     conda:
         ENV
     shell:
@@ -79,22 +81,25 @@ rule generate:
     # update() outputs, which Snakemake does not delete before the job: the job keeps the cells that are complete and
     # newer than the model, so deleting one cell regenerates only that cell.
     input:
-        model=model_dir(),
+        model=PLAN.model_dir(),
     output:
-        images=update(generation_job_files("npy")),
-        grids=update(generation_job_files("png")),
+        images=update(PLAN.generation_job_files("npy")),
+        grids=update(PLAN.generation_job_files("png")),
     params:
-        sampling=SAMPLING_SETTINGS,
-        record=generation_record,
+        sampling=PLAN.sampling_settings,
+        record=lambda wc: PLAN.generation_record(wc.stage, wc.seed),
         device=config["device"],
+        # The job's cells, in the order of its files. Derived from its files (the function takes output), so
+        # Snakemake does not track it as a param of its own: fewer guidance scales rerun no generation.
+        cells=lambda wildcards, output: PLAN.generation_job_cells(dict(wildcards.items())),
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
-        images_per_batch=GENERATION_BATCH,
+        images_per_batch=PLAN.generation_batch,
     log:
-        log_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, *GENERATION_JOB_ID),
+        log_file("generate", "{stage}", PLAN.training_id, "seed{seed}", PLAN.sampling_id, *PLAN.generation_job_id),
     benchmark:
-        benchmark_file("generate", "{stage}", TRAINING_ID, "seed{seed}", SAMPLING_ID, *GENERATION_JOB_ID)
+        benchmark_file("generate", "{stage}", PLAN.training_id, "seed{seed}", PLAN.sampling_id, *PLAN.generation_job_id)
     conda:
         ENV
     script:
@@ -104,22 +109,23 @@ rule generate:
 rule generate_calibration:
     # The clean model's calibration draw: the measured cells with a seed of their own, for the trigger detectors.
     input:
-        model=model_dir(),
+        model=PLAN.model_dir(),
     output:
-        images=calibration_cells_job_files("npy"),
-        grids=calibration_cells_job_files("png"),
+        images=PLAN.calibration_job_files("npy"),
+        grids=PLAN.calibration_job_files("png"),
     params:
-        sampling=CALIBRATION_SAMPLING,
-        record=lambda wc: {**generation_record(wc), "sampling": CALIBRATION_SAMPLING},
+        sampling=PLAN.calibration_sampling,
+        record=lambda wc: PLAN.generation_record(wc.stage, wc.seed, PLAN.calibration_sampling),
         device=config["device"],
+        cells=lambda wildcards, output: PLAN.model_cells(),
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
-        images_per_batch=GENERATION_BATCH,
+        images_per_batch=PLAN.generation_batch,
     log:
-        log_file("generate_calibration", "{stage}", TRAINING_ID, "seed{seed}", CALIBRATION_ID),
+        log_file("generate_calibration", "{stage}", PLAN.training_id, "seed{seed}", PLAN.calibration_id),
     benchmark:
-        benchmark_file("generate_calibration", "{stage}", TRAINING_ID, "seed{seed}", CALIBRATION_ID)
+        benchmark_file("generate_calibration", "{stage}", PLAN.training_id, "seed{seed}", PLAN.calibration_id)
     conda:
         ENV
     script:
@@ -130,17 +136,17 @@ rule measure:
     input:
         cells=cells_of_model,
         train=training_data,
-        content_judge=CONTENT_JUDGE,
-        trigger_judges=lambda wc: list(trigger_judges_of_model(wc).values()),
+        content_judge=PLAN.content_judge,
+        trigger_judges=trigger_judges_of_model,
         calibrations=calibrations_of_model,
     output:
-        metrics=metrics_file(),
+        metrics=PLAN.metrics_file(),
     params:
         cells=model_cells,
-        triggers=lambda wc: measured_triggers(wc.attack),
-        detected_triggers=lambda wc: detected_triggers(wc.attack),
+        triggers=lambda wc: PLAN.measured_triggers(wc.attack),
+        detected_triggers=lambda wc: PLAN.detected_triggers(wc.attack),
         target=TARGET,
-        ratio=lambda wc: ATTACKS[wc.attack]["ratio"],
+        ratio=lambda wc: PLAN.attacks[wc.attack]["ratio"],
         device=config["device"],
     threads: 1
     resources:

@@ -1,22 +1,22 @@
 rule train_content_judge:
     input:
-        train=clean_split("train"),
-        heldout=clean_split("heldout"),
+        train=PLAN.clean_split("train"),
+        heldout=PLAN.clean_split("heldout"),
     output:
-        judge=directory(CONTENT_JUDGE),
+        judge=directory(PLAN.content_judge),
     params:
-        settings=JUDGE_SETTINGS,
+        settings=PLAN.judge_settings,
         # Adding a relabel-only control does not retrain it: it stamps nothing.
-        triggers=CONTENT_JUDGE_TRIGGERS,
-        record=CONTENT_JUDGE_RECORD,
+        triggers=PLAN.content_judge_triggers,
+        record=PLAN.content_judge_record,
         device=config["device"],
-    threads: config["judges"]["threads"]
+    threads: JUDGES["threads"]
     resources:
         gpu=GPUS_PER_JOB,
     log:
-        log_file("train_content_judge", Path(CONTENT_JUDGE).name),
+        log_file("train_content_judge", Path(PLAN.content_judge).name),
     benchmark:
-        benchmark_file("train_content_judge", Path(CONTENT_JUDGE).name)
+        benchmark_file("train_content_judge", Path(PLAN.content_judge).name)
     conda:
         ENV
     script:
@@ -25,22 +25,22 @@ rule train_content_judge:
 
 rule train_trigger_judge:
     input:
-        train=clean_split("train"),
-        heldout=clean_split("heldout"),
+        train=PLAN.clean_split("train"),
+        heldout=PLAN.clean_split("heldout"),
         # The clean model's calibration draw: its training part joins the real images as negatives (and, stamped,
         # as positives).
-        generated=CALIBRATION_CELLS if DETECTOR_NEGATIVES == "generated" else [],
+        generated=PLAN.calibration_cells if PLAN.detector_negatives == "generated" else [],
     output:
-        judge=directory(f"{RESULTS}/judges/trigger-{{judge}}"),
+        judge=directory(PLAN.trigger_judge_pattern()),
     params:
-        settings=JUDGE_SETTINGS,
-        triggers=lambda wc: {judge_trigger(wc): config["triggers"][judge_trigger(wc)]},
+        settings=PLAN.judge_settings,
+        triggers=lambda wc: PLAN.trigger_specs([judge_trigger(wc)]),
         # How the detector stamps its positives, defaults included, so that a change of it retrains the detector.
-        stamping=lambda wc: detector_stamping(judge_trigger(wc)),
-        record=lambda wc: TRIGGER_JUDGE_RECORDS[judge_trigger(wc)],
+        stamping=lambda wc: PLAN.detector_stamping(judge_trigger(wc)),
+        record=lambda wc: PLAN.trigger_judge_records[judge_trigger(wc)],
         dequantization=JUDGES["dequantization"],
         device=config["device"],
-    threads: config["judges"]["threads"]
+    threads: JUDGES["threads"]
     resources:
         gpu=GPUS_PER_JOB,
     log:
@@ -57,19 +57,19 @@ rule calibrate_trigger_judge:
     # Each detector's threshold, false- and true-positive rates per cell, on the clean model's calibration draw (or,
     # without a clean model, on held-out real images).
     input:
-        judge=lambda wc: trigger_judge(wc.trigger),
-        cells=CALIBRATION_CELLS,
-        heldout=clean_split("heldout"),
+        judge=lambda wc: PLAN.trigger_judge(wc.trigger),
+        cells=PLAN.calibration_cells,
+        heldout=PLAN.clean_split("heldout"),
     output:
-        calibration=calibration_file(),
+        calibration=PLAN.calibration_file(),
     params:
         cells=model_cells,
-        trigger=lambda wc: config["triggers"][wc.trigger],
+        trigger=lambda wc: TRIGGERS[wc.trigger],
         target_fpr=JUDGES["target_fpr"],
-        negatives=DETECTOR_NEGATIVES,
+        negatives=PLAN.detector_negatives,
         seed=JUDGES["seed"],
         device=config["device"],
-    threads: config["judges"]["threads"]
+    threads: JUDGES["threads"]
     resources:
         gpu=GPUS_PER_JOB,
     log:

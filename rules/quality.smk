@@ -5,21 +5,21 @@
 
 rule generate_quality_set:
     input:
-        model=model_dir(),
-        balance=clean_split("train"),
+        model=PLAN.model_dir(),
+        balance=PLAN.clean_split("train"),
     output:
-        dataset=directory(quality_set()),
+        dataset=directory(PLAN.quality_set()),
     params:
-        sampling=QUALITY_SAMPLING,
+        sampling=PLAN.quality_sampling,
         device=config["device"],
     threads: config["generation"]["threads"]
     resources:
         gpu=GPUS_PER_JOB,
-        images_per_batch=GENERATION_BATCH,
+        images_per_batch=PLAN.generation_batch,
     log:
-        log_file("generate_quality_set", "{stage}", TRAINING_ID, "seed{seed}", QUALITY_SET_ID),
+        log_file("generate_quality_set", "{stage}", PLAN.training_id, "seed{seed}", PLAN.quality_set_id),
     benchmark:
-        benchmark_file("generate_quality_set", "{stage}", TRAINING_ID, "seed{seed}", QUALITY_SET_ID)
+        benchmark_file("generate_quality_set", "{stage}", PLAN.training_id, "seed{seed}", PLAN.quality_set_id)
     conda:
         ENV
     script:
@@ -28,11 +28,11 @@ rule generate_quality_set:
 
 rule quality_reference:
     input:
-        real=clean_split("train"),
-        judge=CONTENT_JUDGE,
+        real=PLAN.clean_split("train"),
+        judge=PLAN.content_judge,
         **({"inception_weights": QUALITY["inception_weights"]} if QUALITY["inception_weights"] else {}),
     output:
-        features=quality_reference(),
+        features=PLAN.quality_reference(),
     params:
         batch_size=QUALITY["batch_size"],
         device=config["device"],
@@ -51,15 +51,15 @@ rule quality_reference:
 
 rule quality:
     input:
-        unpack(quality_model_inputs),
-        generated=quality_generations,
-        reference=quality_reference(),
-        judge=CONTENT_JUDGE,
+        unpack(lambda wc: PLAN.quality_model_inputs(wc.attack, wc.seed)),
+        generated=lambda wc: PLAN.quality_generations_of(wc.attack, wc.seed),
+        reference=PLAN.quality_reference(),
+        judge=PLAN.content_judge,
     output:
-        result=quality_file(),
+        result=PLAN.quality_file(),
     params:
-        attack=lambda wc: ATTACKS[wc.attack],
-        model=lambda wc: str(Path(model_of(wc)).relative_to(f"{RESULTS}/models")),
+        attack=lambda wc: PLAN.attacks[wc.attack],
+        model=lambda wc: PLAN.model_name(wc.attack, wc.seed),
         settings={k: QUALITY[k] for k in ("guidance", "bootstrap_samples", "kid_subsets", "kid_subset_size", "batch_size",
                                           "seed", "clip_model")},
         device=config["device"],
@@ -78,16 +78,21 @@ rule quality:
 
 rule summarize_quality:
     input:
-        results=[quality_file(attack, seed) for attack in ATTACKS for seed in training_seeds(attack)],
+        results=PLAN.quality_results(),
     output:
         table=report(
-            f"{SUMMARY}/generation_quality.csv", caption="../report/generation_quality.rst", category="Generation quality"
-        ),
-        figure=report(
-            f"{SUMMARY}/generation_quality_vs_ratio.png",
+            PLAN.summary_file("generation_quality.csv"),
             caption="../report/generation_quality.rst",
             category="Generation quality",
         ),
+        figure=report(
+            PLAN.summary_file("generation_quality_vs_ratio.png"),
+            caption="../report/generation_quality.rst",
+            category="Generation quality",
+        ),
+    params:
+        # Each attack's series across ratios (its name without the ratio), for the figure's lines.
+        series=PLAN.series(),
     threads: 1
     log:
         experiment_log("summarize_quality"),

@@ -5,11 +5,11 @@ rule replication:
     input:
         cells=cells_of_model,
         train=training_data,
-        heldout=clean_split("heldout"),
-        judge=replication_judge,
+        heldout=PLAN.clean_split("heldout"),
+        judge=PLAN.replication_judge(),
     output:
-        summary=replication_file(),
-        neighbours=replication_file(ext="npz"),
+        summary=PLAN.replication_file(),
+        neighbours=PLAN.replication_file(ext="npz"),
     params:
         cells=model_cells,
         embedder=REPLICATION["embedder"],
@@ -31,15 +31,19 @@ rule replication:
 
 rule summarize_replication:
     input:
-        **replication_summary_inputs(),
+        **PLAN.replication_summary_inputs(),
     output:
-        table=report(f"{SUMMARY}/replication.csv", caption="../report/replication.rst", category="Replication"),
-        similarity=report(f"{SUMMARY}/replication_similarity.png", caption="../report/replication.rst", category="Replication"),
-        pairs=report(f"{SUMMARY}/replication_pairs.png", caption="../report/replication_pairs.rst", category="Replication"),
+        table=report(PLAN.summary_file("replication.csv"), caption="../report/replication.rst", category="Replication"),
+        similarity=report(
+            PLAN.summary_file("replication_similarity.png"), caption="../report/replication.rst", category="Replication"
+        ),
+        pairs=report(
+            PLAN.summary_file("replication_pairs.png"), caption="../report/replication_pairs.rst", category="Replication"
+        ),
     params:
         target=TARGET,
-        attacks=ATTACKS,
-        cells_per_model=len(CELLS),
+        attacks=PLAN.attacks,
+        cells_per_model=len(PLAN.cells),
     threads: 1
     log:
         experiment_log("summarize_replication"),
@@ -53,13 +57,14 @@ rule summarize_replication:
 
 rule summarize_duplicate_poisoning:
     input:
-        table=f"{SUMMARY}/trigger_amplification.csv",
+        table=PLAN.summary_file("trigger_amplification.csv"),
     output:
         table=report(
-            f"{SUMMARY}/duplicate_poisoning.csv", caption="../report/duplicate_poisoning.rst", category="Replication"
+            PLAN.summary_file("duplicate_poisoning.csv"), caption="../report/duplicate_poisoning.rst", category="Replication"
         ),
     params:
-        attacks=[a for a, spec in ATTACKS.items() if spec.get("duplicates")],
+        # Each duplicate-poisoning attack and its mode (random, duplicates).
+        attacks=PLAN.duplicate_attacks(),
     threads: 1
     log:
         experiment_log("summarize_duplicate_poisoning"),

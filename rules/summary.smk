@@ -11,58 +11,61 @@ localrules:
 
 rule summarize:
     input:
-        metrics=all_metrics(),
-        grids=list(target_grids().values()),
-        calibrations=[calibration_file(trigger) for trigger in PIXEL_TRIGGERS],
+        metrics=PLAN.all_metrics(),
+        grids=PLAN.target_grids()[0],
+        calibrations=[PLAN.calibration_file(trigger) for trigger in PLAN.pixel_triggers],
     output:
         table=report(
-            f"{SUMMARY}/trigger_amplification.csv",
+            PLAN.summary_file("trigger_amplification.csv"),
             caption="../report/trigger_amplification.rst",
             category="Trigger amplification",
         ),
         ratio_figure=report(
-            f"{SUMMARY}/trigger_ratio_vs_guidance.png",
+            PLAN.summary_file("trigger_ratio_vs_guidance.png"),
             caption="../report/trigger_ratio.rst",
             category="Trigger amplification",
         ),
         groups_figure=report(
-            f"{SUMMARY}/generation_groups.png",
+            PLAN.summary_file("generation_groups.png"),
             caption="../report/generation_groups.rst",
             category="Trigger amplification",
         ),
         guidance_figure=report(
-            f"{SUMMARY}/target_class_vs_guidance.png",
+            PLAN.summary_file("target_class_vs_guidance.png"),
             caption="../report/target_vs_guidance.rst",
             category="Trigger amplification",
         ),
         ratio_table=report(
-            f"{SUMMARY}/amplification_vs_ratio.csv",
+            PLAN.summary_file("amplification_vs_ratio.csv"),
             caption="../report/amplification_vs_ratio.rst",
             category="Trigger amplification",
         ),
         by_ratio_figure=report(
-            f"{SUMMARY}/amplification_vs_ratio.png",
+            PLAN.summary_file("amplification_vs_ratio.png"),
             caption="../report/amplification_vs_ratio.rst",
             category="Trigger amplification",
         ),
         samples=report(
-            f"{SUMMARY}/samples_target.png",
+            PLAN.summary_file("samples_target.png"),
             caption="../report/samples.rst",
             category="Samples",
         ),
         calibration_table=report(
-            f"{SUMMARY}/judge_calibration.csv",
+            PLAN.summary_file("judge_calibration.csv"),
             caption="../report/judge_calibration.rst",
             category="Trigger detectors",
         ),
         calibration_figure=report(
-            f"{SUMMARY}/judge_calibration.png",
+            PLAN.summary_file("judge_calibration.png"),
             caption="../report/judge_calibration.rst",
             category="Trigger detectors",
         ),
     params:
-        grid_keys=list(target_grids()),
-        accuracy_floor=config["judges"]["accuracy_floor"],
+        # What each grid shows (attack, guidance), in the order of the grids.
+        grids=PLAN.target_grids()[1],
+        # The duplicate-poisoning attacks have a table of their own, not rows against the ratio.
+        duplicate_attacks=list(PLAN.duplicate_attacks()),
+        accuracy_floor=JUDGES["accuracy_floor"],
         bootstrap_samples=JUDGES["bootstrap_samples"],
         seed=JUDGES["seed"],
         target=TARGET,
@@ -82,10 +85,10 @@ rule provenance:
     input:
         summary_outputs(),
     output:
-        **provenance_outputs(),
+        **PLAN.provenance_outputs(),
     params:
         config=config,
-        stages=experiment_stages(),
+        stages=PLAN.experiment_stages(),
         source_dir=workflow.basedir,
     threads: 1
     log:

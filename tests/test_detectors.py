@@ -25,6 +25,7 @@ from bibaddiff.defenses.detectors import (DETECTOR_NAMES, DETECTORS, bootstrap_i
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.judges import JudgeSettings, build_judge, predict, train_judge
 from bibaddiff.metrics import auroc, tpr_at_fpr
+from bibaddiff.plan import parse_trainset
 from bibaddiff.poisoning import poison_dataset
 from bibaddiff.triggers import build_trigger
 
@@ -705,7 +706,10 @@ def _detection_result(set_name: str, scored: tuple[np.ndarray, np.ndarray]) -> d
     in_target[:3] = True  # a few poisoned images in the target class, so that both scopes have both classes
     evaluated = {"all": evaluate_detection(scores, flags, resamples=50, seed=0),
                  "target_class": evaluate_detection(scores[in_target], flags[in_target], resamples=50, seed=0)}
-    return {"attack": "patch-p0.01", "set": set_name, "n": len(flags), "n_flagged": int(flags.sum()),
+    # What the set is comes from the plan (as the workflow's summary gets it), not from parsing its name in the report.
+    name = parse_trainset(set_name)
+    described = {"seed": "" if name.seed is None else str(name.seed), "guidance": name.guidance}
+    return {"attack": "patch-p0.01", "set": set_name, **described, "n": len(flags), "n_flagged": int(flags.sum()),
             "detectors": {"strip": evaluated},
             "items": {"carries_trigger": flags, "in_target": in_target, "scores": {"strip": scores}}}
 
@@ -792,7 +796,7 @@ def test_detection_table_needs_per_image_scores_and_a_training_set():
     with pytest.raises(BibaddiffError, match="none for its training set"):
         _detection_table([result], _attack_columns, {})
     with pytest.raises(BibaddiffError, match="neither 'training' nor a generated set"):
-        _detection_table([{**result, "set": "poisoned"}], _attack_columns, {})
+        _detection_table([{**result, "set": "poisoned", "seed": "", "guidance": None}], _attack_columns, {})
 
 
 def test_detection_figure_draws_per_seed_and_pooled_rows(tmp_path):

@@ -91,12 +91,14 @@ def test_the_train_on_generated_table_reports_the_last_and_the_best_epoch():
                                                       "asr_best_epoch": 0.6}}}
     older = {"num_train": 50, "evaluation": {"patch": {"acc": 0.8, "asr": 0.1}}}  # saved before per-epoch values
     table, standard = _train_on_generated_table(
-        [info, older], ["c/patch-p0.1/poisoned", "c/patch-p0.1/generated_seed0_s1"], attacks,
+        [info, older], [{"attack": "patch-p0.1", "set": "poisoned", "seed": "", "guidance": None},
+                        {"attack": "patch-p0.1", "set": "generated_seed0_s1", "seed": "0", "guidance": 1.0}], attacks,
         lambda attack: {"attack": attack, "poison_ratio": attacks[attack]["ratio"], "trigger": "patch"})
     rows = table.set_index("trainset")
     assert rows.loc["poisoned", ["acc", "asr", "acc_best_epoch", "asr_best_epoch", "epochs"]].tolist() == [
         0.9, 0.2, 0.95, 0.6, 3]
     assert rows.loc["generated_seed0_s1", ["acc_best_epoch", "asr_best_epoch", "epochs"]].isna().all()
+    assert rows.loc["generated_seed0_s1", "generated_guidance"] == 1.0 and math.isnan(rows.loc["poisoned", "generated_guidance"])
     assert standard[0]["acc"] == 0.9 and standard[0]["asr"] == 0.2  # the comparison row keeps the last epoch
 
 

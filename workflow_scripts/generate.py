@@ -1,27 +1,18 @@
 """Adapter: generate the cells of one generate job (each a uint8 .npy plus a PNG grid), loading the model once."""
-import re
 from pathlib import Path
 
 from bibaddiff.diffusion.cells import Cell, CellSettings, generate_cells
 from bibaddiff.diffusion.timesteps import sampler_options
-from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
-
-# rules/common.smk's generated(): .../x0-{sampler}/c{condition}_s{guidance}.npy
-CELL_FILE = re.compile(r"x0-(?P<sampler>[a-z_]+)/c(?P<condition>\d+)_s(?P<guidance>\d+(?:\.\d+)?)\.npy$")
-
-
-def cell_of(images: str, grid: str) -> Cell:
-    match = CELL_FILE.search(Path(images).as_posix())
-    if match is None or Path(grid).with_suffix(".npy") != Path(images):
-        raise BibaddiffError(f"{images}: not a generated cell's path (expected .../x0-<mode>/c<class>_s<scale>.npy)")
-    return Cell(match["sampler"], int(match["condition"]), float(match["guidance"]), Path(images), Path(grid))
 
 
 def main(snakemake):
     set_threads(snakemake.threads)
     sampling = snakemake.params.sampling
-    cells = [cell_of(images, grid) for images, grid in zip(snakemake.output.images, snakemake.output.grids)]
+    # The job's cells come as params, in the order of its files.
+    cells = [Cell(cell["x0_clipping"], cell["condition"], cell["guidance"], Path(images), Path(grid))
+             for cell, images, grid in zip(snakemake.params.cells, snakemake.output.images, snakemake.output.grids,
+                                           strict=True)]
     settings = CellSettings(sampling["num_images"], sampling["ddim_steps"], sampling["seed"],
                             snakemake.resources.images_per_batch, **sampler_options(sampling))
     generate_cells(snakemake.input.model, cells, settings, select_device(snakemake.params.device))

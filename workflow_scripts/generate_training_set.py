@@ -12,12 +12,12 @@ from bibaddiff.utils import read_json, run_logged, select_device, set_threads
 def main(snakemake):
     set_threads(snakemake.threads)
     params, sampling = snakemake.params, snakemake.params.sampling
-    guidance = float(snakemake.wildcards.guidance)
+    guidance = params.guidance
     # The counts are in the manifest: no need to decode the set's images.
     counts = read_json(Path(snakemake.input.balance) / "manifest.json")["counts_per_class"]
     model = load_diffusion_model(snakemake.input.model, select_device(params.device))
-    # The rule's sampling params name ddim_steps and seed only; the sampler's timesteps and precision are the config's.
-    model.use_sampler(**sampler_options(snakemake.config["generation"]))
+    # The sampler's timesteps and precision: the params name them where they are not at their defaults.
+    model.use_sampler(**sampler_options(sampling))
     detector, _ = load_judge(snakemake.input.trigger_judges[0], params.device)
     # A seed of its own, so that this set does not repeat the noise of the measured cells.
     dataset = generated_training_set(model, counts, guidance, sampling["ddim_steps"], sampling["seed"] + 1,

@@ -21,13 +21,11 @@ def main(snakemake):
     plot_trigger_ratio(table, snakemake.output.ratio_figure)
     plot_generation_groups(table, snakemake.output.groups_figure)
     plot_target_vs_guidance(table, snakemake.output.guidance_figure)
-    by_ratio = amplification_vs_ratio(table)
+    by_ratio = amplification_vs_ratio(table, params.duplicate_attacks)
     by_ratio.to_csv(snakemake.output.ratio_table, index=False)
     plot_amplification_vs_ratio(by_ratio, snakemake.output.by_ratio_figure)
-    grids = {}
-    for key, path in zip(snakemake.params.grid_keys, snakemake.input.grids):
-        attack, scale = key.split("|")
-        grids[(attack, float(scale))] = path
+    grids = {(shown["attack"], shown["guidance"]): path
+             for shown, path in zip(params.grids, snakemake.input.grids, strict=True)}
     plot_sample_grids(grids, snakemake.output.samples, f"target class {snakemake.params.target}: first 64 generations")
     flagged = table[table.judge_warning != ""]
     if len(flagged):

@@ -5,13 +5,14 @@ from bibaddiff.utils import read_json, run_logged
 
 
 def main(snakemake):
-    inputs, outputs = snakemake.input, snakemake.output
-    # Each result with its per-image scores, which the AUROC differences are bootstrapped from.
-    detections = [{**read_json(path), "items": load_detection_items(items)}
-                  for path, items in zip(inputs.detection, inputs.detection_items, strict=True)]
+    inputs, outputs, sets = snakemake.input, snakemake.output, snakemake.params.sets
+    # Each result with what its set is and its per-image scores, which the AUROC differences are bootstrapped from.
+    detections = [{**read_json(path), **described, "items": load_detection_items(items)}
+                  for path, items, described in zip(inputs.detection, inputs.detection_items, sets["detection"],
+                                                     strict=True)]
     detection, training, dm_classifier = defense_tables(
-        detections, [read_json(f"{path}/judge.json") for path in inputs.classifiers],
-        list(inputs.classifiers), [read_json(path) for path in inputs.diffusion_classifier], snakemake.params.attacks,
+        detections, [read_json(f"{path}/judge.json") for path in inputs.classifiers], sets["classifiers"],
+        [read_json(path) for path in inputs.diffusion_classifier], snakemake.params.attacks,
         seed=snakemake.params.seed)
     detection.to_csv(outputs.detection, index=False)
     training.to_csv(outputs.train_on_generated, index=False)

@@ -6,7 +6,7 @@ from bibaddiff.utils import read_json, run_logged
 def main(snakemake):
     table = quality_table([read_json(path) for path in snakemake.input.results])
     table.to_csv(snakemake.output.table, index=False)
-    plot_quality_vs_ratio(table, snakemake.output.figure)
+    plot_quality_vs_ratio(table, snakemake.output.figure, snakemake.params.series)
     print(table.to_string(index=False))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -284,12 +283,13 @@ def plot_target_vs_guidance(table: pd.DataFrame, path: str | Path) -> None:
         axes[0][-1].legend(fontsize=6)
 
 
-def amplification_vs_ratio(table: pd.DataFrame) -> pd.DataFrame:
+def amplification_vs_ratio(table: pd.DataFrame, duplicate_attacks: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Target-class rows per trigger, sampler, guidance scale and poisoning ratio p (the clean control is p = 0):
     the pooled trigger ratio with its interval over seeds and images, raw and corrected for the detector's error,
-    its mean and spread over training seeds, and its split into G1 and G2, against the training share. Duplicate-poisoning attacks are left out (they have a table of their own).
+    its mean and spread over training seeds, and its split into G1 and G2, against the training share. The
+    ``duplicate_attacks`` are left out (they have a table of their own: :func:`duplicate_poisoning_table`).
     """
-    rows = table[table.is_target.astype(bool) & ~table.attack.astype(str).str.contains("-dup_")]
+    rows = table[table.is_target.astype(bool) & ~table.attack.isin(list(duplicate_attacks))]
     if rows.empty:
         raise BibaddiffError("no target-class rows to plot against the poisoning ratio")
     keys = ["trigger", "x0_clipping", "guidance", "poison_ratio"]
@@ -389,18 +389,23 @@ def plot_sample_grids(grids: dict[tuple[str, float], str | Path], path: str | Pa
 # ------------------------------------------------------------------------------------------------ castle walls
 
 
-def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
-                   dm_results: list[dict[str, Any]], attacks: dict[str, dict[str, Any]], *, seed: int = 0,
+def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]],
+                   classifier_sets: list[dict[str, Any]], dm_results: list[dict[str, Any]],
+                   attacks: dict[str, dict[str, Any]], *, seed: int = 0,
                    resamples: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs. Each detection
-    result carries its per-image scores under ``items`` (:func:`bibaddiff.defenses.detectors.load_detection_items`);
-    ``seed`` and ``resamples`` drive the bootstrap of the AUROC differences."""
+    """Detection, train-on-generated and diffusion-classifier tables from the defence rules' outputs.
+
+    Each detection result carries what its set is (``attack``, ``set``, and for a generated set the diffusion model's
+    training ``seed`` and the ``guidance`` it was sampled at; :meth:`bibaddiff.plan.Plan.defense_descriptions`) and
+    its per-image scores under ``items`` (:func:`bibaddiff.defenses.detectors.load_detection_items`);
+    ``classifier_sets`` says the same of each classifier in ``classifier_infos``. ``seed`` and ``resamples`` drive
+    the bootstrap of the AUROC differences."""
     def attack_columns(attack: str) -> dict[str, Any]:
         if attack not in attacks:
             raise BibaddiffError(f"unknown attack {attack!r} in defence results")
         return {"attack": attack, "poison_ratio": float(attacks[attack]["ratio"]), "trigger": attacks[attack]["trigger"]}
 
-    training_table, standard = _train_on_generated_table(classifier_infos, classifier_paths, attacks, attack_columns)
+    training_table, standard = _train_on_generated_table(classifier_infos, classifier_sets, attacks, attack_columns)
     # The screening classifier of a set is the one trained on it; its ASR on the attack's own trigger says whether it
     # carries a backdoor for a detector to find.
     screening_asr = {(row.attack, row.trainset): row.asr for row in training_table.itertuples()
@@ -443,22 +448,22 @@ def _detection_table(detections: list[dict[str, Any]], attack_columns: Any, scre
         if result["set"] == "training":
             entry["training"] = result
         else:
-            if not re.fullmatch(GENERATED_SET_NAME, str(result["set"])):
+            if result.get("guidance") is None or result.get("seed") in (None, ""):
                 raise BibaddiffError(f"detection set {result['set']!r} of {result['attack']} is neither 'training' nor "
-                                     f"a generated set (generated_seed<k>_s<guidance>)")
+                                     f"a generated set with a seed and a guidance scale")
             entry["generated"].append(result)
     rows = []
     for attack in sorted(sets, key=lambda a: (attack_columns(a)["poison_ratio"], a)):
         training, generated = sets[attack]["training"], sets[attack]["generated"]
         if training is None:
             raise BibaddiffError(f"attack {attack!r} has generated-set detection results but none for its training set")
-        generated = sorted(generated, key=lambda r: (generated_set_guidance(r["set"]), int(generated_set_seed(r["set"]))))
-        guidances = sorted({generated_set_guidance(r["set"]) for r in generated}) or [math.nan]
+        generated = sorted(generated, key=lambda r: (float(r["guidance"]), int(r["seed"])))
+        guidances = sorted({float(r["guidance"]) for r in generated}) or [math.nan]
         asr_training = screening_asr.get((attack, "poisoned"), math.nan)
         for detector in training["detectors"]:
             for scope in ("all", "target_class"):
                 for guidance in guidances:
-                    members = [r for r in generated if generated_set_guidance(r["set"]) == guidance]
+                    members = [r for r in generated if float(r["guidance"]) == guidance]
                     rows += _detection_rows(attack_columns(attack), detector, scope, guidance, training, members,
                                             asr_training, [screening_asr.get((attack, r["set"]), math.nan) for r in members],
                                             seed, resamples)
@@ -499,7 +504,7 @@ def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance
     rows = []
     for result, compared, asr in zip(members, comparison["generated"], asr_generated):
         scores = result["detectors"][detector][scope]
-        rows.append({**base, "seed": generated_set_seed(result["set"]), **training_columns,
+        rows.append({**base, "seed": str(result["seed"]), **training_columns,
                      "auroc_generated": compared["auroc"], "auroc_generated_low": compared["auroc_low"],
                      "auroc_generated_high": compared["auroc_high"], "between_seed_sd": math.nan,
                      **{f"tpr_at_5_fpr_generated{b}": scores.get(f"tpr_at_5_fpr{b}", math.nan) for b in ("", "_low", "_high")},
@@ -538,7 +543,7 @@ DETECTION_COLUMNS = [
 ]
 
 
-def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier_paths: list[str],
+def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier_sets: list[dict[str, Any]],
                               attacks: dict[str, dict[str, Any]], attack_columns: Any
                               ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """ACC and ASR of the classifiers trained on the clean, poisoned and generated sets; and the poisoned-set rows
@@ -548,10 +553,11 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
     highest ASR over the epochs (each its own epoch, both on the held-out set), what upstream's train-on-sample scripts
     log; nan for classifiers saved before per-epoch values were kept."""
     rows, standard = [], []
-    for info, path in zip(classifier_infos, classifier_paths):
-        attack, trainset = Path(path).parts[-2], Path(path).parts[-1]
+    for info, described in zip(classifier_infos, classifier_sets, strict=True):
+        attack, trainset = described["attack"], described["set"]
+        guidance = math.nan if described.get("guidance") is None else float(described["guidance"])
         for trigger, scores in info["evaluation"].items():
-            row = {"trigger": trigger, "trainset": trainset, "generated_guidance": generated_set_guidance(trainset),
+            row = {"trigger": trigger, "trainset": trainset, "generated_guidance": guidance,
                    "acc": scores["acc"], "asr": scores["asr"],
                    "acc_best_epoch": scores.get("acc_best_epoch", math.nan),
                    "asr_best_epoch": scores.get("asr_best_epoch", math.nan),
@@ -569,22 +575,6 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
     table = pd.DataFrame(rows).sort_values(
         ["poison_ratio", "attack", "trainset"], key=lambda c: c.map(lambda v: order.get(v, 2)) if c.name == "trainset" else c)
     return table.reset_index(drop=True), standard
-
-
-GENERATED_SET_NAME = r"generated_seed(\d+)_s(\d+(?:\.\d+)?)"
-
-
-def generated_set_guidance(name: str) -> float:
-    """The guidance scale in a generated set's name (``generated_seed<k>_s<guidance>``); nan for other sets."""
-    match = re.fullmatch(GENERATED_SET_NAME, str(name))
-    return float(match.group(2)) if match else math.nan
-
-
-def generated_set_seed(name: str) -> str:
-    """The diffusion model's training seed in a generated set's name (``generated_seed<k>_s<guidance>``); "" for
-    other sets."""
-    match = re.fullmatch(GENERATED_SET_NAME, str(name))
-    return match.group(1) if match else ""
 
 
 def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
@@ -756,13 +746,14 @@ def plot_replication_pairs(summaries: list[dict[str, Any]], neighbours: list[dic
             axes[row][0].set_ylabel(f"{model['attack']}\nseed {model['seed']}", fontsize=6)
 
 
-def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: list[str]) -> pd.DataFrame:
-    """Pooled target-class rows of the duplicate-poisoning attacks: trigger ratio, G1, G2 with intervals."""
-    rows = amplification[amplification.attack.isin(attacks) & (amplification.seed.astype(str) == "pooled")
+def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: dict[str, str]) -> pd.DataFrame:
+    """Pooled target-class rows of the duplicate-poisoning ``attacks`` (each with its mode: random, duplicates):
+    trigger ratio, G1, G2 with intervals."""
+    rows = amplification[amplification.attack.isin(list(attacks)) & (amplification.seed.astype(str) == "pooled")
                          & amplification.is_target.astype(bool)]
     if rows.empty:
-        raise BibaddiffError(f"no pooled target-class rows for the duplicate-poisoning attacks {attacks}")
-    rows = rows.assign(mode=rows.attack.str.rsplit("dup_", n=1).str[-1])
+        raise BibaddiffError(f"no pooled target-class rows for the duplicate-poisoning attacks {list(attacks)}")
+    rows = rows.assign(mode=rows.attack.map(attacks))
     columns = ["mode", "attack", "trigger", "poison_ratio", "x0_clipping", "guidance", "num_seeds", "n", "trigger_ratio",
                "trigger_ratio_low", "trigger_ratio_high", "G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
                "G2_ratio_low", "G2_ratio_high", "training_share", "amplification", "judge_warning"]
@@ -795,10 +786,11 @@ def quality_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     return table.sort_values(["metric", "p", "attack", "seed"], kind="stable").reset_index(drop=True)
 
 
-def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path) -> None:
+def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path, series: dict[str, str] | None = None) -> None:
     """FID against the poisoning ratio p, one panel per FID kind (Inception, judge features): a point per training
-    seed with its interval, a line through each attack's seed means, and the clean model as the dashed reference
-    line (band: its interval)."""
+    seed with its interval, a line through each series' seed means, and the clean model as the dashed reference
+    line (band: its interval). ``series`` maps each attack to its line (:meth:`bibaddiff.plan.Plan.series`: one per
+    trigger and duplicate-poisoning mode, across ratios); without it, each attack is a line of its own."""
     metrics = [m for m in ("fid", "fid_judge") if m in set(table.metric)]
     if not metrics:
         raise BibaddiffError("the quality table has no FID rows (fid or fid_judge) to plot")
@@ -811,8 +803,7 @@ def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path) -> None:
                 if clean.low.notna().all():
                     ax.axhspan(clean.low.min(), clean.high.max(), color="black", alpha=0.08)
             poisoned = rows[rows.attack != "clean"].copy()
-            # One series per trigger (and duplicate-poisoning mode) across ratios.
-            poisoned["series"] = poisoned.attack.str.replace(r"-p[0-9.]+", "", regex=True)
+            poisoned["series"] = poisoned.attack.map(series) if series else poisoned.attack
             for series, subset in poisoned.groupby("series"):
                 lower = (subset.value - subset.low).fillna(0).clip(lower=0)
                 upper = (subset.high - subset.value).fillna(0).clip(lower=0)
