@@ -1,4 +1,5 @@
-# Replication: nearest training images of every generation, and random vs duplicated-image poisoning.
+# Replication: nearest training images of every generation (random vs duplicated-image poisoning is summarised in
+# summary.smk, from the trigger-amplification table).
 
 
 rule replication:
@@ -53,24 +54,3 @@ rule summarize_replication:
         ENV
     script:
         "../workflow_scripts/summarize_replication.py"
-
-
-rule summarize_duplicate_poisoning:
-    input:
-        table=PLAN.summary_file("trigger_amplification.csv"),
-    output:
-        table=report(
-            PLAN.summary_file("duplicate_poisoning.csv"), caption="../report/duplicate_poisoning.rst", category="Replication"
-        ),
-    params:
-        # Each duplicate-poisoning attack and its mode (random, duplicates).
-        attacks=PLAN.duplicate_attacks(),
-    threads: 1
-    log:
-        experiment_log("summarize_duplicate_poisoning"),
-    benchmark:
-        experiment_benchmark("summarize_duplicate_poisoning")
-    conda:
-        ENV
-    script:
-        "../workflow_scripts/summarize_duplicate_poisoning.py"

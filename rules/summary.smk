@@ -80,6 +80,28 @@ rule summarize:
         "../workflow_scripts/summarize.py"
 
 
+rule summarize_duplicate_poisoning:
+    # Random vs duplicated-image poisoning, from the trigger-amplification table (same judges, intervals).
+    input:
+        table=rules.summarize.output.table,
+    output:
+        table=report(
+            PLAN.summary_file("duplicate_poisoning.csv"), caption="../report/duplicate_poisoning.rst", category="Replication"
+        ),
+    params:
+        # Each duplicate-poisoning attack and its mode (random, duplicates).
+        attacks=PLAN.duplicate_attacks(),
+    threads: 1
+    log:
+        experiment_log("summarize_duplicate_poisoning"),
+    benchmark:
+        experiment_benchmark("summarize_duplicate_poisoning")
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/summarize_duplicate_poisoning.py"
+
+
 rule provenance:
     # Rewritten whenever a table of the experiment is, so that it describes the code and settings that made them.
     input:
