@@ -16,7 +16,7 @@ from bibaddiff.calibration import (calibrate_on_generations, calibrate_on_heldou
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import (corrected_bootstrap, corrected_ratio, heterogeneity_p_value, percentile_interval,
                                seed_bootstrap, share_bootstrap)
-from bibaddiff.report import amplification_table, calibration_table, plot_calibration
+from bibaddiff.report.amplification import amplification_table, calibration_table, plot_calibration
 from bibaddiff.triggers import build_trigger
 
 

@@ -719,7 +719,7 @@ def _attack_columns(attack):
 
 
 def test_detection_table_has_a_row_per_seed_and_a_pooled_row_decided_on_the_difference():
-    from bibaddiff.report import DETECTION_COLUMNS, _detection_table
+    from bibaddiff.report.defenses import DETECTION_COLUMNS, _detection_table
 
     detections = [_detection_result("training", _scored_set(300, 0.5, 0)),
                   _detection_result("generated_seed0_s6", _scored_set(300, 3.0, 1)),
@@ -748,7 +748,7 @@ def test_detection_table_has_a_row_per_seed_and_a_pooled_row_decided_on_the_diff
 
 
 def test_two_variants_of_one_detector_get_rows_of_their_own_labelled_with_their_variant(tmp_path):
-    from bibaddiff.report import _detection_table, plot_detection
+    from bibaddiff.report.defenses import _detection_table, plot_detection
 
     def result(set_name, seed):
         plain = _detection_result(set_name, _scored_set(200, 1.0, seed))
@@ -772,7 +772,7 @@ def test_two_variants_of_one_detector_get_rows_of_their_own_labelled_with_their_
 
 
 def test_a_training_auroc_of_one_is_flagged_at_ceiling_and_a_set_without_flags_is_counted_not_scored():
-    from bibaddiff.report import _detection_table
+    from bibaddiff.report.defenses import _detection_table
 
     perfect = (np.r_[np.full(20, 5.0), np.zeros(180)], np.arange(200) < 20)
     detections = [_detection_result("training", perfect),
@@ -788,7 +788,7 @@ def test_a_training_auroc_of_one_is_flagged_at_ceiling_and_a_set_without_flags_i
 
 
 def test_detection_table_needs_per_image_scores_and_a_training_set():
-    from bibaddiff.report import _detection_table
+    from bibaddiff.report.defenses import _detection_table
 
     result = _detection_result("generated_seed0_s6", _scored_set(50, 1.0, 0))
     with pytest.raises(BibaddiffError, match="no per-image scores"):
@@ -800,7 +800,7 @@ def test_detection_table_needs_per_image_scores_and_a_training_set():
 
 
 def test_detection_figure_draws_per_seed_and_pooled_rows(tmp_path):
-    from bibaddiff.report import _detection_table, plot_detection
+    from bibaddiff.report.defenses import _detection_table, plot_detection
 
     detections = [_detection_result("training", _scored_set(100, 1.0, 0)),
                   _detection_result("generated_seed0_s6", _scored_set(100, 2.0, 1)),

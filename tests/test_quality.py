@@ -18,7 +18,7 @@ from bibaddiff.judges import SmallCNN
 from bibaddiff.quality import (bootstrap_mean, clip_scores, distance_rows, fid_with_interval, frechet_distance,
                                inception_features, judge_features, kid_over_subsets, load_clip, load_inception,
                                quality_features)
-from bibaddiff.report import plot_quality_vs_ratio, quality_table
+from bibaddiff.report.quality import plot_quality_vs_ratio, quality_table
 from workflow_helpers import REPO, TINY_CONFIG
 
 SCHEMA = load_schema()
@@ -242,7 +242,7 @@ def test_quality_table_and_figure(tmp_path):
     assert kid.low.isna().all() and kid.high.isna().all() and kid.kid_sd_over_subsets.tolist() == pytest.approx([0.01] * 4)
     assert fid.kid_sd_over_subsets.isna().all() and fid.low.notna().all()
     table = table[table.model != "clean/seed1"]
-    plot_quality_vs_ratio(table, tmp_path / "fid.png")
+    plot_quality_vs_ratio(table, tmp_path / "fid.png", {"patch-p0.1": "patch", "clean": "clean"})
     assert (tmp_path / "fid.png").stat().st_size > 0
     with pytest.raises(BibaddiffError, match="no FID rows"):
         plot_quality_vs_ratio(table[table.metric == "kid_judge"], tmp_path / "none.png")
@@ -272,3 +272,23 @@ def test_the_inception_file_is_loaded_once_per_file_version_not_at_every_validat
         with pytest.raises(BibaddiffError, match="is not an Inception-v3 state dict"):
             validate_config(tiny_config(inception_weights=str(wrong)), SCHEMA)
     assert len(loads) == 4
+
+
+def test_the_quality_stage_of_a_model_compares_its_generations_with_the_reference_features(tmp_path):
+    from bibaddiff.data import ImageDataset, write_dataset
+    from bibaddiff.judges import save_judge
+    from bibaddiff.quality import model_quality, reference_features
+
+    torch.manual_seed(0)
+    save_judge(tmp_path / "judge", SmallCNN(1, 10).eval(), {"kind": "content", "architecture": "small_cnn",
+                                                            "channels": 1, "num_outputs": 10, "image_size": 8,
+                                                            "class_names": [str(c) for c in range(10)]})
+    for name, seed in (("real", 0), ("generated", 1)):
+        write_dataset(tmp_path / name, ImageDataset(random_images(40, seed=seed), np.arange(40) % 10,
+                                                    [str(c) for c in range(10)], manifest={"source": "test"}))
+    np.savez(tmp_path / "reference.npz", **reference_features(tmp_path / "real", tmp_path / "judge", batch_size=16))
+    settings = {"batch_size": 16, "bootstrap_samples": 5, "kid_subsets": 5, "kid_subset_size": 20, "seed": 0,
+                "clip_model": None}
+    result = model_quality(tmp_path / "generated", tmp_path / "reference.npz", tmp_path / "judge", settings)
+    assert result["n"] == 40 and [row["metric"] for row in result["rows"]] == ["fid_judge", "kid_judge"]
+    assert result["rows"][0]["value"] > 0

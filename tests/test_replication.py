@@ -3,6 +3,8 @@ duplicate-poisoning datasets."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -362,3 +364,61 @@ def test_impossible_duplication_and_poisoning_raise():
         poison_duplicated_or_random(duplicated, groups, trigger, 0, 0.9, "random", seed=0)
     with pytest.raises(BibaddiffError, match="source_index"):
         poison_duplicated_or_random(duplicated, [[0, 1, 2]], trigger, 0, 0.1, "duplicates", seed=0)
+
+
+# ------------------------------------------------------------------ the stages the adapters call (one call each)
+
+
+@pytest.mark.parametrize("design", ["synthetic", "injected"])
+def test_duplicate_poisoning_builds_both_modes_on_one_duplicated_set(design):
+    from bibaddiff.poisoning import duplicate_poisoning
+
+    clean = small_dataset(80)
+    settings = {"design": design, "k": 4, "m": 3, "top_k": 6, "ratio": 0.1, "seed": 0}
+    made = {mode: duplicate_poisoning(clean, clean, checker(), 0, mode, settings) for mode in ("random", "duplicates")}
+    (random, said_random), (duplicates, said_duplicates) = made["random"], made["duplicates"]
+    assert len(random) == len(duplicates) == 80 + 4 * 2
+    assert random.poisoned.sum() == duplicates.poisoned.sum() == round(0.1 * 88)
+    assert not np.array_equal(random.poisoned, duplicates.poisoned)
+    assert said_random.startswith("random: 88 images (4 repeated 3 times)") and said_duplicates.startswith("duplicates:")
+
+
+def test_natural_duplicate_poisoning_finds_planted_duplicates_and_says_when_there_are_none(digits):
+    from bibaddiff.poisoning import duplicate_poisoning
+
+    train, heldout = digits
+    planted = ImageDataset(np.concatenate([train.images, train.images[[1, 1, 1]]]),
+                           np.concatenate([train.labels, train.labels[[1, 1, 1]]]), train.class_names,
+                           manifest={"source": "test"})
+    target = int((train.labels[1] + 1) % 10)
+    settings = {"design": "natural", "top_k": 4, "ratio": 0.05, "seed": 0}
+    poisoned, said = duplicate_poisoning(planted, heldout, checker(), target, "duplicates", settings,
+                                         embedder={"type": "pixel"}, tau=0.999)
+    assert poisoned.poisoned[[1, len(train), len(train) + 1, len(train) + 2]].all()
+    assert said.startswith("duplicates:") and "tau 0.9990, top_k 4" in said
+    with pytest.raises(BibaddiffError, match="no non-target near-duplicate training images"):
+        noise = small_dataset(60)  # random images: no two alike
+        duplicate_poisoning(noise, noise, checker(), 0, "random", settings, embedder={"type": "pixel"}, tau=0.999)
+
+
+def test_model_replication_reports_every_cell_with_what_it_is(digits, tmp_path):
+    from bibaddiff.data import write_dataset
+    from bibaddiff.replication.stage import write_model_replication
+
+    train, heldout = digits
+    write_dataset(tmp_path / "train", train)
+    write_dataset(tmp_path / "heldout", heldout)
+    copies, noise = train.images[:10], np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8)
+    cells = []
+    for k, images in enumerate((copies, noise)):
+        np.save(tmp_path / f"cell{k}.npy", images)
+        cells.append(({"x0_clipping": "none", "condition": k, "guidance": 1.0}, tmp_path / f"cell{k}.npy"))
+    summary = write_model_replication(tmp_path / "summary.json", tmp_path / "neighbours.npz", {"attack": "clean", "seed": 0},
+                                      cells, tmp_path / "train", tmp_path / "heldout", {"type": "pixel"}, None, None, 0.99)
+    assert summary["tau_calibrated"] and [cell["condition"] for cell in summary["cells"]] == [0, 1]
+    assert summary["cells"][0]["replication_rate"] == 1.0 and summary["cells"][1]["replication_rate"] < 0.5
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["attack"] == "clean" and written["seed"] == 0 and written["cells"] == summary["cells"]
+    with np.load(tmp_path / "neighbours.npz") as arrays:
+        assert np.array_equal(arrays["cell0_index"], np.arange(10))
+        assert {"heldout_similarity", "cell1_similarity"} <= set(arrays.files)

@@ -83,7 +83,7 @@ def test_per_epoch_evaluation_trains_train_judges_model_and_keeps_the_best_epoch
 
 
 def test_the_train_on_generated_table_reports_the_last_and_the_best_epoch():
-    from bibaddiff.report import _train_on_generated_table
+    from bibaddiff.report.defenses import _train_on_generated_table
 
     attacks = {"patch-p0.1": {"ratio": 0.1, "trigger": "patch"}}
     info = {"num_train": 50, "evaluation": {"patch": {"acc": 0.9, "asr": 0.2, "acc_per_epoch": [0.5, 0.95, 0.9],

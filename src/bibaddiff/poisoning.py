@@ -260,3 +260,57 @@ def _check_groups(duplicated_positions: Any, dataset: ImageDataset) -> np.ndarra
         row = int(np.flatnonzero(np.any(sources != sources[:, :1], axis=1))[0])
         raise BibaddiffError(f"duplicated_positions row {row} mixes images of different source_index {sources[row].tolist()}")
     return groups
+
+
+def natural_duplicates(train: ImageDataset, heldout: ImageDataset, target: int, top_k: int, embedder: dict[str, Any],
+                       judge: str | None, tau: float | None, tau_quantile: float, device: str = "cpu"
+                       ) -> tuple[np.ndarray, float]:
+    """The ``top_k`` most duplicated non-target training images (:func:`most_duplicated`), found with the
+    replication embedder and threshold (``tau``, or calibrated on the held-out images at ``tau_quantile``); and tau."""
+    from bibaddiff.replication import build_embedder, calibrate_tau, near_duplicate_groups
+
+    embed = build_embedder(embedder, judge, device)
+    train_embeddings = embed(train.images)
+    tau = calibrate_tau(embed(heldout.images), train_embeddings, tau_quantile) if tau is None else float(tau)
+    duplicated = most_duplicated(near_duplicate_groups(train_embeddings, tau), train.labels, target, top_k)
+    if len(duplicated) == 0:
+        raise BibaddiffError(f"no non-target near-duplicate training images at replication tau {tau:.4f}; lower "
+                             "replication.tau or use replication.duplicate_poisoning.design: synthetic")
+    return duplicated, tau
+
+
+def duplicate_poisoning(clean: ImageDataset, heldout: ImageDataset, trigger: Trigger, target: int, mode: str,
+                        duplicates: dict[str, Any], *, embedder: dict[str, Any] | None = None, judge: str | None = None,
+                        tau: float | None = None, tau_quantile: float = 0.99, device: str = "cpu"
+                        ) -> tuple[ImageDataset, str]:
+    """One of the duplicate-poisoning pair (``mode``: random or duplicates) by ``duplicates["design"]``, and a line
+    that says what was poisoned.
+
+    design natural (upstream's): the most duplicated training images, found with the replication embedder and
+    threshold (:func:`natural_duplicates`), replace random picks of the random poison set. design injected: k images
+    are repeated m times, and top_k of the copies (whole groups first) replace random picks of the random poison set,
+    as upstream swaps its duplicates in. design synthetic: k images are repeated m times and whole duplicate groups
+    are poisoned. Both modes of a design share the duplicated set and the random draw: only which images are
+    poisoned differs."""
+    design = duplicates["design"]
+    if design == "natural":
+        duplicated, tau = natural_duplicates(clean, heldout, target, duplicates["top_k"], embedder, judge, tau,
+                                             tau_quantile, device)
+        poisoned, positions = poison_with_duplicates(clean, duplicated, trigger, target, duplicates["ratio"],
+                                                     duplicates["seed"], mode)
+        return poisoned, (f"{mode}: {len(positions)} poisoned; the {len(duplicated)} most duplicated images (tau "
+                          f"{tau:.4f}, top_k {duplicates['top_k']}) are "
+                          f"{'among them' if mode == 'duplicates' else 'left as drawn'}")
+    clean, groups = duplicate_images(clean, duplicates["k"], duplicates["m"], duplicates["seed"], exclude_label=target)
+    if design == "injected":
+        duplicated = most_duplicated(groups.tolist(), clean.labels, target, duplicates["top_k"])
+        poisoned, positions = poison_with_duplicates(clean, duplicated, trigger, target, duplicates["ratio"],
+                                                     duplicates["seed"], mode, design="injected")
+        return poisoned, (f"{mode}: {len(clean)} images ({duplicates['k']} repeated {duplicates['m']} times), "
+                          f"{len(positions)} poisoned; {len(duplicated)} copies (top_k) are "
+                          f"{'among them' if mode == 'duplicates' else 'left as drawn'}")
+    poisoned, positions = poison_duplicated_or_random(clean, groups, trigger, target, duplicates["ratio"], mode,
+                                                      duplicates["seed"])
+    in_groups = set(groups.ravel().tolist())
+    return poisoned, (f"{mode}: {len(clean)} images ({duplicates['k']} repeated {duplicates['m']} times), "
+                      f"{len(positions)} poisoned, {sum(int(i) in in_groups for i in positions)} of them duplicates")

@@ -298,3 +298,53 @@ def distance_rows(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
         kid = kid_over_subsets(real[space], generated[space], kid_subsets, kid_subset_size, seed)
         rows += [{"metric": fid_name, **fid}, {"metric": kid_name, **kid}]
     return rows
+
+
+def reference_features(real_dir: str | Path, judge_dir: str | Path, batch_size: int, device: str = "cpu",
+                       inception_weights: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Features of the real (clean training) images that every model's generations are compared with: the content
+    judge's, and Inception-v3's when its weights are given."""
+    from bibaddiff.data import read_dataset
+    from bibaddiff.judges import load_judge
+    from bibaddiff.utils import select_device
+
+    judge, _ = load_judge(judge_dir, device)
+    inception = load_inception(inception_weights, select_device(device)) if inception_weights else None
+    real = read_dataset(real_dir)
+    features = quality_features(real.images, judge, inception, batch_size)
+    print(f"features of {len(real)} real images: " + ", ".join(f"{k} {v.shape[1]}-d" for k, v in features.items()))
+    return features
+
+
+def model_quality(generated_dir: str | Path, reference_file: str | Path, judge_dir: str | Path, settings: dict[str, Any],
+                  device: str = "cpu", inception_weights: str | Path | None = None,
+                  model_dir: str | Path | None = None) -> dict[str, Any]:
+    """FID and KID (and the CLIP score with ``settings["clip_model"]``, prompts from the model in ``model_dir``) of
+    one model's all-class generations against the reference features: ``n`` and the metric ``rows``.
+
+    ``settings``: ``batch_size``, ``bootstrap_samples``, ``kid_subsets``, ``kid_subset_size``, ``seed``,
+    ``clip_model`` (the quality section of the config)."""
+    from bibaddiff.data import read_dataset
+    from bibaddiff.diffusion.base import MODEL_INFO_FILE
+    from bibaddiff.judges import load_judge
+    from bibaddiff.utils import read_json, select_device
+
+    torch_device = select_device(device)
+    generated = read_dataset(generated_dir)
+    judge, _ = load_judge(judge_dir, device)
+    inception = load_inception(inception_weights, torch_device) if inception_weights else None
+    features = quality_features(generated.images, judge, inception, settings["batch_size"])
+    with np.load(reference_file) as reference:
+        real = {space: reference[space] for space in reference.files}
+    rows = distance_rows(real, features, bootstrap_samples=settings["bootstrap_samples"],
+                         kid_subsets=settings["kid_subsets"], kid_subset_size=settings["kid_subset_size"],
+                         seed=settings["seed"])
+    if settings["clip_model"]:
+        prompts = read_json(Path(model_dir) / MODEL_INFO_FILE)["class_prompts"]
+        clip, processor = load_clip(settings["clip_model"], torch_device)
+        scores = clip_scores(clip, processor, generated.images, [prompts[label] for label in generated.labels],
+                             settings["batch_size"])
+        rows.append({"metric": "clip_score", **bootstrap_mean(scores, settings["bootstrap_samples"], settings["seed"])})
+    for row in rows:
+        print(f"{row['metric']}: {row['value']:.4g} [{row['low']}, {row['high']}] ({row['interval']})")
+    return {"n": len(generated), "rows": rows}
