@@ -224,20 +224,22 @@ def test_a_clip_folder_without_a_tokenizer_is_named(tmp_path):
 
 def test_quality_table_and_figure(tmp_path):
     def result(attack, p, seed, fid):
-        return {"model": f"{attack}/seed{seed}", "attack": attack, "trigger": None if p == 0 else "patch", "p": p,
+        return {"model": f"{attack}/seed{seed}", "attack": attack, "trigger": None if p == 0 else "patch",
+                "poison_ratio": p,
                 "seed": seed, "guidance": 6.0, "n": 100,
                 "rows": [{"metric": "fid_judge", "value": fid, "low": fid - 1, "high": fid + 1, "interval": "bootstrap"},
                          {"metric": "kid_judge", "value": 0.01, "low": None, "high": None, "kid_sd_over_subsets": 0.01,
                           "interval": "none (kid_sd_over_subsets: one sd over 10 subsets of 50 images)"}]}
 
     old_style = result("clean", 0.0, 1, 4.5)  # written when KID's low/high were the mean -+ one sd over subsets
+    old_style["p"] = old_style.pop("poison_ratio")  # and when the ratio was named p
     old_style["rows"][1] = {"metric": "kid_judge", "value": 0.01, "low": 0.0, "high": 0.02,
                             "interval": "mean +- std over 10 subsets of 50"}
     table = quality_table([result("patch-p0.1", 0.1, 0, 5.0), result("patch-p0.1", 0.1, 1, 6.0),
                            result("clean", 0.0, 0, 4.0), old_style])
-    assert list(table.columns) == ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low",
-                                   "high", "kid_sd_over_subsets", "interval"]
-    assert len(table) == 8 and set(table.metric) == {"fid_judge", "kid_judge"}
+    assert list(table.columns) == ["model", "attack", "trigger", "poison_ratio", "seed", "guidance", "n", "metric", "value",
+                                   "low", "high", "kid_sd_over_subsets", "interval"]
+    assert len(table) == 8 and (table[table.attack == "clean"].poison_ratio == 0).all() and set(table.metric) == {"fid_judge", "kid_judge"}
     kid, fid = table[table.metric == "kid_judge"], table[table.metric == "fid_judge"]
     assert kid.low.isna().all() and kid.high.isna().all() and kid.kid_sd_over_subsets.tolist() == pytest.approx([0.01] * 4)
     assert fid.kid_sd_over_subsets.isna().all() and fid.low.notna().all()

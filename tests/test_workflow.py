@@ -65,8 +65,8 @@ def test_outputs_of_every_stage(tiny_run):
 def test_generation_quality_in_judge_features(tiny_run):
     summary = tiny_run / "results/experiments/tiny/summary"
     table = pd.read_csv(summary / "generation_quality.csv")
-    assert list(table.columns) == ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low",
-                                   "high", "kid_sd_over_subsets", "interval"]
+    assert list(table.columns) == ["model", "attack", "trigger", "poison_ratio", "seed", "guidance", "n", "metric", "value",
+                                   "low", "high", "kid_sd_over_subsets", "interval"]
     # No Inception weights in the tiny config: judge-feature rows only, one FID and one KID per model.
     assert sorted(table.metric.unique()) == ["fid_judge", "kid_judge"]
     assert sorted(table.attack.unique()) == ["clean", "patch-p0.1"] and (table.guidance == 1).all()

@@ -10,7 +10,7 @@ def main(snakemake):
                            inputs.get("inception_weights"), inputs.get("model"))
     write_json(snakemake.output.result, {
         "model": params.model, "attack": snakemake.wildcards.attack, "trigger": params.attack["trigger"],
-        "p": params.attack["ratio"], "seed": int(snakemake.wildcards.seed),
+        "poison_ratio": params.attack["ratio"], "seed": int(snakemake.wildcards.seed),
         "guidance": params.settings["guidance"], "n": result["n"], "generated": inputs.generated,
         "rows": result["rows"]})
 

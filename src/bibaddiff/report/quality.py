@@ -12,7 +12,7 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.report.figures import saved_figure
 from bibaddiff.utils import read_json
 
-QUALITY_COLUMNS = ["model", "attack", "trigger", "p", "seed", "guidance", "n", "metric", "value", "low", "high",
+QUALITY_COLUMNS = ["model", "attack", "trigger", "poison_ratio", "seed", "guidance", "n", "metric", "value", "low", "high",
                    "kid_sd_over_subsets", "interval"]
 KID_METRICS = ("kid", "kid_judge")
 
@@ -25,7 +25,9 @@ def quality_table(results: list[dict[str, Any]]) -> pd.DataFrame:
         raise BibaddiffError("quality_table needs at least one model's quality result")
     rows = []
     for result in results:
-        missing = {"model", "attack", "p", "seed", "guidance", "n", "rows"} - set(result)
+        if "poison_ratio" not in result and "p" in result:
+            result = {**result, "poison_ratio": result["p"]}  # written before the column had the tables' name
+        missing = {"model", "attack", "poison_ratio", "seed", "guidance", "n", "rows"} - set(result)
         if missing:
             raise BibaddiffError(f"a quality result lacks {', '.join(sorted(missing))}")
         for row in result["rows"]:
@@ -35,7 +37,7 @@ def quality_table(results: list[dict[str, Any]]) -> pd.DataFrame:
                        "interval": f"none (kid_sd_over_subsets: {row['interval']})"}
             rows.append({**{key: result.get(key) for key in QUALITY_COLUMNS[:7]}, **row})
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-    return table.sort_values(["metric", "p", "attack", "seed"], kind="stable").reset_index(drop=True)
+    return table.sort_values(["metric", "poison_ratio", "attack", "seed"], kind="stable").reset_index(drop=True)
 
 
 def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path, series: dict[str, str] | None = None) -> None:
@@ -59,11 +61,11 @@ def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path, series: dict[st
             for series, subset in poisoned.groupby("series"):
                 lower = (subset.value - subset.low).fillna(0).clip(lower=0)
                 upper = (subset.high - subset.value).fillna(0).clip(lower=0)
-                points = ax.errorbar(subset.p, subset.value, yerr=[lower, upper], fmt="o", capsize=3, alpha=0.8)
-                means = subset.groupby("p").value.mean()
+                points = ax.errorbar(subset.poison_ratio, subset.value, yerr=[lower, upper], fmt="o", capsize=3, alpha=0.8)
+                means = subset.groupby("poison_ratio").value.mean()
                 ax.plot(means.index, means.values, color=points[0].get_color(), label=series)
             ax.set_xlabel("poisoning ratio p")
-            ax.set_xlim(0, 1.15 * max(rows.p.max(), 0.01))
+            ax.set_xlim(0, 1.15 * max(rows.poison_ratio.max(), 0.01))
             ax.set_ylabel("FID (Inception-v3)" if metric == "fid" else "FID in content-judge features (not Inception)")
             ax.set_title(metric, fontsize=9)
             ax.set_ylim(bottom=0)
