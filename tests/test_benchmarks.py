@@ -12,6 +12,7 @@ import pytest
 from workflow_helpers import REPO
 
 
+@pytest.mark.slow  # about a minute or more of CPU: the slow tier, not the quick loop
 def test_sd_throughput_tiny_run_writes_every_variant(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sd_throughput.py"), "--size", "tiny",
@@ -24,6 +25,7 @@ def test_sd_throughput_tiny_run_writes_every_variant(tmp_path):
     assert "| Fine-tuning |" in result.stdout and "| Generation |" in result.stdout
 
 
+@pytest.mark.slow  # about a minute or more of CPU: the slow tier, not the quick loop
 def test_trigger_survival_reports_the_error_inside_and_outside_each_trigger(tmp_path):
     from bibaddiff.data import ImageDataset, write_dataset
     from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion

@@ -17,7 +17,8 @@ from PIL import Image
 
 from workflow_helpers import cell_folder, snakemake, stage, start_snakemake, wait_for, write_config
 
-pytestmark = pytest.mark.workflow
+# Runs snakemake (a DAG, minutes each): the slow tier, left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
 def fault_config(path: Path) -> Path:

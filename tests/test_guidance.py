@@ -252,6 +252,7 @@ def test_unknown_x0_clipping_in_the_config(value):
         _validated(x0_clipping=value)
 
 
+@pytest.mark.slow  # about a minute or more of CPU: the slow tier, not the quick loop
 def test_a_cell_does_not_depend_on_its_batch_size():
     """The workflow treats generation.batch_size as a resource, not a rerun trigger: this is why."""
     from bibaddiff.diffusion.model import build_scheduler, build_unet

@@ -119,6 +119,7 @@ def random_inception_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # about a minute or more of CPU: the slow tier, not the quick loop
 def test_inception_path_with_random_weights_from_a_local_file(random_inception_file):
     network = load_inception(random_inception_file)
     torch.manual_seed(0)

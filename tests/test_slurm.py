@@ -20,7 +20,8 @@ import yaml
 from bibaddiff.utils import FAIL_ONCE_VARIABLE
 from workflow_helpers import REPO, planned_jobs, saved_step, snakemake, start_snakemake, wait_for, write_config
 
-pytestmark = pytest.mark.workflow
+# Runs snakemake (a DAG, minutes each): the slow tier, left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
 def cluster_answers() -> str | None:

@@ -109,6 +109,7 @@ def cli(data: Path, out: Path, state: Path, steps: int, *extra: str, launcher: l
             "--device", "cpu", "--threads", "1", *extra]
 
 
+@pytest.mark.slow  # about a minute or more of CPU: the slow tier, not the quick loop
 def test_sigkill_then_rerun_continues_from_last_state(tiny_data, tmp_path):
     _, data = tiny_data
     steps = 400

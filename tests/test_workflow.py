@@ -16,7 +16,8 @@ from bibaddiff.data import read_dataset
 from workflow_helpers import (REPO, TINY_CONFIG, cell_folder, fill_placeholders, model_folder, planned_jobs, snakemake, stage,
                               write_config)
 
-pytestmark = pytest.mark.workflow
+# Runs snakemake (a DAG, minutes each): the slow tier, left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from workflow_helpers import REPO, cell_folder, model_folder, planned_jobs, plan
 
 LATENTS_OF_PATCH = r"results/tinysd/latents/patch-p0\.1-[0-9a-f]{12}/vae-[0-9a-f]{12}\.safetensors"
 
-pytestmark = pytest.mark.workflow
+# Runs snakemake (a DAG, minutes each): the slow tier, left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 TINY_SD_CONFIG = REPO / "tests" / "configs" / "tiny-sd.yaml"
 
 
