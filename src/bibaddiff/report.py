@@ -15,7 +15,6 @@ from PIL import Image
 
 from bibaddiff.calibration import MINIMUM_TPR
 from bibaddiff.checks import check_int
-from bibaddiff.defenses.detectors import compare_aurocs
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
 from bibaddiff.metrics import (GROUPS, corrected_bootstrap, corrected_ratio, heterogeneity_p_value, percentile_interval,
@@ -504,6 +503,9 @@ def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance
                     members: list[dict[str, Any]], asr_training: float, asr_generated: list[float], seed: int,
                     resamples: int) -> list[dict[str, Any]]:
     """The per-seed rows and the pooled row of one (attack, detector, scope, guidance) cell."""
+    # Imported here: the detectors module needs torch, which the trigger-ratio summary does not.
+    from bibaddiff.defenses.detectors import compare_aurocs
+
     comparison = compare_aurocs(_scope_items(training, detector, scope),
                                 [_scope_items(r, detector, scope) for r in members], resamples=resamples, seed=seed)
     trained = training["detectors"][detector][scope]
