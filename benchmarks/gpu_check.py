@@ -6,9 +6,9 @@
 
 Parts, each in a process of its own, time-boxed, and recorded whatever happens to the others:
 
-- ``ddpm_training_speed``: DDPM training steps/s of the library's step (``DDPMTrainer.step`` under the accelerator
-  ``train_ddpm`` makes) beside a bare diffusers loop on the same UNet architecture, in one process, for the digits
-  UNet of ``config.yaml`` and the CIFAR-10 UNet of ``configs/cifar10-ddpm.yaml``;
+- ``training_speed_digits``, ``training_speed_cifar10``: DDPM training steps/s of the library's step
+  (``DDPMTrainer.step`` under the accelerator ``train_ddpm`` makes) beside a bare diffusers loop on the same UNet
+  architecture, in one process, for the UNet of ``config.yaml`` and of ``configs/cifar10-ddpm.yaml``;
 - ``sampling_precision``: one small DDPM trained on digits with ``train_ddpm`` and a content judge trained as
   ``train_content_judge`` does; one cell sampled in fp32 and under bf16 autocast at s = 1 and s = 11, and how many
   images the judge classifies differently;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import re
@@ -56,13 +57,19 @@ PRECISION_GUIDANCE_SCALES = (1, 11)  # the plain conditional model and the paper
 
 # Parts in the order they run. The Stable Diffusion benchmark goes last: it takes whatever time is left, and its
 # JSON is rewritten after each variant, so a run cut short by the budget still keeps the variants it finished.
-PARTS = ("ddpm_training_speed", "sampling_precision", "accelerate_one_process", "tiny_dag", "sd_throughput")
+TRAINING_CONFIGS = {"digits": DIGITS_CONFIG, "cifar10": CIFAR10_CONFIG}
+PARTS = ("training_speed_digits", "training_speed_cifar10", "sampling_precision", "accelerate_one_process",
+         "tiny_dag", "sd_throughput")
 # The most each part may take on a GPU (seconds). Estimates for an H100/H200 with room to spare, not measurements;
 # each part also gets no more than what is left of --budget-s.
-TIME_BOX_S = {"ddpm_training_speed": 150, "sampling_precision": 150, "accelerate_one_process": 90, "tiny_dag": 300,
-              "sd_throughput": 300}
+TIME_BOX_S = {"training_speed_digits": 75, "training_speed_cifar10": 90, "sampling_precision": 150,
+              "accelerate_one_process": 90, "tiny_dag": 300, "sd_throughput": 300}
 MIN_PART_S = 20  # a part given less would only record a timeout
 REPORT_MARGIN_S = 5  # kept back from the budget for writing the report
+# A part stops its own subprocesses this long before its deadline, to read what they left and write its result;
+# its process is killed this long after the deadline if it has not ended by then.
+WIND_DOWN_S = 10
+KILL_GRACE_S = 5
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class Sizes:
     train_warmup: int  # untimed steps per training loop (first kernels, allocator growth)
     train_steps: int  # timed steps per training loop
     train_batch: int | None  # None: the config's batch size
+    train_loop_seconds: float  # a loop stops sooner once its timed steps took this long (warm-up: half of it)
     precision_train_steps: int
     precision_batch: int
     judge_epochs: int
@@ -82,11 +90,15 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes(train_warmup=20, train_steps=300, train_batch=None, precision_train_steps=2000, precision_batch=64,
-                  judge_epochs=8, precision_images=500, precision_ddim_steps=50, accelerate_steps=200),
+    # The CIFAR-10 config trains with a batch of 2,000 in fp32: its loops stop at train_loop_seconds, well before
+    # 300 steps, so that the part fits its box whatever a config's batch is.
+    "full": Sizes(train_warmup=20, train_steps=300, train_batch=None, train_loop_seconds=20,
+                  precision_train_steps=2000, precision_batch=64, judge_epochs=8, precision_images=500,
+                  precision_ddim_steps=50, accelerate_steps=200),
     # A few steps of everything: every code path, minutes on 2 CPU cores. The CIFAR-10 UNet keeps its 36 M
     # parameters (the config's shape is part of what is checked) at a batch of 2.
-    "tiny": Sizes(train_warmup=1, train_steps=2, train_batch=2, precision_train_steps=10, precision_batch=16,
+    "tiny": Sizes(train_warmup=1, train_steps=2, train_batch=2, train_loop_seconds=60, precision_train_steps=10,
+                  precision_batch=16,
                   judge_epochs=1, precision_images=16, precision_ddim_steps=4, accelerate_steps=3,
                   sd_arguments=("--steps", "1", "--warmup", "1", "--gen-steps", "2", "--gen-images", "2")),
 }
@@ -139,6 +151,11 @@ def run_with_deadline(command: list[str], seconds: float, **kwargs) -> tuple[int
         return None, stdout, stderr
 
 
+def seconds_before(deadline: float) -> float:
+    """How long a part's subprocess may run: until its deadline (wall-clock time), less the part's wind-down."""
+    return deadline - time.time() - WIND_DOWN_S
+
+
 def tail(text: str, characters: int = 3000) -> str:
     return text[-characters:]
 
@@ -164,18 +181,34 @@ def image_shape(config: dict[str, Any]) -> tuple[int, int, int]:
     return int(dataset["image_size"]), channels, 10
 
 
-def time_loop(step: Callable[[], Any], warmup: int, steps: int, device) -> dict[str, Any]:
-    """Run ``warmup`` untimed steps, then time ``steps`` steps as one block between two synchronisations: each loop
-    keeps its own pace (the library's step reads its loss every step, a bare loop need not)."""
-    for _ in range(warmup):
-        step()
+def time_loop(step: Callable[[], Any], sizes: Sizes, device) -> dict[str, Any]:
+    """Untimed warm-up steps, then timed steps as one block between two synchronisations: each loop keeps its own
+    pace (the library's step reads its loss every step, a bare loop need not). Each phase stops at its step count or
+    once it has run ``sizes.train_loop_seconds`` (half of that for the warm-up), after at least one step."""
+    def run(steps: int, seconds: float) -> int:
+        started, done = time.perf_counter(), 0
+        while done < steps and (done == 0 or time.perf_counter() - started < seconds):
+            step()
+            done += 1
+        return done
+
+    warmup = run(sizes.train_warmup, sizes.train_loop_seconds / 2)
     synchronize(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
+    timed = run(sizes.train_steps, sizes.train_loop_seconds)
     synchronize(device)
     seconds = time.perf_counter() - started
-    return {"timed_steps": steps, "seconds": seconds, "steps_per_second": steps / seconds}
+    return {"warmup_steps": warmup, "timed_steps": timed, "seconds": seconds, "steps_per_second": timed / seconds}
+
+
+def ok_or_out_of_memory(measure: Callable[[], dict[str, Any]], device) -> dict[str, Any]:
+    """One loop's figures, or OOM: a batch too large for the GPU is a finding, and the other loops still run."""
+    import torch
+
+    try:
+        return {"status": "ok", **measure()}
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "OOM", "peak_memory_gib": peak_memory_gib(device)}
 
 
 def measure_library_step(config: dict[str, Any], sizes: Sizes, device, work: Path, images, labels) -> dict[str, Any]:
@@ -196,13 +229,15 @@ def measure_library_step(config: dict[str, Any], sizes: Sizes, device, work: Pat
     trainer.prepare()
     data, label_tensor = torch.from_numpy(images), torch.from_numpy(labels)
     losses: list[float] = []
-    timing = time_loop(lambda: losses.append(trainer.step(data, label_tensor, classes, local_batch, generator)),
-                       sizes.train_warmup, sizes.train_steps, device)
-    result = {**timing, "images_per_second": timing["steps_per_second"] * settings.batch_size,
-              "precision": str(accelerator.mixed_precision), "losses_finite": bool(torch.isfinite(
-                  torch.tensor(losses)).all()), "peak_memory_gib": peak_memory_gib(device)}
-    accelerator.free_memory()  # accelerate keeps the prepared model and optimiser alive otherwise
-    return result
+    try:
+        timing = time_loop(lambda: losses.append(trainer.step(data, label_tensor, classes, local_batch, generator)),
+                           sizes, device)
+    finally:
+        # accelerate keeps the prepared model and optimiser alive otherwise, also after running out of memory.
+        accelerator.free_memory()
+    return {**timing, "images_per_second": timing["steps_per_second"] * settings.batch_size,
+            "precision": str(accelerator.mixed_precision), "losses_finite": bool(torch.isfinite(
+                torch.tensor(losses)).all()), "peak_memory_gib": peak_memory_gib(device)}
 
 
 def measure_bare_loop(config: dict[str, Any], sizes: Sizes, device, images, labels) -> dict[str, Any]:
@@ -241,41 +276,42 @@ def measure_bare_loop(config: dict[str, Any], sizes: Sizes, device, images, labe
         optimizer.step()
         last_loss[:] = [loss.detach()]
 
-    timing = time_loop(step, sizes.train_warmup, sizes.train_steps, device)
+    timing = time_loop(step, sizes, device)
     return {**timing, "images_per_second": timing["steps_per_second"] * batch,
             "precision": "bf16" if bf16 else "no", "losses_finite": bool(torch.isfinite(last_loss[0]).all()),
             "peak_memory_gib": peak_memory_gib(device)}
 
 
-def part_ddpm_training_speed(options: argparse.Namespace, sizes: Sizes, device, work: Path,
-                              seconds: float) -> dict[str, Any]:
+def part_training_speed(model_name: str, options: argparse.Namespace, sizes: Sizes, device, work: Path,
+                        deadline: float) -> dict[str, Any]:
+    """One config's UNet, the library's step and the bare loop. A part of its own per config: accelerate keeps one
+    state per process, and the configs ask for different precisions (bf16 autocast for digits, fp32 for CIFAR-10)."""
     import numpy as np
 
     from bibaddiff.diffusion.model import build_unet
 
-    models = {}
-    for name, path in (("digits", DIGITS_CONFIG), ("cifar10", CIFAR10_CONFIG)):
-        config = load_yaml(path)
-        size, channels, classes = image_shape(config)
-        settings = ddpm_settings(config, 1, sizes.train_batch)
-        # Random pixels: a step's cost does not depend on what the images show, and no dataset is needed.
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (max(1024, 4 * settings.batch_size), size, size, channels), dtype=np.uint8)
-        labels = rng.integers(0, classes, len(images)).astype(np.int64)
-        library = measure_library_step(config, sizes, device, work / name, images, labels)
-        bare = measure_bare_loop(config, sizes, device, images, labels)
-        models[name] = {
-            "config": str(path.relative_to(REPO_ROOT)), "model": settings.model, "image_size": size,
-            "channels": channels, "batch_size": settings.batch_size,
-            "parameters": sum(p.numel() for p in build_unet(size, channels, classes, **settings.model).parameters()),
-            "warmup_steps": sizes.train_warmup, "library": library, "bare": bare,
-            "library_over_bare": library["steps_per_second"] / bare["steps_per_second"],
-        }
-        print(f"{name}: library {library['steps_per_second']:.3g} steps/s, bare {bare['steps_per_second']:.3g} "
-              "steps/s", flush=True)
-    finite = all(m[loop]["losses_finite"] for m in models.values() for loop in ("library", "bare"))
-    return {"status": "ok" if finite else "error", **({} if finite else {"error": "a loss was not finite"}),
-            "models": models}
+    path = TRAINING_CONFIGS[model_name]
+    config = load_yaml(path)
+    size, channels, classes = image_shape(config)
+    settings = ddpm_settings(config, 1, sizes.train_batch)
+    # Random pixels: a step's cost does not depend on what the images show, and no dataset is needed.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(1024, 4 * settings.batch_size), size, size, channels), dtype=np.uint8)
+    labels = rng.integers(0, classes, len(images)).astype(np.int64)
+    library = ok_or_out_of_memory(lambda: measure_library_step(config, sizes, device, work, images, labels), device)
+    bare = ok_or_out_of_memory(lambda: measure_bare_loop(config, sizes, device, images, labels), device)
+    both = library["status"] == bare["status"] == "ok"
+    print(f"{model_name}: library {library.get('steps_per_second', 'OOM')} steps/s, bare "
+          f"{bare.get('steps_per_second', 'OOM')} steps/s", flush=True)
+    finite = library.get("losses_finite", True) and bare.get("losses_finite", True)
+    return {
+        "status": "ok" if finite else "error", **({} if finite else {"error": "a training loss was not finite"}),
+        "config": str(path.relative_to(REPO_ROOT)), "model": settings.model, "image_size": size, "channels": channels,
+        "batch_size": settings.batch_size,
+        "parameters": sum(p.numel() for p in build_unet(size, channels, classes, **settings.model).parameters()),
+        "library": library, "bare": bare,
+        "library_over_bare": library["steps_per_second"] / bare["steps_per_second"] if both else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------- sampling precision
@@ -321,7 +357,7 @@ def compare_precisions(images: dict[str, Any], predictions: dict[str, Any], targ
 
 
 def part_sampling_precision(options: argparse.Namespace, sizes: Sizes, device, work: Path,
-                            seconds: float) -> dict[str, Any]:
+                            deadline: float) -> dict[str, Any]:
     import torch
 
     from bibaddiff.data import load_source
@@ -378,7 +414,7 @@ def part_sampling_precision(options: argparse.Namespace, sizes: Sizes, device, w
 
 
 def part_accelerate_one_process(options: argparse.Namespace, sizes: Sizes, device, work: Path,
-                                seconds: float) -> dict[str, Any]:
+                                deadline: float) -> dict[str, Any]:
     from bibaddiff.data import load_source, write_dataset
 
     config = load_yaml(DIGITS_CONFIG)
@@ -396,7 +432,7 @@ def part_accelerate_one_process(options: argparse.Namespace, sizes: Sizes, devic
                "--seed", "0", "--device", device.type, "--threads",
                str(config["diffusion"]["training"].get("threads", 1))]
     started = time.perf_counter()
-    returncode, stdout, stderr = run_with_deadline(command, seconds - 5, cwd=work)
+    returncode, stdout, stderr = run_with_deadline(command, seconds_before(deadline), cwd=work)
     wall = time.perf_counter() - started
     result: dict[str, Any] = {"command": shlex.join(command), "returncode": returncode, "wall_seconds": wall,
                               "steps": steps}
@@ -489,7 +525,7 @@ def job_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
-def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path, seconds: float) -> dict[str, Any]:
+def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path, deadline: float) -> dict[str, Any]:
     import yaml
 
     config = load_yaml(TINY_CONFIG)
@@ -507,7 +543,7 @@ def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path,
     command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO_ROOT / "Snakefile"),
                "--directory", str(run_dir), "--cores", str(cores), "--configfile", str(config_file)]
     started = time.perf_counter()
-    returncode, stdout, stderr = run_with_deadline(command, seconds - 10, env=environment)
+    returncode, stdout, stderr = run_with_deadline(command, seconds_before(deadline), env=environment)
     wall = time.perf_counter() - started
 
     records = [json.loads(path.read_text()) for path in records_dir.glob("*.json")]
@@ -560,11 +596,12 @@ def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path,
 # --------------------------------------------------------------------------------------------- Stable Diffusion
 
 
-def part_sd_throughput(options: argparse.Namespace, sizes: Sizes, device, work: Path, seconds: float) -> dict[str, Any]:
+def part_sd_throughput(options: argparse.Namespace, sizes: Sizes, device, work: Path,
+                       deadline: float) -> dict[str, Any]:
     out = work / "sd_throughput.json"
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "sd_throughput.py"), "--size", options.size,
                "--device", device.type, "--out", str(out), *sizes.sd_arguments]
-    returncode, stdout, stderr = run_with_deadline(command, seconds - 5)
+    returncode, stdout, stderr = run_with_deadline(command, seconds_before(deadline))
     result: dict[str, Any] = {"command": shlex.join(command), "returncode": returncode}
     if not out.is_file():
         return {**result, "status": "error", "error": "sd_throughput.py wrote no JSON",
@@ -601,10 +638,12 @@ def run_part_here(options: argparse.Namespace) -> int:
             # On a CPU shared with other jobs, a second torch thread made single steps stall for seconds (as
             # sd_throughput.py measured); one thread keeps the smoke run's time steady.
             torch.set_num_threads(1)
-        part = {"ddpm_training_speed": part_ddpm_training_speed, "sampling_precision": part_sampling_precision,
-                "accelerate_one_process": part_accelerate_one_process, "tiny_dag": part_tiny_dag,
-                "sd_throughput": part_sd_throughput}[options.run_part]
-        result = part(options, sizes, device, work, options.part_seconds)
+        part = {"training_speed_digits": functools.partial(part_training_speed, "digits"),
+                "training_speed_cifar10": functools.partial(part_training_speed, "cifar10"),
+                "sampling_precision": part_sampling_precision, "accelerate_one_process": part_accelerate_one_process,
+                "tiny_dag": part_tiny_dag, "sd_throughput": part_sd_throughput}[options.run_part]
+        deadline = options.part_deadline or time.time() + 600  # run by hand, without a parent to set it
+        result = part(options, sizes, device, work, deadline)
     except Exception as error:  # noqa: BLE001 -- recorded in the report; the other parts still run
         result = {"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     result["seconds"] = time.perf_counter() - started
@@ -615,13 +654,14 @@ def run_part_here(options: argparse.Namespace) -> int:
 def run_part(name: str, seconds: float, options: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One part in a process of its own: a crash, a hung kernel or a leak of GPU memory ends with it."""
     out = work / f"{name}.result.json"
+    # A wall-clock deadline rather than a duration: the child's own start-up (seconds on a busy machine) counts.
+    deadline = time.time() + seconds
     command = [sys.executable, str(Path(__file__).resolve()), "--run-part", name, "--part-out", str(out),
-               "--part-seconds", f"{seconds:.0f}", "--device", options.device, "--size", options.size,
+               "--part-deadline", f"{deadline:.1f}", "--device", options.device, "--size", options.size,
                "--work-dir", str(work)]
     started = time.perf_counter()
     print(f"[{time.strftime('%H:%M:%S')}] {name} (at most {seconds:.0f} s) ...", flush=True)
-    # A few seconds beyond the part's own deadline, for the part to stop its subprocesses and write its result.
-    returncode, stdout, stderr = run_with_deadline(command, seconds + 10)
+    returncode, stdout, stderr = run_with_deadline(command, seconds + KILL_GRACE_S)
     (work / f"{name}.log").write_text(stdout + stderr)
     if out.is_file():
         result = json.loads(out.read_text())
@@ -668,16 +708,15 @@ def number(value: Any, digits: int = 3) -> str:
 
 def precision_name(mixed_precision: str) -> str:
     """accelerate's mixed-precision setting as a reader says it: "no" is fp32."""
-    return "fp32" if mixed_precision == "no" else f"{mixed_precision} autocast"
+    return {"no": "fp32", "n/a": "n/a"}.get(mixed_precision, f"{mixed_precision} autocast")
 
 
 def part_summary(name: str, result: dict[str, Any]) -> str:
     """One line of the summary table: the part's headline figure, or its error."""
     if result.get("error"):
         return str(result["error"])[:300].replace("|", "/").replace("\n", " ")
-    if name == "ddpm_training_speed":
-        return "; ".join(f"{model}: library {number(row['library']['steps_per_second'])} steps/s, bare "
-                         f"{number(row['bare']['steps_per_second'])}" for model, row in result["models"].items())
+    if name.startswith("training_speed_"):
+        return f"library {loop_speed(result['library'])}, bare {loop_speed(result['bare'])} steps/s"
     if name == "sampling_precision":
         return "; ".join(f"s = {scale}: {row['classified_differently']} of {row['images']} classified differently"
                          for scale, row in result["scales"].items())
@@ -716,9 +755,13 @@ def markdown_report(report: dict[str, Any]) -> str:
         seconds = result.get("wall_seconds_with_start_up")
         lines.append(f"| {name} | {result['status']} | {number(seconds)} | {part_summary(name, result)} |")
     parts = report["parts"]
-    section_writers = (("ddpm_training_speed", training_section), ("sampling_precision", precision_section),
-                       ("accelerate_one_process", accelerate_section), ("tiny_dag", dag_section),
-                       ("sd_throughput", sd_section))
+    # Both training parts in one table; one that failed before measuring shows its error in the summary above.
+    training = {name.removeprefix("training_speed_"): result for name, result in parts.items()
+                if name.startswith("training_speed_") and "library" in result}
+    if training:
+        lines += [""] + training_section(training)
+    section_writers = (("sampling_precision", precision_section), ("accelerate_one_process", accelerate_section),
+                       ("tiny_dag", dag_section), ("sd_throughput", sd_section))
     for name, write_section in section_writers:
         result = parts.get(name)
         if result is None:
@@ -732,22 +775,28 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def training_section(result: dict[str, Any]) -> list[str]:
+def loop_speed(loop: dict[str, Any]) -> str:
+    """A loop's steps/s with the steps it timed, or why it has none."""
+    if loop["status"] != "ok":
+        return loop["status"]
+    return f"{number(loop['steps_per_second'])} ({loop['timed_steps']} steps)"
+
+
+def training_section(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["## DDPM training speed: the library's step beside a bare diffusers loop", "",
              "| Model | Parameters | Image | Batch | Precision | Library steps/s | Bare steps/s | Library / bare "
              "| Library peak GiB | Bare peak GiB |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
-    for name, row in result["models"].items():
+    for name, row in results.items():
         library, bare = row["library"], row["bare"]
+        ratio = "n/a" if row["library_over_bare"] is None else f"{row['library_over_bare']:.2f}"
         lines.append(f"| {name} ({row['config']}) | {row['parameters'] / 1e6:.2f} M | {row['image_size']} px x "
-                     f"{row['channels']} | {row['batch_size']} | {precision_name(library['precision'])} | "
-                     f"{number(library['steps_per_second'])} | {number(bare['steps_per_second'])} | "
-                     f"{row['library_over_bare']:.2f} | {number(library['peak_memory_gib'])} | "
-                     f"{number(bare['peak_memory_gib'])} |")
-    steps = next(iter(result["models"].values()))["library"]["timed_steps"]
-    lines += ["", f"Timed steps per loop: {steps}, after {next(iter(result['models'].values()))['warmup_steps']} "
-              "untimed. The bare loop keeps the data on the device and has no label dropout, clipping, warm-up "
-              "or EMA; the library's step assembles each batch on the CPU and reads its loss back every step."]
+                     f"{row['channels']} | {row['batch_size']} | {precision_name(library.get('precision', 'n/a'))} | "
+                     f"{loop_speed(library)} | {loop_speed(bare)} | {ratio} | "
+                     f"{number(library.get('peak_memory_gib'))} | {number(bare.get('peak_memory_gib'))} |")
+    lines += ["", "Steps are timed after untimed warm-up steps, each loop stopping at its step count or its time cap. "
+              "The bare loop keeps the data on the device and has no label dropout, clipping, warm-up or EMA; the "
+              "library's step assembles each batch on the CPU and reads its loss back every step."]
     return lines
 
 
@@ -869,7 +918,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="full: the sizes for a GPU; tiny: a few steps of everything, to check the script on a CPU")
     parser.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"),
                         help="folder for the JSON and Markdown files")
-    parser.add_argument("--budget-s", type=float, default=560,
+    parser.add_argument("--budget-s", type=float, default=550,
                         help="seconds for all parts together; a part that would start with less than "
                              f"{MIN_PART_S} s left is skipped")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
@@ -879,7 +928,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     # Used by the script itself to run one part in a child process.
     parser.add_argument("--run-part", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--part-out", help=argparse.SUPPRESS)
-    parser.add_argument("--part-seconds", type=float, default=600, help=argparse.SUPPRESS)
+    parser.add_argument("--part-deadline", type=float, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     chosen = [name.strip() for name in options.parts.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(PARTS))

@@ -330,27 +330,44 @@ def test_second_run_does_nothing(tiny_run):
 def test_new_guidance_scale_reruns_only_generation_and_after(tiny_run, tmp_path):
     config = write_config(tmp_path / "more_guidance.yaml", generation__guidance_scales=[1, 2, 3])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    # One generate job per model makes its new cells (2 samplers x 2 conditions); nothing upstream reruns.
-    assert jobs == {"generate": 2, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    # One generate job per model makes its new cells (2 samplers x 2 conditions), and the clean model's calibration
+    # draw its own; nothing upstream of generation reruns. The trigger detector learns from the calibration draw of
+    # every measured cell, so it retrains, and what it judges (the defences' generated set, whose quality set is
+    # the poisoned model's) follows.
+    assert jobs == {"generate": 2, "generate_calibration": 1, "measure": 2, "replication": 2, "summarize": 1,
+                    "summarize_replication": 1, "all": 1, "provenance": 1, "train_trigger_judge": 1, "calibrate_trigger_judge": 1, "generate_training_set": 1,
+                    "train_defense_classifier": 1, "detect_poison": 1, "summarize_defenses": 1, "quality": 1,
+                    "summarize_quality": 1}
 
 
 def test_new_sampler_generates_only_its_own_cells(tiny_run, tmp_path):
     config = write_config(tmp_path / "third_sampler.yaml", generation__x0_clipping=["none", "clip_recompute", "clip"])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    # Each model's job makes 2 conditions x 2 scales under the new sampler; the other samplers' cells are kept.
-    assert jobs == {"generate": 2, "measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    # Each model's job makes 2 conditions x 2 scales under the new sampler; the other samplers' cells are kept. The
+    # calibration draw gains the new cells, so the detector retrains (as for a new guidance scale).
+    assert jobs == {"generate": 2, "generate_calibration": 1, "measure": 2, "replication": 2, "summarize": 1,
+                    "summarize_replication": 1, "all": 1, "provenance": 1, "train_trigger_judge": 1, "calibrate_trigger_judge": 1, "generate_training_set": 1,
+                    "train_defense_classifier": 1, "detect_poison": 1, "summarize_defenses": 1, "quality": 1,
+                    "summarize_quality": 1}
 
 
 def test_fewer_guidance_scales_rerun_no_generation(tiny_run, tmp_path):
     config = write_config(tmp_path / "less_guidance.yaml", generation__guidance_scales=[1])
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
-    assert jobs == {"measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
+    # No cell is made; the detector learns from the remaining cells' calibration draw only, so it retrains.
+    assert jobs == {"measure": 2, "replication": 2, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1,
+                    "train_trigger_judge": 1, "calibrate_trigger_judge": 1, "generate_training_set": 1,
+                    "train_defense_classifier": 1, "detect_poison": 1, "summarize_defenses": 1, "quality": 1,
+                    "summarize_quality": 1}
 
 
 def test_training_change_retrains_but_keeps_data_and_judges(tiny_run, tmp_path):
     config = write_config(tmp_path / "longer.yaml", diffusion__training__steps=13)
     jobs = planned_jobs(snakemake(tiny_run, "-n", configfile=config))
+    # Data and the content judge are kept; the trigger detector learns from the new clean model's calibration draw,
+    # so it is trained anew (in a folder of its own) and calibrated again.
     assert jobs == {"train_diffusion": 2, "generate": 2, "measure": 2, "replication": 2, "summarize": 1,
+                    "generate_calibration": 1, "train_trigger_judge": 1, "calibrate_trigger_judge": 1,
                     "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
                     "diffusion_classifier": 2, "summarize_defenses": 1, "summarize_replication": 1,
                     "generate_quality_set": 1, "quality": 2, "summarize_quality": 1, "all": 1, "provenance": 1}
@@ -380,8 +397,8 @@ def test_forcerun_of_judges_does_not_retrain_diffusion_models(tiny_run):
     jobs = planned_jobs(snakemake(tiny_run, "-n", "--forcerun", "train_content_judge", "train_trigger_judge"))
     # The generated training set is labelled by the trigger detector, so it and what uses it follow the judges; the
     # quality stage measures in the content judge's features, so its scores (not its generations) follow too.
-    assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "measure": 2, "summarize": 1,
-                    "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
+    assert jobs == {"train_content_judge": 1, "train_trigger_judge": 1, "calibrate_trigger_judge": 1, "measure": 2,
+                    "summarize": 1, "generate_training_set": 1, "train_defense_classifier": 1, "detect_poison": 1,
                     "summarize_defenses": 1, "quality_reference": 1, "quality": 2, "summarize_quality": 1, "all": 1,
                     "provenance": 1}
 
@@ -459,13 +476,13 @@ def test_every_rule_that_reads_the_device_asks_for_a_gpu_under_cuda(tmp_path):
 @pytest.mark.parametrize("cells_per_job, generate_jobs", [("model", 2), ("condition", 8), ("cell", 16)])
 def test_cells_per_job_sets_how_many_generate_jobs_make_the_same_cells(cells_per_job, generate_jobs, tmp_path):
     """2 models x 2 samplers x 2 conditions x 2 scales: one job per model, per (sampler, condition) or per cell,
-    and the same 16 cell files either way."""
+    and the same 16 cell files either way (beside the clean model's 8 calibration cells, one job)."""
     config = write_config(tmp_path / "cells.yaml", generation__cells_per_job=cells_per_job)
     result = snakemake(tmp_path / "work", "-n", configfile=config)
     assert planned_jobs(result)["generate"] == generate_jobs
     cells = {path for line in result.stdout.splitlines() if line.strip().startswith("output:")
              for path in line.split(":", 1)[1].replace(",", " ").split() if "/generated/" in path and path.endswith(".npy")}
-    assert len(cells) == 16
+    assert len([cell for cell in cells if "/cal-" not in cell]) == 16 and len(cells) == 16 + 8
 
 
 def test_dry_run_shows_multi_process_training_command(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -177,14 +177,20 @@ def train_judge(images: np.ndarray, labels: np.ndarray, num_outputs: int, settin
     return model.eval()
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Predicted class of each uint8 image."""
+def logits_in_batches(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> Iterator[torch.Tensor]:
+    """The model's logits for uint8 images, one batch at a time (batches capped by pixels), in evaluation mode; the
+    caller runs it under ``torch.no_grad``."""
     device = next(model.parameters()).device
     model.eval()
     batch_size = inference_batch_size(images, batch_size)
-    predictions = [model(to_model_space(images[i:i + batch_size]).to(device)).argmax(1).cpu().numpy()
-                   for i in range(0, len(images), batch_size)]
+    for i in range(0, len(images), batch_size):
+        yield model(to_model_space(images[i:i + batch_size]).to(device))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Predicted class of each uint8 image."""
+    predictions = [logits.argmax(1).cpu().numpy() for logits in logits_in_batches(model, images, batch_size)]
     return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
 
 
@@ -192,12 +198,9 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.n
 def trigger_scores(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """A trigger detector's logit margin (trigger minus no trigger) per uint8 image: > 0 is its own decision, and a
     calibrated threshold moves along it (probabilities saturate at 1.0 in float32, margins do not)."""
-    device = next(model.parameters()).device
-    model.eval()
-    batch_size = inference_batch_size(images, batch_size)
     margins = []
-    for i in range(0, len(images), batch_size):
-        logits = model(to_model_space(images[i:i + batch_size]).to(device)).float()
+    for logits in logits_in_batches(model, images, batch_size):
+        logits = logits.float()
         if logits.shape[1] != 2:
             raise BibaddiffError(f"trigger_scores needs a two-output trigger detector; got {logits.shape[1]} outputs")
         margins.append((logits[:, 1] - logits[:, 0]).cpu().numpy())

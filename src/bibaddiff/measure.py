@@ -47,13 +47,15 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
         triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
         for name, judge in detectors.items():
             if judge is None:
+                calibration_detail = calibration_columns(None, None)
                 right = int(np.sum(content == condition))
                 groups = {"G1": len(content) - right, "G2": 0, "G3": 0, "G4": right}
                 detector_accuracy = None
             else:
                 detector, detector_info = judge
-                calibration = calibration_of_cell(calibrations[name], cell) if name in calibrations else None
-                threshold = calibration["threshold"] if calibration else 0.0
+                cell_row = calibration_of_cell(calibrations[name], cell) if name in calibrations else None
+                threshold = cell_row["threshold"] if cell_row else 0.0
+                calibration_detail = calibration_columns(calibrations.get(name), cell_row)
                 groups = generation_groups(content, trigger_scores(detector, images) > threshold, condition)
                 detector_accuracy = detector_info["metrics"]["heldout_accuracy"]
             records.append({
@@ -67,17 +69,17 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
                 "training_total": total,
                 "content_judge_accuracy": content_info["metrics"]["heldout_accuracy"],
                 "detector_accuracy": detector_accuracy,
-                **calibration_columns(calibrations.get(name), cell if judge is not None else None),
+                **calibration_detail,
             })
     return records
 
 
-def calibration_columns(calibration: dict[str, Any] | None, cell: dict[str, Any] | None) -> dict[str, Any]:
-    """The detector variant, the cell's threshold and its calibration counts, or empty values where there are none."""
-    if calibration is None or cell is None:
+def calibration_columns(calibration: dict[str, Any] | None, row: dict[str, Any] | None) -> dict[str, Any]:
+    """The detector variant, the cell's threshold and its calibration counts (``row``: the cell's calibration row),
+    or empty values where there are none."""
+    if calibration is None or row is None:
         return {"detector_negatives": None, "calibration_source": None, "detector_threshold": None,
                 "calibration_n": None, "calibration_false_positives": None, "calibration_true_positives": None}
-    row = calibration_of_cell(calibration, cell)
     return {"detector_negatives": calibration["detector_negatives"], "calibration_source": row["source"],
             "detector_threshold": row["threshold"], "calibration_n": row["n"],
             "calibration_false_positives": row["false_positives"], "calibration_true_positives": row["true_positives"]}

@@ -302,7 +302,8 @@ def amplification_vs_ratio(table: pd.DataFrame, duplicate_attacks: list[str] | t
 
 def plot_amplification_vs_ratio(frame: pd.DataFrame, path: str | Path) -> None:
     """Per poisoning ratio, the training share beside the generated trigger ratio split into G1 and G2 (pooled
-    over seeds, 95% Wilson interval; dots: single seeds); a row per trigger and sampler, a column per guidance."""
+    over seeds, 95% interval over seeds and images; ticks: lowest and highest seed) and the corrected trigger ratio
+    (diamonds); a row per trigger and sampler, a column per guidance."""
     rows = list(frame.groupby(["trigger", "x0_clipping"]))
     scales = sorted(frame.guidance.unique())
     size = (4.2 * len(scales), 3.6 * len(rows))
@@ -322,6 +323,15 @@ def plot_amplification_vs_ratio(frame: pd.DataFrame, path: str | Path) -> None:
                 ax.scatter(x + 0.2, panel.trigger_ratio_seed_min, marker="_", color="black", s=60)
                 ax.scatter(x + 0.2, panel.trigger_ratio_seed_max, marker="_", color="black", s=60,
                            label="lowest and highest seed")
+                corrected = panel[panel.trigger_ratio_corrected.notna()]
+                if len(corrected):
+                    # The share that truly carries the trigger, once the detector's FPR and TPR are accounted for.
+                    ax.errorbar(x[panel.trigger_ratio_corrected.notna().to_numpy()] + 0.38,
+                                corrected.trigger_ratio_corrected,
+                                yerr=[corrected.trigger_ratio_corrected - corrected.trigger_ratio_corrected_low,
+                                      corrected.trigger_ratio_corrected_high - corrected.trigger_ratio_corrected],
+                                fmt="D", markersize=4, color="#1f77b4", capsize=2,
+                                label="corrected for the detector's FPR/TPR")
                 ax.set_xticks(x, ["clean" if p == 0 else f"{p:g}" for p in panel.poison_ratio])
                 ax.set_xlabel("poisoning ratio p")
                 ax.set_ylim(0, 1.02)
