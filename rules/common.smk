@@ -29,7 +29,6 @@ wildcard_constraints:
     **WILDCARD_CONSTRAINTS,
 
 
-ENV = "../envs/bibaddiff.yaml"
 # Rules that may use a GPU ask for one unless the config pins them to the CPU.
 GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
 TRIGGERS = config["triggers"]

@@ -10,8 +10,6 @@ rule prepare_data:
         log_file("prepare_data", PLAN.clean_stage),
     benchmark:
         benchmark_file("prepare_data", PLAN.clean_stage)
-    conda:
-        ENV
     script:
         "../workflow_scripts/prepare_data.py"
 
@@ -35,8 +33,6 @@ rule poison:
         log_file("poison", "{stage}"),
     benchmark:
         benchmark_file("poison", "{stage}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/poison.py"
 
@@ -69,7 +65,5 @@ rule poison_duplicates:
         log_file("poison_duplicates", "{stage}"),
     benchmark:
         benchmark_file("poison_duplicates", "{stage}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/poison_duplicates.py"

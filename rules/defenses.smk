@@ -24,8 +24,6 @@ rule generate_training_set:
         experiment_log("generate_training_set", "{attack}", "seed{seed}", "s{guidance}"),
     benchmark:
         experiment_benchmark("generate_training_set", "{attack}", "seed{seed}", "s{guidance}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/generate_training_set.py"
 
@@ -48,8 +46,6 @@ rule train_defense_classifier:
         experiment_log("train_defense_classifier", "{attack}", "{trainset}"),
     benchmark:
         experiment_benchmark("train_defense_classifier", "{attack}", "{trainset}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/train_defense_classifier.py"
 
@@ -75,8 +71,6 @@ rule detect_poison:
         experiment_log("detect_poison", "{attack}", "{detset}"),
     benchmark:
         experiment_benchmark("detect_poison", "{attack}", "{detset}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/detect_poison.py"
 
@@ -100,8 +94,6 @@ rule diffusion_classifier:
         experiment_log("diffusion_classifier", "{attack}", "seed{seed}"),
     benchmark:
         experiment_benchmark("diffusion_classifier", "{attack}", "seed{seed}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/diffusion_classifier.py"
 
@@ -145,7 +137,5 @@ rule summarize_defenses:
         experiment_log("summarize_defenses"),
     benchmark:
         experiment_benchmark("summarize_defenses")
-    conda:
-        ENV
     script:
         "../workflow_scripts/summarize_defenses.py"

@@ -13,8 +13,6 @@ if PLAN.tiny_base:
             log_file("build_tiny_base", Path(PLAN.tiny_base).name),
         benchmark:
             benchmark_file("build_tiny_base", Path(PLAN.tiny_base).name)
-        conda:
-            ENV
         script:
             "../workflow_scripts/build_tiny_base.py"
 
@@ -37,8 +35,6 @@ rule encode_latents:
         log_file("encode_latents", "{stage}", PLAN.latents_id),
     benchmark:
         benchmark_file("encode_latents", "{stage}", PLAN.latents_id)
-    conda:
-        ENV
     script:
         "../workflow_scripts/encode_latents.py"
 
@@ -68,8 +64,6 @@ rule train_diffusion:
         log_file("train_diffusion", "{stage}", PLAN.training_id, "seed{seed}"),
     benchmark:
         benchmark_file("train_diffusion", "{stage}", PLAN.training_id, "seed{seed}")
-    conda:
-        ENV
     shell:
         "{params.launcher} -m bibaddiff.diffusion.train_cli --train-data {input.train:q} --output {output.model:q}"
         " --state-dir {params.state_dir:q} --settings {params.settings:q} --seed {wildcards.seed} --record {params.record:q}"
@@ -100,8 +94,6 @@ rule generate:
         log_file("generate", "{stage}", PLAN.training_id, "seed{seed}", PLAN.sampling_id, *PLAN.generation_job_id),
     benchmark:
         benchmark_file("generate", "{stage}", PLAN.training_id, "seed{seed}", PLAN.sampling_id, *PLAN.generation_job_id)
-    conda:
-        ENV
     script:
         "../workflow_scripts/generate.py"
 
@@ -126,8 +118,6 @@ rule generate_calibration:
         log_file("generate_calibration", "{stage}", PLAN.training_id, "seed{seed}", PLAN.calibration_id),
     benchmark:
         benchmark_file("generate_calibration", "{stage}", PLAN.training_id, "seed{seed}", PLAN.calibration_id)
-    conda:
-        ENV
     script:
         "../workflow_scripts/generate.py"
 
@@ -155,7 +145,5 @@ rule measure:
         experiment_log("measure", "{attack}", "seed{seed}"),
     benchmark:
         experiment_benchmark("measure", "{attack}", "seed{seed}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/measure.py"

@@ -17,8 +17,6 @@ rule train_content_judge:
         log_file("train_content_judge", Path(PLAN.content_judge).name),
     benchmark:
         benchmark_file("train_content_judge", Path(PLAN.content_judge).name)
-    conda:
-        ENV
     script:
         "../workflow_scripts/train_judge.py"
 
@@ -47,8 +45,6 @@ rule train_trigger_judge:
         log_file("train_trigger_judge", "{judge}"),
     benchmark:
         benchmark_file("train_trigger_judge", "{judge}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/train_judge.py"
 
@@ -76,7 +72,5 @@ rule calibrate_trigger_judge:
         experiment_log("calibrate_trigger_judge", "{trigger}"),
     benchmark:
         experiment_benchmark("calibrate_trigger_judge", "{trigger}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/calibrate_trigger_judge.py"

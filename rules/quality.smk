@@ -20,8 +20,6 @@ rule generate_quality_set:
         log_file("generate_quality_set", "{stage}", PLAN.training_id, "seed{seed}", PLAN.quality_set_id),
     benchmark:
         benchmark_file("generate_quality_set", "{stage}", PLAN.training_id, "seed{seed}", PLAN.quality_set_id)
-    conda:
-        ENV
     script:
         "../workflow_scripts/generate_quality_set.py"
 
@@ -43,8 +41,6 @@ rule quality_reference:
         experiment_log("quality_reference"),
     benchmark:
         experiment_benchmark("quality_reference")
-    conda:
-        ENV
     script:
         "../workflow_scripts/quality_reference.py"
 
@@ -70,8 +66,6 @@ rule quality:
         experiment_log("quality", "{attack}", "seed{seed}"),
     benchmark:
         experiment_benchmark("quality", "{attack}", "seed{seed}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/quality.py"
 
@@ -98,7 +92,5 @@ rule summarize_quality:
         experiment_log("summarize_quality"),
     benchmark:
         experiment_benchmark("summarize_quality")
-    conda:
-        ENV
     script:
         "../workflow_scripts/summarize_quality.py"

@@ -24,8 +24,6 @@ rule replication:
         experiment_log("replication", "{attack}", "seed{seed}"),
     benchmark:
         experiment_benchmark("replication", "{attack}", "seed{seed}")
-    conda:
-        ENV
     script:
         "../workflow_scripts/replication.py"
 
@@ -50,7 +48,5 @@ rule summarize_replication:
         experiment_log("summarize_replication"),
     benchmark:
         experiment_benchmark("summarize_replication")
-    conda:
-        ENV
     script:
         "../workflow_scripts/summarize_replication.py"

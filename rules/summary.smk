@@ -74,8 +74,6 @@ rule summarize:
         experiment_log("summarize"),
     benchmark:
         experiment_benchmark("summarize")
-    conda:
-        ENV
     script:
         "../workflow_scripts/summarize.py"
 
@@ -96,8 +94,6 @@ rule summarize_duplicate_poisoning:
         experiment_log("summarize_duplicate_poisoning"),
     benchmark:
         experiment_benchmark("summarize_duplicate_poisoning")
-    conda:
-        ENV
     script:
         "../workflow_scripts/summarize_duplicate_poisoning.py"
 
@@ -115,7 +111,5 @@ rule provenance:
     threads: 1
     log:
         experiment_log("provenance"),
-    conda:
-        ENV
     script:
         "../workflow_scripts/provenance.py"

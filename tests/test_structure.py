@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,12 @@ def test_validating_the_shipped_configs_imports_no_torch():
                  "    except ValueError:\n"
                  "        pass  # configs with CHANGE_ME paths stop here, after their triggers were built\n")
     assert imported_heavy_modules(statement) == []
+
+
+def test_jobs_run_in_the_venv_not_in_a_conda_environment_nobody_tests():
+    """The venv is the environment (README, "Install"): a `conda:` directive would promise a
+    `--software-deployment-method conda` that no test runs."""
+    rules = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+    declaring = [path.name for path in rules if re.search(r"^\s*conda:", path.read_text(), re.MULTILINE)]
+    assert declaring == []
+    assert not list((REPO / "envs").glob("*.y*ml"))
