@@ -10,6 +10,7 @@ try:
     from bibaddiff.config import load_schema, validate_config
     from bibaddiff.diffusion.timesteps import SAMPLER_KEYS, non_default_sampler_options
     from bibaddiff.errors import BibaddiffError
+    from bibaddiff.gpu_slots import check_workstation_gpus
     from bibaddiff.triggers import DETECTOR_ALPHA_RANGE
 except ImportError as error:
     raise WorkflowError(f"the bibaddiff package is not importable ({error}); run 'bash setup.sh' first")
@@ -55,6 +56,12 @@ TARGET = config["target"]
 ENV = "../envs/bibaddiff.yaml"
 # Rules that may use a GPU ask for one unless the config pins them to the CPU.
 GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
+if GPUS_PER_JOB and not (workflow.remote_exec or workflow.subprocess_exec):
+    try:  # more cards asked for at once than there are: stop now rather than leave jobs waiting for a card
+        check_workstation_gpus(workflow.global_resources.get("gpu").value, config["diffusion"]["training"]["processes"])
+    except BibaddiffError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def number(value):
@@ -387,13 +394,15 @@ def experiment_benchmark(rule_name, *parts):
 
 
 def training_launcher(wildcards):
-    """The interpreter, or `accelerate launch` with N processes and a free port of its own per job."""
+    """The interpreter, or `accelerate launch` with N processes and a free port of its own per job; on a GPU, behind
+    bibaddiff.gpu_slots, which holds a card per process and hands the command the locks."""
     python = shlex.quote(sys.executable)
     processes = config["diffusion"]["training"]["processes"]
+    slots = f"{python} -m bibaddiff.gpu_slots --device {config['device']} --cards {processes} -- " if GPUS_PER_JOB else ""
     if processes == 1:
-        return python
+        return slots + python
     free_port = f"$({python} -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])')"
-    return (f"{python} -m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes {processes}"
+    return (f"{slots}{python} -m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes {processes}"
             " --mixed_precision no --dynamo_backend no"
             f" --main_process_port {free_port}")
 

@@ -18,7 +18,7 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.gpu_slots import (HELD_VARIABLE, SLOT_DIR_VARIABLE, TIMEOUT_VARIABLE, acquire_gpu_slots,
                                  check_workstation_gpus, gpu_slot_dir, hold_job_gpus, lock_file, parse_visible_cards,
                                  slot_timeout, visible_cards)
-from workflow_helpers import REPO
+from workflow_helpers import REPO, snakemake, write_config
 
 # A job: holds its card(s) as a workflow script does, says which CUDA_VISIBLE_DEVICES it got, marks itself ready,
 # then keeps its card(s) until the file named second exists (or until it is killed).
@@ -155,6 +155,17 @@ def test_the_run_stops_at_its_start_when_the_gpu_resource_exceeds_the_cards():
     check_workstation_gpus(None, 4, two_cards)  # the SLURM profile has no gpu resource: the scheduler places jobs
     check_workstation_gpus(4, 1, {**two_cards, "SLURM_JOB_ID": "7"})
     check_workstation_gpus(4, 1, {"CUDA_VISIBLE_DEVICES": ""})  # no card: the jobs run on the CPU
+
+
+@pytest.mark.workflow
+def test_snakemake_with_more_gpus_than_cards_stops_before_any_job_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    config = write_config(tmp_path / "cuda.yaml", device="cuda")
+    result = snakemake(tmp_path / "work", "-n", "--resources", "gpu=4", configfile=config, check=False)
+    assert result.returncode == 1
+    assert ("error: --resources gpu=4 asks for 4 GPU cards at once, but only 2 are visible (CUDA_VISIBLE_DEVICES=0,1); "
+            "ask for at most 2 or make more cards visible") in result.stderr.splitlines()
 
 
 def test_under_slurm_the_environment_is_left_as_the_scheduler_set_it(tmp_path):
@@ -314,6 +325,18 @@ def test_a_job_whose_cuda_already_started_is_told_to_hold_its_card_first(monkeyp
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(BibaddiffError, match="CUDA started in this job before it chose its GPU card"):
         hold_job_gpus("cuda")
+
+
+def test_every_adapter_that_reads_the_device_holds_its_card_first():
+    """The card must be chosen before anything in main() can start CUDA (loading a model, select_device)."""
+    import ast
+
+    readers = [path for path in (REPO / "workflow_scripts").glob("*.py") if "params.device" in path.read_text()]
+    assert {"generate.py", "measure.py", "train_judge.py", "replication.py"} <= {path.name for path in readers}
+    for path in readers:
+        main = next(node for node in ast.parse(path.read_text()).body
+                    if isinstance(node, ast.FunctionDef) and node.name == "main")
+        assert ast.unparse(main.body[0]) == "hold_job_gpus(snakemake.params.device)", path.name
 
 
 def test_the_workflow_scripts_imports_do_not_start_cuda():

@@ -5,6 +5,7 @@ from pathlib import Path
 from bibaddiff.diffusion.cells import Cell, CellSettings, generate_cells
 from bibaddiff.diffusion.timesteps import sampler_options
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
 
 # rules/common.smk's generated(): .../x0-{sampler}/c{condition}_s{guidance}.npy
@@ -19,6 +20,7 @@ def cell_of(images: str, grid: str) -> Cell:
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     sampling = snakemake.params.sampling
     cells = [cell_of(images, grid) for images, grid in zip(snakemake.output.images, snakemake.output.grids)]

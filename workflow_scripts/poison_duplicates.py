@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bibaddiff.data import read_dataset, write_dataset
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.poisoning import duplicate_images, most_duplicated, poison_duplicated_or_random, poison_with_duplicates
 from bibaddiff.replication import build_embedder, calibrate_tau, near_duplicate_groups
 from bibaddiff.triggers import build_trigger
@@ -28,6 +29,7 @@ def natural_duplicates(params, train, heldout, judge):
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     params, duplicates = snakemake.params, snakemake.params.duplicates
     clean = read_dataset(snakemake.input.train)
     trigger = build_trigger(params.trigger_name, params.trigger, clean.image_size, clean.channels)

@@ -5,12 +5,14 @@ import numpy as np
 
 from bibaddiff.data import read_dataset
 from bibaddiff.diffusion.base import MODEL_INFO_FILE
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.judges import load_judge
 from bibaddiff.quality import bootstrap_mean, clip_scores, distance_rows, load_clip, load_inception, quality_features
 from bibaddiff.utils import read_json, run_logged, select_device, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     settings, inputs = snakemake.params.settings, snakemake.input
     device = select_device(snakemake.params.device)

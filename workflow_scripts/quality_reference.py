@@ -2,12 +2,14 @@
 import numpy as np
 
 from bibaddiff.data import read_dataset
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.judges import load_judge
 from bibaddiff.quality import load_inception, quality_features
 from bibaddiff.utils import run_logged, select_device, set_threads
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     device = select_device(snakemake.params.device)
     judge, _ = load_judge(snakemake.input.judge, snakemake.params.device)

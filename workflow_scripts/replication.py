@@ -2,12 +2,14 @@
 import numpy as np
 
 from bibaddiff.data import read_dataset
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.images import load_generated
 from bibaddiff.replication import build_embedder, calibrate_tau, near_duplicate_groups, nearest_neighbours, replication_report
 from bibaddiff.utils import run_logged, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     params = snakemake.params
     train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)
     embed = build_embedder(params.embedder, snakemake.input.judge[0] if snakemake.input.judge else None, params.device)
