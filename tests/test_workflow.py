@@ -494,6 +494,8 @@ def test_dry_run_shows_multi_process_training_command(tmp_path):
     assert "-m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes 2" in train
     assert "--main_process_port $(" in train and "-m bibaddiff.diffusion.train_cli" in train
     assert "gpu=2" in train
+    # Before accelerate starts: a card of its own for each of the two processes (bibaddiff.gpu_slots).
+    assert "-m bibaddiff.gpu_slots --device cuda --cards 2 -- " in train.split("-m accelerate.commands.launch")[0]
 
 
 # Shipped configs without placeholders plan as they are in the test after this one (scale-plan alone takes 30-45 s).
