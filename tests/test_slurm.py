@@ -47,15 +47,47 @@ def slurm_cluster():
         pytest.skip(reason)
 
 
+def shipped_profile() -> dict:
+    return yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+
+
+def write_profile(folder: Path, profile: dict) -> Path:
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def test_the_shipped_slurm_profile_stops_before_any_submission_naming_each_unfilled_key(tmp_path):
+    """Until the partition and account are filled in, even a dry run stops with one line that names them, and
+    nothing is planned, let alone submitted."""
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid profile:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "CHANGE_ME" in errors[0] and "default-resources.slurm_partition" in errors[0]
+    assert "default-resources.slurm_account" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr and "Job stats" not in result.stdout + result.stderr
+
+    profile = shipped_profile()
+    profile["default-resources"]["slurm_partition"] = "'gpu'"
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(write_profile(tmp_path / "half", profile)),
+                       check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid profile:")]
+    assert result.returncode != 0 and len(errors) == 1 and "slurm_partition" not in errors[0], result.stderr[-3000:]
+
+
 def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
-    """A dry run with the shipped profile: rules that may run on the device ask SLURM for a GPU (measurement runs the
-    judges on it), rules that never touch it do not."""
+    """A dry run with the shipped profile, its partition and account filled in: rules that may run on the device ask
+    SLURM for a GPU (measurement runs the judges on it), rules that never touch it do not."""
+    profile = shipped_profile()
+    profile["default-resources"].update(slurm_partition="'gpu'", slurm_account="'lab'")
     config = write_config(tmp_path / "gpu.yaml", device="auto")
-    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), configfile=config)
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(write_profile(tmp_path / "profile", profile)),
+                       configfile=config)
     text = result.stdout
     train = text[text.index("rule train_diffusion:"):]
     train = train[:train.index("\n\n")]
-    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=CHANGE_ME_partition" in train
+    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
     measure = text[text.index("rule measure:"):]
     assert "gpu=1" in measure[:measure.index("\n\n")]
     poison = text[text.index("rule poison:"):]
@@ -63,8 +95,9 @@ def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
 
 
 def local_profile(tmp_path, retries: int = 0) -> Path:
-    """The shipped SLURM profile, pointed at the local cluster's partition and account, with small memory requests."""
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    """The shipped SLURM profile, pointed at the local cluster's partition and account, with small memory requests
+    and the first status check after 10 s."""
+    profile = shipped_profile()
     profile["default-resources"]["slurm_partition"] = "'{}'".format(os.environ.get("SLC_PARTITION", "debug"))
     if os.environ.get("SLC_WITH_DBD", "1") == "1":
         profile["default-resources"]["slurm_account"] = "'{}'".format(os.environ.get("SLC_ACCOUNT", "testacct"))
@@ -75,9 +108,7 @@ def local_profile(tmp_path, retries: int = 0) -> Path:
     for rule in profile["set-resources"].values():
         rule["mem_mb"] = "1500 * attempt"
     profile.update({"jobs": 4, "latency-wait": 5, "retries": retries, "slurm-init-seconds-before-status-checks": 10})
-    (tmp_path / "profile").mkdir()
-    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
-    return tmp_path / "profile"
+    return write_profile(tmp_path / "profile", profile)
 
 
 def running_slurm_jobs(rule: str, wildcard: str) -> list[str]:
