@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bibaddiff.config import load_schema, validate_config
+from bibaddiff.config import check_default_resources, load_schema, validate_config
 from bibaddiff.errors import BibaddiffError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -680,3 +681,33 @@ def test_more_strip_partners_than_heldout_images_stop_before_any_job():
     config["defenses"]["detectors"] = ["spectral"]  # no STRIP, no partners needed
     config["defenses"]["detector_settings"] = {"strip": {"num_blends": 51}}
     validate_config(config, schema())
+
+
+def test_default_resources_at_the_profiles_placeholder_are_named_in_one_line():
+    shipped = ["tmpdir=system_tmpdir", "mem_mb=4000 * attempt", "slurm_partition='CHANGE_ME_partition'",
+               "slurm_account='CHANGE_ME_account'", "runtime=30 * attempt"]
+    with pytest.raises(BibaddiffError) as caught:
+        check_default_resources(shipped)
+    message = str(caught.value)
+    assert "\n" not in message and "CHANGE_ME" in message
+    assert "default-resources.slurm_partition" in message and "default-resources.slurm_account" in message
+    assert "mem_mb" not in message and "runtime" not in message
+    with pytest.raises(BibaddiffError, match=r"at default-resources\.slurm_account;"):
+        check_default_resources(["slurm_partition='gpu'", "slurm_account='CHANGE_ME_account'"])
+
+
+def test_filled_or_absent_default_resources_pass():
+    check_default_resources(["slurm_partition='gpu'", "slurm_account='lab'", "runtime=30 * attempt"])
+    check_default_resources(("tmpdir=system_tmpdir",))
+    check_default_resources([])
+
+
+@pytest.mark.parametrize("assignments, words", [
+    ("slurm_partition='gpu'", "must be a list of name=value texts; got str"),
+    (None, "got NoneType"),
+    (["slurm_partition"], "'slurm_partition' is not a name=value text"),
+    ([3], "3 is not a name=value text"),
+])
+def test_default_resources_that_are_not_name_value_texts_fail_in_one_line(assignments, words):
+    with pytest.raises(BibaddiffError, match=re.escape(words)):
+        check_default_resources(assignments)

@@ -102,6 +102,25 @@ def placeholder_keys(value: Any, where: str = "") -> list[str]:
     return [where] if isinstance(value, str) and PLACEHOLDER in value else []
 
 
+def check_default_resources(assignments: list[str] | tuple[str, ...]) -> None:
+    """Stop when a default resource still holds the shipped SLURM profile's placeholder (``slurm_partition:
+    "'CHANGE_ME_partition'"``), before anything is submitted: otherwise SLURM refuses each job only once the run is
+    under way. ``assignments`` are Snakemake's ``name=expression`` texts of the run's default resources (a profile's
+    ``default-resources`` or ``--default-resources``)."""
+    if not isinstance(assignments, (list, tuple)):
+        raise BibaddiffError(f"default resources must be a list of name=value texts; got {type(assignments).__name__}")
+    expressions = {}
+    for assignment in assignments:
+        if not isinstance(assignment, str) or "=" not in assignment:
+            raise BibaddiffError(f"default resource {assignment!r} is not a name=value text")
+        name, expression = assignment.split("=", 1)
+        expressions[name] = expression
+    unfilled = placeholder_keys(expressions, "default-resources")
+    if unfilled:
+        raise BibaddiffError(f"unfilled placeholders ({PLACEHOLDER}) at {', '.join(unfilled)}; set them "
+                             "to your cluster's values in the profile's config.yaml (profiles/slurm/config.yaml)")
+
+
 def sort_keys(value: Any) -> Any:
     """The same config with every mapping's keys sorted.
 
