@@ -586,8 +586,10 @@ def _load_idx(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, Im
         if len(pixels) != len(labels):  # the file changed since its header was read with the labels
             raise BibaddiffError(f"{images_path}: {len(pixels)} images, but {len(labels)} labels; expected one label "
                                  "per image")
-        images = grey_to_channels(fit_into_square(pixels[..., None], image_size), config)
-        del pixels  # the file's raw pixels are not needed beside their fitted copy
+        fitted = fit_into_square(pixels[..., None], image_size)
+        del pixels  # the file's pixels go before the fitted ones are repeated into three channels (rgb)
+        images = grey_to_channels(fitted, config)
+        del fitted
         manifest = {"source": config["source"], "idx_files": [images_path.name, idx_file(root, split, "labels").name]}
         parts.append(ImageDataset(images, labels, class_names, manifest=manifest))
     return parts[0], parts[1]
