@@ -13,8 +13,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from bibaddiff.calibration import check_calibration_settings
-from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, display_class_names, imagefolder_classes,
-                            imagefolder_files, scaled_class_counts)
+from bibaddiff.data import (GREYSCALE_SOURCES, IDX_SOURCES, check_cifar10_root, digits_arrays, digits_split,
+                            display_class_names, idx_class_folders, idx_labels, imagefolder_classes, imagefolder_files,
+                            scaled_class_counts)
 from bibaddiff.diffusion.timesteps import quadratic_timesteps, sampler_options
 from bibaddiff.errors import BibaddiffError
 # The schema and its defaults live on the bottom floor (bibaddiff.schema); they are re-exported here for callers.
@@ -176,6 +177,9 @@ def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     elif source == "cifar10":
         check_cifar10_root(dataset)
         folders = CIFAR10_CLASSES
+    elif source in IDX_SOURCES:
+        folders = idx_class_folders(dataset)
+        idx_labels(dataset, "heldout")  # the held-out files are there and agree, as the training ones are checked below
     else:
         if not dataset.get("root"):
             raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
@@ -200,6 +204,8 @@ def class_counts(dataset: dict[str, Any], split: str, folders: list[str]) -> np.
         counts = np.bincount(labels[train_idx if split == "train" else heldout_idx], minlength=10)
     elif source == "cifar10":
         counts = np.full(10, 5000 if split == "train" else 1000)
+    elif source in IDX_SOURCES:
+        counts = np.bincount(idx_labels(dataset, "train" if split == "train" else "heldout"), minlength=len(folders))
     else:
         folder = "train" if split == "train" else dataset.get("heldout_split", "val")
         labels = [label for _, label in imagefolder_files(dataset["root"], folder, folders)]
@@ -268,9 +274,10 @@ def check_experiment(config: dict[str, Any]) -> None:
     """Cross-key checks that a schema cannot express; each failure names the key and the allowed values."""
     dataset = config["dataset"]
     folders, counts = describe_source(dataset)
-    class_names = display_class_names(folders, dataset.get("class_names")) if dataset["source"] == "imagefolder" else folders
-    if dataset.get("class_names") and dataset["source"] != "imagefolder":
-        raise BibaddiffError(f"config key dataset.class_names: only for source imagefolder; got {dataset['source']}")
+    named = dataset["source"] in ("imagefolder", "idx")  # sources whose classes have no names of their own
+    if dataset.get("class_names") and not named:
+        raise BibaddiffError(f"config key dataset.class_names: only for sources imagefolder and idx; got {dataset['source']}")
+    class_names = display_class_names(folders, dataset.get("class_names")) if named else folders
     num_classes = len(class_names)
     config["target"] = target = resolve_class(config["target"], folders, class_names)
     if not 0 <= target < num_classes:
@@ -289,10 +296,11 @@ def check_experiment(config: dict[str, Any]) -> None:
             raise BibaddiffError(
                 f"config key poisoning.ratios: {ratio} asks for {wanted} poisoned images but only {outside} training "
                 f"images lie outside target class {target}; allowed up to {outside / total:.3f}")
-    if dataset.get("rgb") and dataset["source"] != "digits":
-        raise BibaddiffError(f"config key dataset.rgb: only for source digits; got {dataset['source']}")
-    digits_gray = dataset["source"] == "digits" and not dataset.get("rgb")
-    channels = 1 if digits_gray or dataset.get("grayscale") else 3
+    if dataset.get("rgb") and dataset["source"] not in GREYSCALE_SOURCES:
+        raise BibaddiffError(f"config key dataset.rgb: only for the grey sources {', '.join(GREYSCALE_SOURCES)}; "
+                             f"got {dataset['source']}")
+    stays_grey = dataset["source"] in GREYSCALE_SOURCES and not dataset.get("rgb")
+    channels = 1 if stays_grey or dataset.get("grayscale") else 3
     for name, spec in config["triggers"].items():
         build_trigger(name, spec, dataset["image_size"], channels)
     if config.get("defenses", {}).get("enabled") and all(s["type"] == "relabel" for s in config["triggers"].values()):
