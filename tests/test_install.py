@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -50,8 +51,14 @@ def wheel_venv(tmp_path_factory) -> Path:
     from this interpreter's site-packages through a .pth file; its editable-install hook is not read from there
     (.pth files are processed only in site directories), so `bibaddiff` can only come from the wheel."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ and egg-info into the folder it builds, which must not be the
+    # checkout.
+    source = root / "source"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, source / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
-         str(root / "dist"), str(REPO)], cwd=root)
+         str(root / "dist"), str(source)], cwd=root)
     wheels = list((root / "dist").glob("bibaddiff-*.whl"))
     assert len(wheels) == 1, wheels
     venv = root / "venv"
