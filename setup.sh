@@ -10,6 +10,9 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
+# The pinned Snakemake and its SLURM plugin need Python 3.11; say so in one line rather than fail deep inside pip.
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    || { echo "setup: $PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not found)'); bibaddiff needs Python 3.11 or newer (set PYTHON=python3.11)" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     echo "setup: installing $TORCH_SPEC"

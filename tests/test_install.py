@@ -93,3 +93,17 @@ def test_the_wheel_plans_the_tiny_workflow(wheel_venv, tmp_path):
                   "--directory", str(tmp_path), "--configfile", str(REPO / "tests" / "configs" / "tiny.yaml"),
                   "--cores", "1", "--dry-run"], cwd=tmp_path)
     assert "train_diffusion" in result.stdout
+
+
+def test_setup_stops_in_one_line_on_python_older_than_3_11(tmp_path):
+    """An interpreter that reports 3.10 (a stand-in script, since the machine may have no real 3.10)."""
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then case "$2" in *version_info*) exit 1;; '
+                    '*platform*) echo 3.10.12; exit 0;; esac; fi\nexit 1\n')
+    fake.chmod(0o755)
+    result = subprocess.run(["bash", str(REPO / "setup.sh")], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHON": str(fake), "VENV": str(tmp_path / "venv")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"setup: {fake} is Python 3.10.12; bibaddiff needs Python 3.11 or newer (set PYTHON=python3.11)"]
+    assert not (tmp_path / "venv").exists()
