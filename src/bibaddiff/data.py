@@ -312,16 +312,18 @@ def load_source(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     return train, heldout
 
 
-def resize_images(images: np.ndarray, size: int, resample: int = Image.NEAREST) -> np.ndarray:
-    """Resize a uint8 (N, H, W, C) batch to (N, size, size, C); a no-op when already that size."""
-    if images.shape[1] == size and images.shape[2] == size:
+def resize_images(images: np.ndarray, size: int | tuple[int, int], resample: int = Image.NEAREST) -> np.ndarray:
+    """Resize a uint8 (N, H, W, C) batch to (N, size, size, C), or (N, height, width, C) for ``size = (height,
+    width)``; a no-op when already that size."""
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+    if images.shape[1] == height and images.shape[2] == width:
         return images
     channels = images.shape[-1]
     mode = "L" if channels == 1 else "RGB"
-    out = np.empty((len(images), size, size, channels), np.uint8)
+    out = np.empty((len(images), height, width, channels), np.uint8)
     for i, image in enumerate(images):
         pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode=mode)
-        resized = np.asarray(pil.resize((size, size), resample=resample))
+        resized = np.asarray(pil.resize((width, height), resample=resample))
         out[i] = resized[..., None] if channels == 1 else resized
     return out
 
@@ -553,21 +555,11 @@ def fit_into_square(images: np.ndarray, size: int) -> np.ndarray:
         fitted = images if factor == 1 else images.repeat(factor, axis=1).repeat(factor, axis=2)
     else:
         scale = size / max(height, width)
-        fitted = _shrink(images, max(1, round(height * scale)), max(1, round(width * scale)))
+        # Area averaging (Pillow's box filter).
+        fitted = resize_images(images, (max(1, round(height * scale)), max(1, round(width * scale))), Image.BOX)
     out = np.zeros((len(images), size, size, images.shape[-1]), np.uint8)
     top, left = (size - fitted.shape[1]) // 2, (size - fitted.shape[2]) // 2
     out[:, top:top + fitted.shape[1], left:left + fitted.shape[2]] = fitted
-    return out
-
-
-def _shrink(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Area-averaged (Pillow's box filter) uint8 images of ``height`` x ``width``, one image at a time."""
-    channels = images.shape[-1]
-    out = np.empty((len(images), height, width, channels), np.uint8)
-    for i, image in enumerate(images):
-        pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode="L" if channels == 1 else "RGB")
-        shrunk = np.asarray(pil.resize((width, height), Image.BOX))
-        out[i] = shrunk[..., None] if channels == 1 else shrunk
     return out
 
 
