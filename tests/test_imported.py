@@ -3,54 +3,24 @@ the import's model folder and loading."""
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from bibaddiff.config import load_schema, validate_config
-from bibaddiff.diffusion.base import ModelInfo
 from bibaddiff.diffusion.imported import (check_unchanged, content_digests, import_record, imported_model_info,
                                           model_layout)
-from bibaddiff.diffusion.model import build_scheduler, build_unet, save_model
 from bibaddiff.errors import BibaddiffError
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-DIGITS = [str(i) for i in range(10)]
-
-
-def write_ddpm(folder: Path, num_classes: int = 10, image_size: int = 8, channels: int = 1, seed: int = 0) -> Path:
-    """A bibaddiff DDPM folder of the tiny config's shape (random weights)."""
-    import torch
-
-    torch.manual_seed(seed)
-    unet = build_unet(image_size, channels, num_classes, block_out_channels=[8, 16], norm_num_groups=4)
-    save_model(folder, unet, build_scheduler(), ModelInfo(num_classes, DIGITS[:num_classes], image_size, channels))
-    return folder
+from import_helpers import DIGITS, REPO, TINY, importing, patch_model, write_ddpm
 
 
 @pytest.fixture(scope="module")
 def ddpm(tmp_path_factory) -> Path:
     return write_ddpm(tmp_path_factory.mktemp("imported") / "model")
-
-
-def importing(models: dict, **changes) -> dict:
-    """The tiny config, training nothing, with these imports (and dotted keys changed)."""
-    config = copy.deepcopy(TINY)
-    config["diffusion"]["training"]["seeds"] = []
-    config["diffusion"]["training"]["clean_seeds"] = []
-    config["imported_models"] = models
-    for dotted, value in changes.items():
-        node = config
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return config
 
 
 def error_of(config: dict) -> str:
@@ -59,11 +29,6 @@ def error_of(config: dict) -> str:
     message = str(info.value)
     assert "\n" not in message, message
     return message
-
-
-def patch_model(path, **entry) -> dict:
-    return {"path": str(path), "kind": "ddpm", "trigger": "patch", "poison_ratio": 0.1, "training_data": "rebuild",
-            **entry}
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -102,7 +67,7 @@ def test_an_import_is_accepted_with_its_defaults(ddpm):
     ({"training_data": None, "training_share": 0.5, "poisoning_seed": 3}, r"imported_models\.mine\.poisoning_seed: only"),
 ])
 def test_bad_imports_stop_in_one_line_naming_the_key(ddpm, entry, message):
-    model = {key: value for key, value in {**patch_model(ddpm), **entry}.items() if value is not None}
+    model = patch_model(ddpm, **entry)
     assert __import__("re").search(message, error_of(importing({"mine": model}))), error_of(importing({"mine": model}))
 
 
@@ -192,3 +157,151 @@ def test_file_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatc
     os.utime(weights, ns=(1, 2))  # a new modification time, as any rewrite gives
     assert utils.file_digest(weights) == hashlib.sha256(b"other").hexdigest() and len(reads) == 1
     assert len(__import__("json").loads((tmp_path / "cache/file-digests.json").read_text())) == 1
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def import_folder(tmp_path: Path, model_path: Path, **entry) -> Path:
+    """The folder rule import_model writes for an import of ``model_path`` in the tiny config."""
+    from bibaddiff.diffusion.imported import write_import_folder
+    from bibaddiff.plan import Plan
+
+    config = validate_config(importing({"mine": patch_model(model_path, **entry)}), load_schema())
+    plan = Plan(config)
+    imported = plan.imported_model("patch-p0.1", 0)
+    classes = None
+    if "classes" in imported.record:
+        classes = tmp_path / "clean"
+        classes.mkdir(parents=True, exist_ok=True)
+        (classes / "manifest.json").write_text(json.dumps({"class_names": DIGITS, "image_size": 8, "channels": 1}))
+    folder = tmp_path / "import"
+    write_import_folder(folder, imported.record, classes)
+    return folder
+
+
+def test_every_ddpm_layout_generates_what_the_model_it_came_from_generates(ddpm, tmp_path):
+    from bibaddiff.diffusion.model import load_diffusion_model
+
+    def first_images(folder):
+        return load_diffusion_model(folder).generate(6, 2.0, 4, 3, 0, 4, x0_clipping="none")
+
+    expected = first_images(ddpm)
+    pipeline = tmp_path / "pipeline"
+    shutil.copytree(ddpm, pipeline)
+    (pipeline / "bibaddiff_model.json").unlink()
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    for name, path in (("bibaddiff", ddpm), ("pipeline", pipeline), ("unet", ddpm / "unet")):
+        folder = import_folder(tmp_path / f"import-{name}", path)
+        info = json.loads((folder / "bibaddiff_model.json").read_text())
+        assert info["imported"]["layout"] == name and info["class_names"] == DIGITS
+        np.testing.assert_array_equal(first_images(folder), expected, err_msg=name)
+
+
+def test_a_model_changed_after_planning_is_not_loaded_and_its_new_cells_go(ddpm, tmp_path):
+    from bibaddiff.diffusion.cells import Cell, CellSettings, generate_cells
+    from bibaddiff.diffusion.model import load_diffusion_model
+
+    model = tmp_path / "model"
+    shutil.copytree(ddpm, model)
+    folder = import_folder(tmp_path, model)
+    cells = [Cell("none", condition, 1.0, tmp_path / f"c{condition}.npy", tmp_path / f"c{condition}.png")
+             for condition in (6, 1)]
+
+    def change_the_model_after_the_first_cell(message):
+        if message.startswith("[1/"):
+            (model / "training.json").write_text('{"changed": true}')
+
+    with pytest.raises(BibaddiffError, match=r"training\.json: (added|changed) since the run planned"):
+        generate_cells(folder, cells, CellSettings(2, 2, 0, 2), "cpu", log=change_the_model_after_the_first_cell)
+    assert not any(cell.images.exists() or cell.grid.exists() for cell in cells)
+    with pytest.raises(BibaddiffError, match=r"training\.json: (added|changed) since the run planned"):
+        load_diffusion_model(folder)
+
+
+# ------------------------------------------------------------------------------------------------ Stable Diffusion
+SD_CLASSES = ["zero", "one", "two"]
+
+
+@pytest.fixture(scope="module")
+def sd_files(tmp_path_factory):
+    """A tiny base Stable Diffusion, the same model "fine-tuned" (its UNet changed) as a diffusers pipeline folder,
+    and that folder as one .ckpt in the original LDM layout, as the paper's code saves a fine-tuned SD v1.4."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
+    from ldm_checkpoint import write_ldm_checkpoint
+    from sd_helpers import write_captioned_folder, write_resnet_weights
+
+    root = tmp_path_factory.mktemp("sd_imports")
+    base = write_tiny_stable_diffusion(root / "base")
+    finetuned = root / "finetuned"
+    shutil.copytree(base, finetuned)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    unet.save_pretrained(finetuned / "unet")
+    return {"base": base, "finetuned": finetuned, "checkpoint": write_ldm_checkpoint(finetuned, root / "finetuned.ckpt"),
+            "images": write_captioned_folder(root / "images"), "resnet": write_resnet_weights(root / "resnet18.pt")}
+
+
+def sd_config(sd_files, models: dict, **changes) -> dict:
+    base = yaml.safe_load((REPO / "tests/configs/tiny-sd.yaml").read_text())
+    base["dataset"]["root"] = str(sd_files["images"])
+    base["diffusion"]["pretrained"]["path"] = str(sd_files["base"])
+    base["judges"]["pretrained_weights"] = str(sd_files["resnet"])
+    return importing(models, base=base, **changes)
+
+
+def sd_import(path, **entry) -> dict:
+    return {"path": str(path), "kind": "stable_diffusion", "trigger": "patch", "poison_ratio": 0.1,
+            "training_share": 0.5, **entry}
+
+
+def test_each_stable_diffusion_layout_generates_the_same_model(sd_files, tmp_path):
+    from bibaddiff.diffusion.imported import write_import_folder
+    from bibaddiff.diffusion.model import load_diffusion_model
+    from bibaddiff.plan import Plan
+
+    layouts = {"pipeline": sd_files["finetuned"], "checkpoint": sd_files["checkpoint"], "unet": sd_files["finetuned"] / "unet"}
+    config = validate_config(sd_config(sd_files, {name: sd_import(path, seed=k) for k, (name, path)
+                                                  in enumerate(layouts.items())}), load_schema())
+    plan = Plan(config)
+    classes = tmp_path / "clean"
+    classes.mkdir()
+    prompts = [f"A photo of a {name}" for name in SD_CLASSES]
+    (classes / "manifest.json").write_text(json.dumps({"class_names": SD_CLASSES, "class_prompts": prompts,
+                                                       "image_size": 32, "channels": 3}))
+    generations = {}
+    for k, name in enumerate(layouts):
+        record = plan.imported_model("patch-p0.1", k).record
+        assert record["layout"] == name and (record.get("config") == str(sd_files["base"].resolve())) == (name == "checkpoint")
+        write_import_folder(tmp_path / name, record, classes)
+        model = load_diffusion_model(tmp_path / name)
+        assert model.kind == "stable_diffusion" and model.info.class_names == SD_CLASSES
+        generations[name] = model.generate(2, 5.0, 2, 2, 0, 2, x0_clipping="none")
+    np.testing.assert_array_equal(generations["pipeline"], generations["unet"])
+    # The LDM layout holds the same weights under other names: the same images, up to float rounding.
+    assert np.abs(generations["pipeline"].astype(int) - generations["checkpoint"].astype(int)).max() <= 1
+
+
+def test_stable_diffusion_imports_that_cannot_be_loaded_stop_in_one_line(sd_files, tmp_path):
+    no_base = {"diffusion__pretrained": {"path": None, "config": None}}
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 2)}, str(lora))
+    message = error_of(sd_config(sd_files, {"mine": sd_import(lora)}, **no_base))
+    assert message.startswith("config key imported_models.mine.path") and "needs a base model" in message
+    assert "needs a base model" in error_of(sd_config(sd_files, {"mine": sd_import(sd_files["finetuned"] / "unet")},
+                                                      **no_base))
+    message = error_of(sd_config(sd_files, {"mine": sd_import(sd_files["checkpoint"])}, **no_base))
+    assert message.startswith("config key imported_models.mine.config") and "single-file checkpoint" in message
+    # Without a base, a whole pipeline or checkpoint (with its configs) is all an experiment needs.
+    validate_config(sd_config(sd_files, {"mine": sd_import(sd_files["finetuned"]),
+                                         "other": sd_import(sd_files["checkpoint"], seed=1,
+                                                            config=str(sd_files["base"]))}, **no_base), load_schema())
+    assert "is a diffusers UNet2DConditionModel folder, not the UNet2DModel" in error_of(
+        importing({"mine": patch_model(sd_files["finetuned"] / "unet")}))

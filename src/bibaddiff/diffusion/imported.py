@@ -376,3 +376,22 @@ def imported_model_info(record: dict[str, Any], clean_manifest: dict[str, Any] |
     if kind == "stable_diffusion":
         info["class_prompts"] = list(clean_manifest["class_prompts"])
     return {**info, IMPORTED_KEY: record}
+
+
+def write_import_folder(folder: str | Path, record: dict[str, Any], classes: str | Path | None = None) -> dict[str, Any]:
+    """An import's folder: its ``bibaddiff_model.json`` (:func:`imported_model_info`; ``classes``: the clean training
+    set whose class names, and prompts, a model without its own file is conditioned on). Returns what it wrote."""
+    from bibaddiff.utils import write_json
+
+    manifest = read_json(Path(classes) / "manifest.json") if classes else None
+    info = imported_model_info(record, manifest)
+    write_json(Path(folder) / MODEL_INFO_FILE, info)
+    return info
+
+
+def verify_import(model_dir: str | Path) -> None:
+    """For an import's folder, check that the files it points at are the ones the run planned with (a model trained
+    here has nothing to check)."""
+    info = read_json(Path(model_dir) / MODEL_INFO_FILE)
+    if IMPORTED_KEY in info:
+        check_unchanged(info[IMPORTED_KEY]["path"], info[IMPORTED_KEY]["files"])
