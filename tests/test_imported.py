@@ -305,3 +305,24 @@ def test_stable_diffusion_imports_that_cannot_be_loaded_stop_in_one_line(sd_file
                                                             config=str(sd_files["base"]))}, **no_base), load_schema())
     assert "is a diffusers UNet2DConditionModel folder, not the UNet2DModel" in error_of(
         importing({"mine": patch_model(sd_files["finetuned"] / "unet")}))
+
+
+def test_the_docs_example_imports_the_papers_checkpoints_on_the_imagenette_config(sd_files, tmp_path):
+    """The example of docs/imported-models.md, layered on configs/imagenette-sd.yaml, with the paper's checkpoints and
+    SD v1.4's configs replaced by tiny stand-ins: it validates, and its plan trains nothing and imports both."""
+    from bibaddiff.plan import Plan
+    from workflow_helpers import fill_placeholders
+
+    text = (REPO / "docs/imported-models.md").read_text()
+    example = yaml.safe_load("# my-imports.yaml" + text.split("```yaml\n# my-imports.yaml")[1].split("```")[0])
+    config = fill_placeholders(yaml.safe_load((REPO / "configs/imagenette-sd.yaml").read_text()), tmp_path)
+    config["experiment"] = example["experiment"]
+    config["diffusion"]["training"].update(example["diffusion"]["training"])
+    config["imported_models"] = example["imported_models"]
+    for entry in config["imported_models"].values():
+        assert entry["path"].endswith(".ckpt") and entry["config"].endswith("stable-diffusion-v1-4")
+        entry["path"], entry["config"] = str(sd_files["checkpoint"]), str(sd_files["base"])
+    plan = Plan(validate_config(config, load_schema()))
+    assert {(attack, imported.record["layout"]) for (attack, _), imported in plan.imported.items()} == {
+        ("badnets1-p0.1", "checkpoint"), ("clean", "checkpoint")}
+    assert list(plan.attacks) == ["badnets1-p0.1", "clean"] and plan.calibration_model.startswith("imported/paper_clean-")
