@@ -106,8 +106,10 @@ def test_two_models_of_one_attack_and_seed_are_refused(ddpm):
 def test_a_changed_file_is_named(ddpm, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(ddpm, model)
+    (model / ".snakemake_timestamp").write_text("")  # Snakemake's marker in its output folders: not content
     planned = content_digests(model)
     assert set(planned) >= {"unet/diffusion_pytorch_model.safetensors", "bibaddiff_model.json"}
+    assert ".snakemake_timestamp" not in planned
     check_unchanged(model, planned)
     weights = model / "unet/diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")

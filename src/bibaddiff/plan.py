@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bibaddiff.diffusion.imported import content_digests, import_record
+from bibaddiff.diffusion.imported import content_digests, folder_digest, import_record
 from bibaddiff.diffusion.timesteps import SAMPLER_KEYS, non_default_sampler_options
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import DETECTOR_ALPHA_RANGE
@@ -637,7 +637,8 @@ class Plan:
 
     def import_description(self, name: str) -> dict[str, Any]:
         """An import as the experiment uses it: its attack and seed, where it comes from, the digest of each of its
-        files, and its training data (a folder with the digest of each file, the rebuilt stage, or the stated share).
+        files, and its training data (a folder with one digest of all its files, the rebuilt stage, or the stated
+        share).
         Written by rule describe_import; a change of any of it reruns what reads it."""
         matches = [imported for imported in self.imported.values() if imported.name == name]
         if not matches:
@@ -648,7 +649,8 @@ class Plan:
             training = {"kind": "rebuilt", "folder": self.training_data_of(imported.attack, imported.seed)}
         elif entry.get("training_data") is not None:
             folder = self.training_data_of(imported.attack, imported.seed)
-            training = {"kind": "folder", "folder": folder, "files": content_digests(folder)}
+            digests = content_digests(folder)
+            training = {"kind": "folder", "folder": folder, "num_files": len(digests), "digest": folder_digest(digests)}
         else:
             training = {"kind": "stated", "training_share": float(entry["training_share"])}
         return {"name": name, "attack": imported.attack, "seed": imported.seed, "origin": imported.origin,

@@ -63,8 +63,8 @@ def write_provenance(config: dict[str, Any], source_dir: str | Path, config_path
                      stages: list[str] | None = None, imported: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the resolved config (YAML, after defaults) and the environment record (JSON-compatible YAML: time, host,
     Python, package versions, git state, the outputs it describes, the shared stage folders (data, judges, models) it
-    used and, for each imported model, what it is and the SHA-256 of each of its files and of its own training set's:
-    :meth:`bibaddiff.plan.Plan.import_description`). Returns the environment record."""
+    used and, for each imported model, what it is, the SHA-256 of each of its files and one of its own training set's
+    files: :meth:`bibaddiff.plan.Plan.import_description`). Returns the environment record."""
     if not isinstance(config, dict) or "experiment" not in config:
         raise BibaddiffError("provenance: the config must be the resolved experiment config (a mapping with 'experiment')")
     environment = {

@@ -300,12 +300,25 @@ def check_imported_models(config: dict[str, Any], class_names: list[str], channe
 
 
 # ------------------------------------------------------------------------------------------------ digests
+# Snakemake's marker in the folders it declares as outputs (an empty file it may touch): bookkeeping, not content.
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
+
+
 def imported_files(path: str | Path) -> list[Path]:
-    """The files of an import: the file itself, or every file below the folder (hidden ones included), sorted."""
+    """The files of an import: the file itself, or every file below the folder (hidden ones included, Snakemake's
+    marker not), sorted."""
     path = Path(path).expanduser()
     if path.is_file():
         return [path]
-    return sorted(file for file in path.rglob("*") if file.is_file())
+    return sorted(file for file in path.rglob("*") if file.is_file() and file.name != SNAKEMAKE_MARKER)
+
+
+def folder_digest(digests: dict[str, str]) -> str:
+    """One SHA-256 for a set of files, from each file's name and digest: what a training set of thousands of images
+    is recorded by."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
 
 
 def content_digests(path: str | Path) -> dict[str, str]:
