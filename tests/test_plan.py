@@ -109,6 +109,17 @@ def test_seed_and_judge_names_round_trip():
     assert re.fullmatch(P.WILDCARD_CONSTRAINTS["judge"], name)
 
 
+def test_a_jobs_log_names_its_rule_even_below_a_models_folders():
+    plan = tiny_plan()
+    nested = plan.log_file("generate", plan.model_name("clean", 0), plan.sampling_id)
+    assert nested.startswith(f"results/tiny/logs/generate/{plan.clean_stage}/{plan.training_id}/seed0_gen-")
+    for path, rule in ((nested, "generate"), (plan.experiment_benchmark("measure", "clean", "seed0"), "measure"),
+                       ("/home/me/logs/work/" + plan.log_file("prepare_data", plan.clean_stage), "prepare_data")):
+        assert P.rule_of_job_file(path) == rule
+    with pytest.raises(BibaddiffError, match="not a job's log"):
+        P.rule_of_job_file("results/tiny/models/x.log")
+
+
 def test_training_launcher():
     assert P.training_launcher("/usr/bin/python3", 1) == "/usr/bin/python3"
     launcher = P.training_launcher("/my env/python", 2)

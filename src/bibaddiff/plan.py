@@ -237,8 +237,20 @@ def parse_judge_name(name: str) -> tuple[str, str]:
 
 
 def job_name(*parts: str) -> str:
-    """How logs and benchmarks name a job: its wildcards joined by underscores."""
+    """How logs and benchmarks name a job: its wildcards joined by underscores (a model's place keeps its slashes, so
+    a generate job's log lies in folders: logs/generate/<stage>/train-<d>/seed<k>_gen-<d>.log)."""
     return "_".join(parts)
+
+
+def rule_of_job_file(path: str | Path) -> str:
+    """The rule whose log or benchmark file this is: the folder right below the nearest ``logs`` or ``benchmarks``
+    (:meth:`Plan.log_file` and friends; the job's name below it may hold folders)."""
+    parts = Path(path).parts
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] in ("logs", "benchmarks") and index + 2 < len(parts):
+            return parts[index + 1]
+    raise BibaddiffError(f"{path}: not a job's log or benchmark file (expected .../logs/<rule>/... or "
+                         ".../benchmarks/<rule>/...)")
 
 
 def training_launcher(python: str, processes: int) -> str:
