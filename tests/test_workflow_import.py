@@ -192,8 +192,10 @@ def sd_round_trip(request, sd_inputs, tmp_path_factory):
     two models from their folders, and (LoRA) the poisoned model's bare LoRA file once more under seed 1."""
     finetune = request.param
     workdir = tmp_path_factory.mktemp(f"sd_{finetune}")
+    # LoRA's B matrices start at zero: a high learning rate moves them far enough in 6 steps to change the model.
     trained = sd_config(workdir / "trained.yaml", sd_inputs, experiment=f"sd-{finetune}",
-                        diffusion__training__finetune=finetune, diffusion__training__lora_rank=2)
+                        diffusion__training__finetune=finetune, diffusion__training__lora_rank=2,
+                        diffusion__training__learning_rate=1e-2 if finetune == "lora" else 1e-4)
     snakemake(workdir, configfile=trained)
     results = workdir / "results"
     poisoned, clean = model_folder(results, "tinysd", "patch-p0.1"), model_folder(results, "tinysd", "clean")
@@ -222,10 +224,13 @@ def test_stable_diffusion_round_trip_gives_the_same_generations_and_rows(sd_roun
         for file in files:
             np.testing.assert_array_equal(np.load(theirs / file), np.load(ours / file), err_msg=f"{finetune} {attack} {file}")
     if finetune == "lora":
-        # The bare LoRA file on the base diffusion.pretrained is the same model as the folder it came from.
+        # The bare LoRA file on the base diffusion.pretrained is the same model as the folder it came from, and a
+        # model other than the clean one (the comparison would not tell them apart otherwise).
+        poisoned, clean = cell_folder(results, "tinysd", "patch-p0.1"), cell_folder(results, "tinysd", "clean")
         [bare] = (results / "tinysd/generated/imported").glob("poisoned_file-*/gen-*")
         for file in files:
-            np.testing.assert_array_equal(np.load(theirs / file), np.load(bare / file), err_msg=f"bare LoRA {file}")
+            np.testing.assert_array_equal(np.load(poisoned / file), np.load(bare / file), err_msg=f"bare LoRA {file}")
+        assert any(not np.array_equal(np.load(poisoned / file), np.load(clean / file)) for file in files)
     for table in SD_TABLES:
         if finetune == "lora" and table == "amplification_vs_ratio.csv":
             continue  # its rows pool every seed of an attack, and B has one more
