@@ -26,6 +26,16 @@ include: "rules/quality.smk"
 include: "rules/summary.smk"
 
 
+# A profile value still at its placeholder (the SLURM partition, say) stops the run here, before any submission.
+from bibaddiff.config import check_default_resources
+
+try:
+    check_default_resources(list(getattr(workflow.resource_settings.default_resources, "args", None) or []))
+except BibaddiffError as error:
+    print(f"invalid profile: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
 rule all:
     input:
         summary_outputs(),

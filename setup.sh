@@ -19,3 +19,13 @@ fi
 echo "setup: installing bibaddiff[workflow,test]"
 "$VENV/bin/python" -m pip install -e ".[workflow,test]" -c envs/constraints.txt
 "$VENV/bin/python" -c "import bibaddiff, torch, diffusers, snakemake; print('setup: ok, torch', torch.__version__, 'diffusers', diffusers.__version__)"
+# Fashion-MNIST (dataset.source: fashion_mnist) comes from Debian's dataset-fashion-mnist package; nothing else needs
+# it (the default run uses the bundled digits), so a failed install only prints how to get the files.
+FASHION_MNIST=/usr/share/datasets/fashion-mnist
+if [ ! -d "$FASHION_MNIST" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; then
+        echo "setup: installed Fashion-MNIST in $FASHION_MNIST"
+    else
+        echo "setup: for dataset.source fashion_mnist, run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu) or set dataset.root to a folder with Fashion-MNIST's four IDX files"
+    fi
+fi

@@ -8,6 +8,7 @@ from pathlib import Path
 try:
     from bibaddiff.config import validate_config
     from bibaddiff.errors import BibaddiffError
+    from bibaddiff.gpu_slots import check_workstation_gpus
     from bibaddiff.plan import (DUPLICATE_STAGE, NAME, POISONED_STAGE, WILDCARD_CONSTRAINTS, Plan, parse_number,
                                 training_launcher)
 except ImportError as error:
@@ -32,6 +33,12 @@ wildcard_constraints:
 
 # Rules that may use a GPU ask for one unless the config pins them to the CPU.
 GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
+if GPUS_PER_JOB and not (workflow.remote_exec or workflow.subprocess_exec):
+    try:  # more cards asked for at once than there are: stop now rather than leave jobs waiting for a card
+        check_workstation_gpus(workflow.global_resources.get("gpu").value, config["diffusion"]["training"]["processes"])
+    except BibaddiffError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 TRIGGERS = config["triggers"]
 TARGET = PLAN.target
 JUDGES = PLAN.judges
@@ -93,7 +100,8 @@ def detected_trigger_specs(wildcards):
 
 def launcher(wildcards):
     """The interpreter, or `accelerate launch` with N processes and a free port of its own per job."""
-    return training_launcher(sys.executable, config["diffusion"]["training"]["processes"])
+    return training_launcher(sys.executable, config["diffusion"]["training"]["processes"],
+                             config["device"] if GPUS_PER_JOB else None)
 
 
 def summary_outputs():

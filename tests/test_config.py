@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from bibaddiff.config import load_schema, validate_config
+from bibaddiff.config import check_default_resources, load_schema, validate_config
 from bibaddiff.errors import BibaddiffError
+from idx_helpers import FASHION_MNIST_FILES, write_idx_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +120,70 @@ def test_imagefolder_config(tmp_path):
     assert "target" in message and "0..1" in message and "a, b" in message
 
 
+def idx_tiny(root, source: str = "idx", **dataset) -> dict:
+    """The tiny config on an IDX folder (200 training images: enough for the published FCT's batch of 100)."""
+    config = tiny()
+    config["dataset"] = {"name": "fashion", "source": source, "root": str(root), "image_size": 32, **dataset}
+    return config
+
+
+def test_fashion_mnist_config_counts_classes_from_the_label_files(tmp_path):
+    write_idx_set(tmp_path / "fashion", num_train=200, num_heldout=40)
+    config = idx_tiny(tmp_path / "fashion", source="fashion_mnist")
+    config["target"] = "Ankle boot"
+    config["poisoning"]["ratios"] = [0.9]  # 180 of the 200 lie outside the target class
+    filled = validate_config(config, schema())
+    assert filled["target"] == 9
+    config["poisoning"]["ratios"] = [0.95]
+    assert "190 poisoned images but only 180 training images lie outside target class 9" in error_of(config)
+    config["dataset"]["class_names"] = {"Bag": "handbag"}
+    assert "dataset.class_names: only for sources imagefolder and idx; got fashion_mnist" in error_of(config)
+
+
+def test_idx_config_takes_class_names_for_its_label_numbers(tmp_path):
+    write_idx_set(tmp_path / "idx", num_train=200, num_heldout=40, num_classes=4)
+    config = idx_tiny(tmp_path / "idx", class_names={"3": "boot"})
+    config["target"] = "boot"
+    assert validate_config(config, schema())["target"] == 3
+    config["target"] = 4
+    assert "target: 4 is not a class of fashion; allowed 0..3 (0, 1, 2, boot)" in error_of(config)
+
+
+def test_idx_rgb_gives_three_channels_and_grayscale_sources_only(tmp_path):
+    write_idx_set(tmp_path / "fashion", num_train=200, num_heldout=40)
+    config = idx_tiny(tmp_path / "fashion", source="fashion_mnist", rgb=True)
+    # A colour trigger file is checked against three channels: the grey one fails.
+    np.save(tmp_path / "grey.npy", np.ones((32, 32, 1)))
+    config["triggers"]["trojan"] = {"type": "additive", "image": str(tmp_path / "grey.npy")}
+    validate_config(config, schema())  # a (H, W, 1) pattern is repeated over the channels
+    config["dataset"] = {"name": "folder", "source": "cifar10", "root": str(tmp_path), "image_size": 32, "rgb": True}
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    assert "dataset.rgb: only for the grey sources digits, fashion_mnist, idx; got cifar10" in error_of(config)
+
+
+@pytest.mark.parametrize("source, hint", [("fashion_mnist", "install Debian's package dataset-fashion-mnist"),
+                                          ("idx", "set dataset.root to a folder with the four IDX files")])
+def test_idx_root_that_does_not_exist_stops_with_one_line(tmp_path, source, hint):
+    message = error_of(idx_tiny(tmp_path / "nowhere", source=source))
+    assert message.startswith(f"dataset.root: {tmp_path / 'nowhere'} is not a folder; ") and hint in message
+
+
+def test_idx_config_stops_when_the_heldout_files_are_missing(tmp_path):
+    write_idx_set(tmp_path / "idx", num_train=200, num_heldout=40)
+    (tmp_path / "idx" / "t10k-images-idx3-ubyte.gz").unlink()
+    assert "has no t10k-images-idx3-ubyte (nor t10k-images-idx3-ubyte.gz)" in error_of(idx_tiny(tmp_path / "idx"))
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_FILES / "train-labels-idx1-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_config_on_the_real_files_validates():
+    config = tiny()
+    config["dataset"] = {"name": "fashion", "source": "fashion_mnist", "image_size": 32}
+    config["target"] = "Sneaker"
+    filled = validate_config(config, schema())
+    assert filled["target"] == 7 and filled["dataset"]["root"] is None
+
+
 # ------------------------------------------------------------------------------------------ broken configs
 
 
@@ -174,7 +241,7 @@ def test_more_poison_with_capped_dataset():
     validate_config(config, schema())
 
 
-@pytest.mark.parametrize("source", ["cifar10", "imagefolder"])
+@pytest.mark.parametrize("source", ["cifar10", "imagefolder", "idx"])
 def test_missing_dataset_root(source):
     config = tiny()
     config["dataset"]["source"] = source
@@ -251,7 +318,7 @@ def test_unknown_source():
     config["dataset"]["source"] = "mnist"
     message = error_of(config)
     assert "dataset.source" in message
-    for allowed in ("digits", "cifar10", "imagefolder"):
+    for allowed in ("digits", "fashion_mnist", "idx", "cifar10", "imagefolder"):
         assert allowed in message
 
 
@@ -680,3 +747,33 @@ def test_more_strip_partners_than_heldout_images_stop_before_any_job():
     config["defenses"]["detectors"] = ["spectral"]  # no STRIP, no partners needed
     config["defenses"]["detector_settings"] = {"strip": {"num_blends": 51}}
     validate_config(config, schema())
+
+
+def test_default_resources_at_the_profiles_placeholder_are_named_in_one_line():
+    shipped = ["tmpdir=system_tmpdir", "mem_mb=4000 * attempt", "slurm_partition='CHANGE_ME_partition'",
+               "slurm_account='CHANGE_ME_account'", "runtime=30 * attempt"]
+    with pytest.raises(BibaddiffError) as caught:
+        check_default_resources(shipped)
+    message = str(caught.value)
+    assert "\n" not in message and "CHANGE_ME" in message
+    assert "default-resources.slurm_partition" in message and "default-resources.slurm_account" in message
+    assert "mem_mb" not in message and "runtime" not in message
+    with pytest.raises(BibaddiffError, match=r"at default-resources\.slurm_account;"):
+        check_default_resources(["slurm_partition='gpu'", "slurm_account='CHANGE_ME_account'"])
+
+
+def test_filled_or_absent_default_resources_pass():
+    check_default_resources(["slurm_partition='gpu'", "slurm_account='lab'", "runtime=30 * attempt"])
+    check_default_resources(("tmpdir=system_tmpdir",))
+    check_default_resources([])
+
+
+@pytest.mark.parametrize("assignments, words", [
+    ("slurm_partition='gpu'", "must be a list of name=value texts; got str"),
+    (None, "got NoneType"),
+    (["slurm_partition"], "'slurm_partition' is not a name=value text"),
+    ([3], "3 is not a name=value text"),
+])
+def test_default_resources_that_are_not_name_value_texts_fail_in_one_line(assignments, words):
+    with pytest.raises(BibaddiffError, match=re.escape(words)):
+        check_default_resources(assignments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bibaddiff.data import ImageDataset, content_hash, load_source, read_dataset, read_records, write_dataset
+from bibaddiff.data import (FASHION_MNIST_CLASSES, ImageDataset, content_hash, fit_into_square, idx_header,
+                            load_source, read_dataset, read_idx, read_records, write_dataset)
 from bibaddiff.errors import BibaddiffError
+from idx_helpers import FASHION_MNIST_FILES, idx_bytes, write_idx, write_idx_set
 
 
 def make_dataset(n: int = 12, size: int = 6, channels: int = 1, seed: int = 0) -> ImageDataset:
@@ -399,3 +402,265 @@ def test_cifar10_without_batches_folder(tmp_path):
     assert "cifar-10-batches-py" in str(info.value)
     with pytest.raises(BibaddiffError, match=r"dataset\.root"):
         load_source({"source": "cifar10", "image_size": 32})
+
+
+# ------------------------------------------------------------------------------------------ IDX: Fashion-MNIST and any MNIST-style folder
+
+
+def idx_config(root, source="idx", **extra):
+    return {"source": source, "root": str(root), "image_size": 28, **extra}
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_idx_folder_reads_images_labels_and_the_heldout_test_files(tmp_path, gzipped):
+    written = write_idx_set(tmp_path / "idx", gzipped=gzipped)
+    train, heldout = load_source(idx_config(tmp_path / "idx"))
+    assert train.images.shape == (50, 28, 28, 1) and heldout.images.shape == (20, 28, 28, 1)
+    assert train.images.dtype == heldout.images.dtype == np.uint8
+    # 28 px at image_size 28: the pixels come through unchanged.
+    np.testing.assert_array_equal(train.images[..., 0], written["train_images"])
+    np.testing.assert_array_equal(heldout.images[..., 0], written["t10k_images"])
+    np.testing.assert_array_equal(train.labels, written["train_labels"])
+    np.testing.assert_array_equal(heldout.labels, written["t10k_labels"])
+    assert train.class_names == [str(i) for i in range(10)]
+    np.testing.assert_array_equal(train.source_index, np.arange(50))
+    suffix = ".gz" if gzipped else ""
+    assert train.manifest["source"] == "idx"
+    assert train.manifest["idx_files"] == [f"train-images-idx3-ubyte{suffix}", f"train-labels-idx1-ubyte{suffix}"]
+    assert heldout.manifest["idx_files"] == [f"t10k-images-idx3-ubyte{suffix}", f"t10k-labels-idx1-ubyte{suffix}"]
+
+
+def test_idx_reads_the_dotted_names_of_unpacked_copies_and_plain_before_gzipped(tmp_path):
+    written = write_idx_set(tmp_path / "idx", gzipped=False)
+    for path in sorted((tmp_path / "idx").iterdir()):  # train-images-idx3-ubyte -> train-images.idx3-ubyte
+        path.rename(path.with_name(path.name.replace("-idx", ".idx")))
+    other = write_idx_set(tmp_path / "other", seed=5)  # gzipped copies beside the plain ones are not read
+    for path in (tmp_path / "other").iterdir():
+        path.rename(tmp_path / "idx" / path.name.replace("-idx", ".idx"))
+    train, _ = load_source(idx_config(tmp_path / "idx"))
+    np.testing.assert_array_equal(train.images[..., 0], written["train_images"])
+    assert not np.array_equal(train.images[..., 0], other["train_images"])
+
+
+def test_fashion_mnist_names_its_classes_as_its_documentation(tmp_path):
+    write_idx_set(tmp_path / "fashion")
+    train, heldout = load_source(idx_config(tmp_path / "fashion", source="fashion_mnist"))
+    assert train.class_names == heldout.class_names == FASHION_MNIST_CLASSES == [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    assert train.manifest["source"] == "fashion_mnist"
+    assert train.texts[:2] == ["A photo of a T-shirt/top", "A photo of a Trouser"]
+    assert train.manifest["class_prompts"][9] == "A photo of a Ankle boot"
+
+
+def test_idx_class_names_name_the_label_numbers(tmp_path):
+    write_idx_set(tmp_path / "idx", num_classes=3)
+    train, _ = load_source(idx_config(tmp_path / "idx", class_names={"0": "zero", "2": "two"}))
+    assert train.class_names == ["zero", "1", "two"]
+    with pytest.raises(BibaddiffError, match="'7' is not a class folder"):
+        load_source(idx_config(tmp_path / "idx", class_names={"7": "seven"}))
+
+
+def test_idx_images_are_padded_with_black_into_image_size(tmp_path):
+    written = write_idx_set(tmp_path / "idx")
+    train, heldout = load_source(idx_config(tmp_path / "idx", image_size=32))
+    assert train.images.shape == (50, 32, 32, 1) and heldout.images.shape == (20, 32, 32, 1)
+    # 2 black pixels on every side; the 28 x 28 photograph in the middle, untouched.
+    np.testing.assert_array_equal(train.images[:, 2:30, 2:30, 0], written["train_images"])
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert not train.images[:, border].any()
+
+
+def test_idx_images_are_enlarged_by_whole_factors_then_padded(tmp_path):
+    written = write_idx_set(tmp_path / "idx")
+    train, _ = load_source(idx_config(tmp_path / "idx", image_size=60))
+    inner = train.images[:, 2:58, 2:58, 0]  # 2 x 28 = 56, centred in 60
+    for dr in (0, 1):
+        for dc in (0, 1):
+            np.testing.assert_array_equal(inner[:, dr::2, dc::2], written["train_images"])
+    assert not train.images[:, :2].any() and not train.images[:, 58:].any()
+
+
+def test_idx_images_larger_than_image_size_are_shrunk_by_area_averaging(tmp_path):
+    written = write_idx_set(tmp_path / "idx")
+    train, _ = load_source(idx_config(tmp_path / "idx", image_size=14))
+    blocks = written["train_images"].astype(np.float64).reshape(50, 14, 2, 14, 2).mean(axis=(2, 4))
+    assert train.images.shape == (50, 14, 14, 1)
+    # Each pixel the mean of its 2 x 2 block, to within Pillow's fixed-point rounding (one grey level).
+    assert np.abs(train.images[..., 0].astype(np.float64) - blocks).max() <= 1
+
+
+def test_fit_into_square_centres_odd_and_oblong_images():
+    image = np.arange(1, 7, dtype=np.uint8).reshape(1, 2, 3, 1)  # 2 rows, 3 columns
+    fitted = fit_into_square(image, 7)  # factor 7 // 3 = 2: 4 x 6, then 1 + 2 rows and 0 + 1 columns of black
+    assert fitted.shape == (1, 7, 7, 1)
+    np.testing.assert_array_equal(fitted[0, 1:5, 0:6, 0], image[0, :, :, 0].repeat(2, 0).repeat(2, 1))
+    assert fitted[0].sum() == image.sum() * 4
+    rgb = np.full((2, 3, 3, 3), 200, np.uint8)
+    assert fit_into_square(rgb, 5).shape == (2, 5, 5, 3)
+    with pytest.raises(BibaddiffError, match="uint8"):
+        fit_into_square(image.astype(np.float32), 7)
+    with pytest.raises(BibaddiffError, match="size must be a positive integer"):
+        fit_into_square(image, 0)
+
+
+def test_idx_rgb_repeats_the_grey_channel(tmp_path):
+    write_idx_set(tmp_path / "idx")
+    grey, _ = load_source(idx_config(tmp_path / "idx", source="fashion_mnist"))
+    rgb, heldout = load_source(idx_config(tmp_path / "idx", source="fashion_mnist", rgb=True))
+    assert rgb.images.shape == (50, 28, 28, 3) and heldout.images.shape == (20, 28, 28, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb.images[..., channel], grey.images[..., 0])
+
+
+def test_idx_max_images_per_class(tmp_path):
+    write_idx_set(tmp_path / "idx", num_train=100, num_heldout=40)
+    train, heldout = load_source(idx_config(tmp_path / "idx", max_images_per_class=4))
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), [4] * 10)
+    np.testing.assert_array_equal(np.bincount(heldout.labels, minlength=10), [1] * 10)  # a quarter
+
+
+def test_idx_set_is_held_as_uint8_without_float_copies(tmp_path):
+    """Reading holds the file's bytes and their padded copy, both uint8: far below one float32 copy of the set."""
+    import tracemalloc
+
+    write_idx_set(tmp_path / "idx", num_train=3000, num_heldout=10, gzipped=False)
+    tracemalloc.start()
+    try:
+        train, _ = load_source(idx_config(tmp_path / "idx", image_size=32))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert train.images.dtype == np.uint8 and train.images.flags.writeable
+    raw, fitted = 3000 * 28 * 28, train.images.nbytes
+    assert peak < raw + fitted + 2 * 2 ** 20, f"peak {peak} bytes for {raw} + {fitted} bytes of pixels"
+
+
+@pytest.mark.parametrize("missing", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_idx_missing_file_names_it(tmp_path, missing):
+    write_idx_set(tmp_path / "idx")
+    (tmp_path / "idx" / f"{missing}.gz").unlink()
+    with pytest.raises(BibaddiffError) as info:
+        load_source(idx_config(tmp_path / "idx"))
+    message = str(info.value)
+    assert f"{tmp_path / 'idx'} has no {missing} (nor {missing}.gz)" in message and "\n" not in message
+
+
+def test_idx_root_without_idx_files_says_what_it_expected(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README").write_text("nothing here")
+    with pytest.raises(BibaddiffError, match="holds no IDX files; expected train-images-idx3-ubyte, "
+                                             "train-labels-idx1-ubyte, t10k-images-idx3-ubyte") as info:
+        load_source(idx_config(tmp_path / "empty"))
+    assert "\n" not in str(info.value)
+
+
+def test_idx_root_that_is_not_a_folder(tmp_path):
+    with pytest.raises(BibaddiffError, match=r"dataset\.root: .*nowhere is not a folder; install Debian's package "
+                                             "dataset-fashion-mnist"):
+        load_source(idx_config(tmp_path / "nowhere", source="fashion_mnist"))
+    with pytest.raises(BibaddiffError, match=r"dataset\.root: .*nowhere is not a folder; set dataset\.root"):
+        load_source(idx_config(tmp_path / "nowhere"))
+    with pytest.raises(BibaddiffError, match=r"dataset\.root must name a local folder of IDX files"):
+        load_source({"source": "idx", "image_size": 28})
+
+
+def test_fashion_mnist_reads_the_debian_folder_by_default(monkeypatch, tmp_path):
+    import bibaddiff.data
+
+    write_idx_set(tmp_path / "debian")
+    monkeypatch.setattr(bibaddiff.data, "FASHION_MNIST_ROOT", str(tmp_path / "debian"))
+    train, _ = load_source({"source": "fashion_mnist", "image_size": 28})
+    assert len(train) == 50
+
+
+def test_idx_wrong_magic_number_names_the_file_and_the_expected_one(tmp_path):
+    write_idx_set(tmp_path / "idx", gzipped=False)
+    labels = tmp_path / "idx" / "train-labels-idx1-ubyte"
+    images = tmp_path / "idx" / "train-images-idx3-ubyte"
+    labels.write_bytes(images.read_bytes())  # an images file where the labels belong
+    with pytest.raises(BibaddiffError) as info:
+        load_source(idx_config(tmp_path / "idx"))
+    assert str(info.value) == (f"{labels}: magic number 0x00000803, expected 0x00000801 (IDX labels: unsigned bytes "
+                               "in 1 dimension)")
+
+
+def test_idx_of_another_value_type_is_refused(tmp_path):
+    write_idx_set(tmp_path / "idx", gzipped=False)
+    images = tmp_path / "idx" / "t10k-images-idx3-ubyte"
+    content = bytearray(images.read_bytes())
+    content[2] = 0x0D  # floats
+    images.write_bytes(bytes(content))
+    with pytest.raises(BibaddiffError, match=r"t10k-images-idx3-ubyte: magic number 0x00000d03, expected 0x00000803"):
+        load_source(idx_config(tmp_path / "idx"))
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+@pytest.mark.parametrize("change, holds", [(-5, "39195 bytes"), (7, "more bytes than that")])
+def test_idx_file_whose_length_disagrees_with_its_header(tmp_path, gzipped, change, holds):
+    images = idx_bytes(np.zeros((50, 28, 28), np.uint8))
+    images = images[:change] if change < 0 else images + b"\x00" * change
+    write_idx_set(tmp_path / "idx", gzipped=gzipped)
+    path = tmp_path / "idx" / ("train-images-idx3-ubyte" + (".gz" if gzipped else ""))
+    path.write_bytes(gzip.compress(images) if gzipped else images)
+    with pytest.raises(BibaddiffError) as info:
+        load_source(idx_config(tmp_path / "idx"))
+    assert str(info.value) == f"{path}: the header declares 50 x 28 x 28 = 39200 values, but the file holds {holds}"
+
+
+def test_idx_header_cut_short(tmp_path):
+    write_idx_set(tmp_path / "idx", gzipped=False)
+    labels = tmp_path / "idx" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\x08\x01\x00")
+    with pytest.raises(BibaddiffError, match=r"t10k-labels-idx1-ubyte: ends after 1 bytes of the header's sizes; expected 4"):
+        load_source(idx_config(tmp_path / "idx"))
+
+
+def test_idx_images_and_labels_of_different_counts(tmp_path):
+    write_idx_set(tmp_path / "idx", gzipped=False)
+    write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte", np.zeros(49, np.uint8), gzipped=False)
+    with pytest.raises(BibaddiffError) as info:
+        load_source(idx_config(tmp_path / "idx"))
+    assert str(info.value) == (f"{tmp_path / 'idx' / 'train-images-idx3-ubyte'}: 50 images, but "
+                               "train-labels-idx1-ubyte holds 49 labels; expected one label per image")
+
+
+def test_idx_broken_gzip_names_the_file(tmp_path):
+    write_idx_set(tmp_path / "idx")
+    path = tmp_path / "idx" / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])  # a download cut short
+    with pytest.raises(BibaddiffError, match=r"train-images-idx3-ubyte\.gz: not a readable gzip file") as info:
+        load_source(idx_config(tmp_path / "idx"))
+    assert "\n" not in str(info.value)
+
+
+def test_idx_labels_outside_the_classes(tmp_path):
+    write_idx_set(tmp_path / "fashion")
+    write_idx(tmp_path / "fashion" / "t10k-labels-idx1-ubyte", np.full(20, 10, np.uint8), gzipped=True)
+    with pytest.raises(BibaddiffError, match=r"t10k-labels-idx1-ubyte\.gz: label 10; Fashion-MNIST's labels are 0\.\.9"):
+        load_source(idx_config(tmp_path / "fashion", source="fashion_mnist"))
+    write_idx_set(tmp_path / "idx", num_classes=3)
+    write_idx(tmp_path / "idx" / "t10k-labels-idx1-ubyte", np.full(20, 5, np.uint8), gzipped=True)
+    with pytest.raises(BibaddiffError, match=r"t10k-labels-idx1-ubyte\.gz: label 5, but the training labels name "
+                                             r"classes 0\.\.2"):
+        load_source(idx_config(tmp_path / "idx"))
+
+
+def test_read_idx_and_its_header_refuse_an_unknown_kind(tmp_path):
+    write_idx_set(tmp_path / "idx", gzipped=False)
+    for reader in (read_idx, idx_header):
+        with pytest.raises(BibaddiffError, match="IDX kind must be one of images, labels; got 'pixels'"):
+            reader(tmp_path / "idx" / "train-images-idx3-ubyte", "pixels")
+    assert idx_header(tmp_path / "idx" / "train-images-idx3-ubyte", "images") == (50, 28, 28)
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_FILES / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_real_fashion_mnist_files():
+    train, heldout = load_source({"source": "fashion_mnist", "image_size": 32})
+    assert train.images.shape == (60000, 32, 32, 1) and heldout.images.shape == (10000, 32, 32, 1)
+    assert train.images.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(train.labels), [6000] * 10)  # balanced, as documented
+    np.testing.assert_array_equal(np.bincount(heldout.labels), [1000] * 10)
+    assert train.class_names[train.labels[0]] == heldout.class_names[heldout.labels[0]] == "Ankle boot"
+    assert train.images.max() == 255 and not train.images[:, :2].any() and not train.images[:, :, -2:].any()

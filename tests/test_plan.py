@@ -124,6 +124,9 @@ def test_training_launcher():
     assert P.training_launcher("/usr/bin/python3", 1) == "/usr/bin/python3"
     launcher = P.training_launcher("/my env/python", 2)
     assert launcher.startswith("'/my env/python' -m accelerate.commands.launch --multi_gpu") and "--num_processes 2" in launcher
+    # A job that may use a GPU holds its cards first, one per process.
+    assert P.training_launcher("/usr/bin/python3", 2, "cuda").startswith(
+        "/usr/bin/python3 -m bibaddiff.gpu_slots --device cuda --cards 2 -- /usr/bin/python3 -m accelerate")
 
 
 # ------------------------------------------------------------------------------------------------------ the plan

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -48,15 +49,57 @@ def slurm_cluster():
         pytest.skip(reason)
 
 
+def shipped_profile() -> dict:
+    return yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+
+
+def write_profile(folder: Path, profile: dict) -> Path:
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def test_the_shipped_slurm_profile_stops_before_any_submission_naming_each_unfilled_key(tmp_path):
+    """Until the partition and account are filled in, even a dry run stops with one line that names them, and
+    nothing is planned, let alone submitted."""
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid profile:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "CHANGE_ME" in errors[0] and "default-resources.slurm_partition" in errors[0]
+    assert "default-resources.slurm_account" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr and "Job stats" not in result.stdout + result.stderr
+
+    profile = shipped_profile()
+    profile["default-resources"]["slurm_partition"] = "'gpu'"
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(write_profile(tmp_path / "half", profile)),
+                       check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("invalid profile:")]
+    assert result.returncode != 0 and len(errors) == 1 and "slurm_partition" not in errors[0], result.stderr[-3000:]
+
+
+def test_the_shipped_slurm_profile_reads_job_states_from_squeue_where_it_is_safe():
+    """squeue, unlike sacct, reports a cancelled job in the plain word that the plugin matches. The plugin checks
+    job states at most 180 s apart and uses squeue only where SLURM's MinJobAge is at least three times the initial
+    interval, so that interval must put the threshold above 180 s, or squeue could forget a finished job between two
+    checks and the run would wait for it forever."""
+    profile = shipped_profile()
+    assert profile["slurm-status-command"] == "squeue"
+    assert 3 * profile["slurm-init-seconds-before-status-checks"] > 180
+
+
 def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
-    """A dry run with the shipped profile: rules that may run on the device ask SLURM for a GPU (measurement runs the
-    judges on it), rules that never touch it do not."""
+    """A dry run with the shipped profile, its partition and account filled in: rules that may run on the device ask
+    SLURM for a GPU (measurement runs the judges on it), rules that never touch it do not."""
+    profile = shipped_profile()
+    profile["default-resources"].update(slurm_partition="'gpu'", slurm_account="'lab'")
     config = write_config(tmp_path / "gpu.yaml", device="auto")
-    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), configfile=config)
+    result = snakemake(tmp_path / "work", "-n", "--workflow-profile", str(write_profile(tmp_path / "profile", profile)),
+                       configfile=config)
     text = result.stdout
     train = text[text.index("rule train_diffusion:"):]
     train = train[:train.index("\n\n")]
-    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=CHANGE_ME_partition" in train
+    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
     measure = text[text.index("rule measure:"):]
     assert "gpu=1" in measure[:measure.index("\n\n")]
     poison = text[text.index("rule poison:"):]
@@ -64,21 +107,19 @@ def test_shipped_slurm_profile_shows_gpu_resources(tmp_path):
 
 
 def local_profile(tmp_path, retries: int = 0) -> Path:
-    """The shipped SLURM profile, pointed at the local cluster's partition and account, with small memory requests."""
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    """The shipped SLURM profile, pointed at the local cluster's partition and account, with small memory requests
+    and the first status check after 10 s (the local cluster's MinJobAge of 300 s keeps squeue's answers)."""
+    profile = shipped_profile()
     profile["default-resources"]["slurm_partition"] = "'{}'".format(os.environ.get("SLC_PARTITION", "debug"))
     if os.environ.get("SLC_WITH_DBD", "1") == "1":
         profile["default-resources"]["slurm_account"] = "'{}'".format(os.environ.get("SLC_ACCOUNT", "testacct"))
     else:
         del profile["default-resources"]["slurm_account"]
-        profile["slurm-status-command"] = "squeue"
     profile["default-resources"]["mem_mb"] = "1500 * attempt"
     for rule in profile["set-resources"].values():
         rule["mem_mb"] = "1500 * attempt"
     profile.update({"jobs": 4, "latency-wait": 5, "retries": retries, "slurm-init-seconds-before-status-checks": 10})
-    (tmp_path / "profile").mkdir()
-    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
-    return tmp_path / "profile"
+    return write_profile(tmp_path / "profile", profile)
 
 
 def running_slurm_jobs(rule: str, wildcard: str) -> list[str]:
@@ -94,12 +135,64 @@ def slurm_state(job: str) -> str:
                           text=True, timeout=30).stdout.strip()
 
 
+# Two jobs; the first sleeps on its first attempt until it is cancelled. Each writes the attempt that finished it.
+SLEEPER_SNAKEFILE = """
+rule all:
+    input: expand("done/{name}.txt", name=["cancelled", "untouched"])
+
+rule sleeper:
+    output: "done/{name}.txt"
+    resources:
+        seconds=lambda wildcards, attempt: 900 if wildcards.name == "cancelled" and attempt == 1 else 5,
+        tries=lambda wildcards, attempt: attempt,
+    shell: "sleep {resources.seconds} && echo {resources.tries} > {output}"
+"""
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_fails_and_is_resubmitted_without_anyone_stepping_in(slurm_cluster, tmp_path):
+    """A running job cancelled with scancel, under the shipped profile's status settings: the SLURM plugin reports it
+    failed and Snakemake resubmits it (retries: 1), so the run finishes by itself. With sacct as the status command
+    the run would wait forever: sacct says "CANCELLED by <uid>", which is not among the plugin's failure states."""
+    workdir = tmp_path / "sleeper"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(SLEEPER_SNAKEFILE)
+    profile = local_profile(tmp_path, retries=1)
+    limit = 300
+    command = ["timeout", "-k", "10", str(limit), str(Path(sys.executable).parent / "snakemake"), "--directory",
+               str(workdir), "--snakefile", str(workdir / "Snakefile"), "--workflow-profile", str(profile),
+               "--cores", "1"]
+    started = time.perf_counter()
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    found: list[str] = []
+
+    def the_job_to_cancel_runs() -> bool:
+        found.extend(running_slurm_jobs("sleeper", "cancelled"))
+        return bool(found)
+
+    wait_for(the_job_to_cancel_runs, "the job to cancel to run", run, timeout=120)
+    subprocess.run(["scancel", found[0]], check=True, timeout=30)
+    cancelled_at = time.perf_counter()
+    output, _ = run.communicate(timeout=limit + 60)
+    ended = time.perf_counter()
+    print(f"cancelled after {cancelled_at - started:.0f} s; the run ended {ended - cancelled_at:.0f} s later "
+          f"(exit {run.returncode})")
+    assert run.returncode == 0, f"the run did not finish by itself within {limit} s:\n{output[-4000:]}"
+    assert f"SLURM-job '{found[0]}' failed, SLURM status is: 'CANCELLED'" in output, output[-4000:]
+    assert "Falling back to 'sacct'" not in output, "the plugin did not use squeue: the test shows nothing"
+    assert (workdir / "done" / "cancelled.txt").read_text().strip() == "2"
+    assert (workdir / "done" / "untouched.txt").read_text().strip() == "1"
+    if os.environ.get("SLC_WITH_DBD", "1") == "1":
+        # What the plugin would have read with sacct, and not matched.
+        assert slurm_state(found[0]).startswith("CANCELLED by "), slurm_state(found[0])
+
+
 def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_job(slurm_cluster, tmp_path):
     """The tiny DAG through the shipped profile (one retry, small resources), with two faults on the way. The first
     measure job fails (BIBADDIFF_FAIL_ONCE) and is retried with twice the memory. A training job is cancelled with
-    scancel once it has saved a state; the SLURM plugin does not notice a cancelled job (sacct reports it as
-    "CANCELLED by <uid>", which the plugin's status check does not match), so, as the README says, the user stops
-    snakemake and cancels its jobs, unlocks and reruns, and the resubmitted training resumes from its state."""
+    scancel once it has saved a state; the profile's squeue status check reports it failed, it is resubmitted and
+    resumes from its state, and the run finishes without anyone stepping in."""
     profile = local_profile(tmp_path, retries=1)
     # device auto: GPU rules are submitted with --gpus=1 to the cluster's (fake) GPU and fall back to the CPU.
     config = write_config(tmp_path / "slurm.yaml", device="auto", generation__guidance_scales=[1],
@@ -125,31 +218,18 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
 
     wait_for(running_training_with_a_state, "a running training job saved its state", run, timeout=600)
     stage, cancelled = found[0]
-    run_name = subprocess.run(["squeue", "-h", "-o", "%j", "-j", cancelled[0]], capture_output=True, text=True,
-                              timeout=30).stdout.strip()  # the plugin names every job of a run by the run's id
     subprocess.run(["scancel", *cancelled], check=True, timeout=30)
-    wait_for(lambda: slurm_state(cancelled[0]).startswith("CANCELLED"), "SLURM to record the cancellation", run,
-             timeout=120)
-    # The user stops the waiting run. Ctrl-C is not always acted on while Snakemake polls SLURM (in CI it was
-    # still running 300 s later), so the test does what always works: kill it and cancel its jobs by their name.
-    os.killpg(run.pid, signal.SIGKILL)
-    first_output, _ = run.communicate(timeout=60)
-    subprocess.run(["scancel", "--name", run_name], timeout=30)
-    deadline = time.monotonic() + 120
-    while subprocess.run(["squeue", "-h", "--name", run_name], capture_output=True, text=True,
-                         timeout=30).stdout.strip():
-        assert time.monotonic() < deadline, f"jobs of the stopped run {run_name} are still queued"
-        time.sleep(1)
-    snakemake(workdir, "--unlock", configfile=config)
-    rerun = start_snakemake(workdir, "--workflow-profile", str(profile), configfile=config, env=fault)
+    cancelled_at = time.perf_counter()
     try:
-        output, _ = rerun.communicate(timeout=900)
+        output, _ = run.communicate(timeout=900)
     except subprocess.TimeoutExpired:
-        os.killpg(rerun.pid, signal.SIGKILL)
-        raise
+        os.killpg(run.pid, signal.SIGKILL)
+        raise AssertionError("the run did not end within 900 s of the cancellation") from None
+    print(f"the run ended {time.perf_counter() - cancelled_at:.0f} s after the cancellation")
     elapsed = time.perf_counter() - started
     print(f"tiny workflow through SLURM, with a failed and a cancelled job: {elapsed:.0f} s")
-    assert rerun.returncode == 0, output[-4000:]
+    assert run.returncode == 0, output[-4000:]
+    assert f"SLURM-job '{cancelled[0]}' failed, SLURM status is: 'CANCELLED'" in output, output[-4000:]
 
     table = pd.read_csv(workdir / "results/experiments/tiny/summary/trigger_amplification.csv")
     assert set(table.attack) == {"patch-p0.1", "clean"}
@@ -161,9 +241,9 @@ def test_tiny_workflow_runs_through_slurm_and_survives_a_failed_and_a_cancelled_
 
     # The failed measure job ran again, asking for the second attempt's memory.
     assert marker.exists()
-    measure_memory = re.findall(r"rule measure:.*?resources: [^\n]*?mem_mb=(\d+)", first_output + output, flags=re.S)
+    measure_memory = re.findall(r"rule measure:.*?resources: [^\n]*?mem_mb=(\d+)", output, flags=re.S)
     assert "1500" in measure_memory and "3000" in measure_memory, measure_memory
-    # The cancelled training was resubmitted by the rerun and went on from its saved state.
+    # The cancelled training was resubmitted and went on from its saved state.
     training_log = next((workdir / "results").glob(f"*/logs/train_diffusion/{stage}_*.log")).read_text()
     resumed = re.findall(r"resuming from step (\d+)", training_log)
     assert resumed and int(resumed[0]) >= 20, training_log[-2000:]

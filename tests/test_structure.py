@@ -138,7 +138,8 @@ def imported_heavy_modules(statement: str) -> list[str]:
 
 def test_light_modules_import_neither_torch_nor_diffusers():
     assert imported_heavy_modules("import bibaddiff.config, bibaddiff.images, bibaddiff.checks, bibaddiff.utils, "
-                                  "bibaddiff.provenance, bibaddiff.diffusion.base, bibaddiff.plan, bibaddiff.schema") == []
+                                  "bibaddiff.provenance, bibaddiff.diffusion.base, bibaddiff.plan, bibaddiff.schema, "
+                                  "bibaddiff.gpu_slots") == []
 
 
 def test_pixel_conversions_do_not_import_diffusers():

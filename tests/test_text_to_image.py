@@ -444,6 +444,30 @@ def test_tiny_base_model_command_trains_its_vae_on_digits(tmp_path):
     assert main([str(tmp_path / "bad"), "--image-size", "10"]) == 1
 
 
+def test_vae_scaling_factor_from_running_moments_equals_the_all_at_once_std(monkeypatch):
+    """The scaling factor's std is taken batch by batch; it equals the std of all the set's latents at once."""
+    import bibaddiff.images
+    import bibaddiff.utils
+    from bibaddiff.diffusion.tiny import _tiny_latent_models, train_vae
+    from bibaddiff.images import to_model_space
+
+    torch.manual_seed(0)
+    vae, _ = _tiny_latent_models(8, (16, 32))
+    images = np.random.default_rng(0).integers(0, 256, size=(70, 8, 8, 3), dtype=np.uint8)
+    # Batches of 16: five of them, the last one short.
+    monkeypatch.setattr(bibaddiff.images, "inference_batch_size", lambda images, batch_size: 16)
+    batch_sizes = []
+    update = bibaddiff.utils.RunningMoments.update
+    monkeypatch.setattr(bibaddiff.utils.RunningMoments, "update",
+                        lambda self, values: batch_sizes.append(len(values)) or update(self, values))
+    result = train_vae(vae, images, steps=1, batch_size=8)
+    assert batch_sizes == [16, 16, 16, 16, 6]
+    with torch.no_grad():
+        latents = vae.encode(to_model_space(images)).latent_dist.mean
+    assert result["scaling_factor"] == pytest.approx(1.0 / float(latents.double().std()), rel=1e-6)
+    assert vae.config.scaling_factor == result["scaling_factor"]
+
+
 def test_corrupt_single_file_gives_one_line_error(tiny_sd, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")

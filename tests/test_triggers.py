@@ -712,3 +712,56 @@ def test_new_bad_patterns_name_the_allowed_values():
 def test_pattern_on_a_type_without_patterns(kind):
     with pytest.raises(BibaddiffError, match=rf"triggers\.mine\.pattern is only for types patch.*badnets.*picture.*{kind}"):
         build_trigger("mine", {"type": kind, "pattern": "noise"}, 16, 1)
+
+
+# ------------------------------------------------------------------------------------------ chunks
+
+
+CHUNKED_SPECS = {
+    "patch": {"type": "patch", "pattern": "checker", "size": 3},
+    "blend": {"type": "blend", "pattern": "noise", "alpha": 0.2},
+    "wanet": {"type": "wanet"},
+    "additive": {"type": "additive", "image": "builtin:picture"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHUNKED_SPECS))
+def test_a_batch_stamped_in_chunks_equals_each_image_stamped_alone(kind, monkeypatch):
+    import bibaddiff.triggers
+
+    trigger = build_trigger(kind, CHUNKED_SPECS[kind], 8, 3)
+    images = np.random.default_rng(0).integers(0, 256, size=(7, 8, 8, 3), dtype=np.uint8)
+    alone = np.stack([trigger.apply(image[None])[0] for image in images])
+    monkeypatch.setattr(bibaddiff.triggers, "CHUNK_VALUES", 2 * 8 * 8 * 3)  # chunks of 2 images, the last of 1
+    np.testing.assert_array_equal(trigger.apply(images), alone)
+
+
+def test_blend_strengths_stay_with_their_images_across_chunks(monkeypatch):
+    import bibaddiff.triggers
+
+    trigger = build_trigger("blend", CHUNKED_SPECS["blend"], 8, 1)
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
+    alphas = np.array([0.05, 0.1, 0.15, 0.2, 0.25])
+    alone = np.stack([trigger.apply_with_alpha(image[None], alpha[None])[0] for image, alpha in zip(images, alphas)])
+    monkeypatch.setattr(bibaddiff.triggers, "CHUNK_VALUES", 2 * 8 * 8)
+    np.testing.assert_array_equal(trigger.apply_with_alpha(images, alphas), alone)
+
+
+def test_stamping_a_whole_set_makes_no_float_copy_of_it(monkeypatch):
+    """A blend touches every pixel in float64; chunks bound those temporaries instead of 8 bytes per pixel of the set."""
+    import tracemalloc
+
+    import bibaddiff.triggers
+
+    monkeypatch.setattr(bibaddiff.triggers, "CHUNK_VALUES", 2 ** 16)
+    trigger = build_trigger("blend", CHUNKED_SPECS["blend"], 32, 3)
+    images = np.random.default_rng(2).integers(0, 256, size=(3000, 32, 32, 3), dtype=np.uint8)  # 9.2 MB
+    tracemalloc.start()
+    try:
+        stamped = trigger.apply(images)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stamped.dtype == np.uint8
+    # The uint8 result, plus float64 temporaries of one chunk (a handful of 2 ** 16-value arrays).
+    assert peak < stamped.nbytes + 8 * 8 * 2 ** 16, f"peak {peak} bytes for a {stamped.nbytes}-byte set"

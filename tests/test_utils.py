@@ -103,3 +103,40 @@ def test_a_logged_job_ends_its_log_with_its_peak_memory(tmp_path):
     last = (tmp_path / "rule.log").read_text().splitlines()[-1]
     assert last.startswith(PEAK_MEMORY_PREFIX) and last.endswith(" MB")
     assert float(last.removeprefix(PEAK_MEMORY_PREFIX).removesuffix(" MB")) >= 300
+
+
+# ------------------------------------------------------------------------------------------ running moments
+
+
+def test_running_moments_equal_the_all_at_once_statistics():
+    import numpy as np
+
+    from bibaddiff.utils import RunningMoments
+
+    rng = np.random.default_rng(0)
+    # A mean far from zero beside a small spread: sums of x and x^2 would lose the spread to cancellation.
+    values = 1e4 + rng.normal(0, 0.5, size=(37, 3, 5, 5)).astype(np.float32)
+    moments = RunningMoments()
+    for start, stop in ((0, 1), (1, 1), (1, 8), (8, 30), (30, 37)):  # uneven batches, one of them empty
+        moments.update(values[start:stop])
+    everything = values.astype(np.float64)
+    assert moments.count == values.size
+    assert moments.mean == pytest.approx(everything.mean(), rel=1e-14)
+    assert moments.std() == pytest.approx(everything.std(ddof=1), rel=1e-12)
+    assert moments.std(ddof=0) == pytest.approx(everything.std(), rel=1e-12)
+
+
+def test_running_moments_name_bad_values_and_too_few():
+    import numpy as np
+
+    from bibaddiff.utils import RunningMoments
+
+    moments = RunningMoments("the latents")
+    with pytest.raises(BibaddiffError, match="the latents hold NaN"):
+        moments.update(np.array([1.0, np.nan]))
+    moments.update([2.0])
+    with pytest.raises(BibaddiffError, match="needs more than 1 value"):
+        moments.std()
+    assert moments.std(ddof=0) == 0.0
+    with pytest.raises(BibaddiffError, match="ddof"):
+        moments.std(ddof=-1)

@@ -1,12 +1,14 @@
 """Adapter: a trigger detector's threshold, false- and true-positive counts per cell (rule calibrate_trigger_judge)."""
 from bibaddiff.calibration import calibrate_on_generations, calibrate_on_heldout
 from bibaddiff.data import read_dataset
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.judges import load_judge
 from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     params, trigger_name = snakemake.params, snakemake.wildcards.trigger
     heldout = read_dataset(snakemake.input.heldout)

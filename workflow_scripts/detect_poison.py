@@ -3,11 +3,13 @@ import time
 
 from bibaddiff.data import read_dataset
 from bibaddiff.defenses.detectors import detector_variant, evaluate_detection, run_detector, save_detection_items
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.judges import load_judge
 from bibaddiff.utils import run_logged, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     params = snakemake.params
     data = read_dataset(snakemake.input.data)

@@ -6,12 +6,14 @@ import numpy as np
 from bibaddiff.data import read_dataset
 from bibaddiff.defenses.diffusion_classifier import diffusion_classify
 from bibaddiff.diffusion import load_diffusion_model
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.metrics import accuracy, attack_success_rate
 from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     params, settings = snakemake.params, snakemake.params.settings
     heldout = read_dataset(snakemake.input.heldout)

@@ -1,10 +1,12 @@
 """Adapter: encode one training set to VAE latents once, so that fine-tuning epochs do not rerun the VAE."""
 from bibaddiff.data import read_dataset
 from bibaddiff.diffusion.stable import encode_latents, load_components, save_latents
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.utils import run_logged, select_device, set_threads
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     params = snakemake.params
     dataset = read_dataset(snakemake.input.train)

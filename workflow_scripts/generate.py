@@ -3,10 +3,12 @@ from pathlib import Path
 
 from bibaddiff.diffusion.cells import Cell, CellSettings, generate_cells
 from bibaddiff.diffusion.timesteps import sampler_options
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.utils import run_logged, select_device, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     sampling = snakemake.params.sampling
     # The job's cells come as params, in the order of its files.

@@ -4,11 +4,13 @@ from pathlib import Path
 from bibaddiff.data import scaled_class_counts, write_dataset
 from bibaddiff.diffusion import load_diffusion_model
 from bibaddiff.diffusion.timesteps import sampler_options
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.quality import all_class_generations
 from bibaddiff.utils import read_json, run_logged, select_device, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     sampling = snakemake.params.sampling
     # The counts are in the manifest: no need to decode the clean set's images.

@@ -5,11 +5,13 @@ from bibaddiff.data import write_dataset
 from bibaddiff.defenses.train_on_generated import generated_training_set
 from bibaddiff.diffusion import load_diffusion_model
 from bibaddiff.diffusion.timesteps import sampler_options
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.judges import load_judge
 from bibaddiff.utils import read_json, run_logged, select_device, set_threads
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     params, sampling = snakemake.params, snakemake.params.sampling
     guidance = params.guidance

@@ -1,11 +1,13 @@
 """Adapter: judge every generated cell of one model and write its G1-G4 counts and training shares."""
 from bibaddiff.data import read_records
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.measure import measure_cells
 from bibaddiff.metrics import StatedShare
 from bibaddiff.utils import read_json, run_logged, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     params = snakemake.params
     cells = [{**cell, "path": path} for cell, path in zip(params.cells, snakemake.input.cells)]
     # A trigger without a detector (the relabel-only control) is judged for content only.

@@ -3,12 +3,14 @@
 from pathlib import Path
 
 from bibaddiff.data import read_dataset, write_dataset
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.poisoning import duplicate_poisoning
 from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     params, duplicates = snakemake.params, snakemake.params.duplicates
     clean = read_dataset(snakemake.input.train)
     trigger = build_trigger(params.trigger_name, params.trigger, clean.image_size, clean.channels)

@@ -2,12 +2,14 @@
 epoch on the held-out set (the last epoch's, and the best over epochs, upstream's)."""
 from bibaddiff.data import read_dataset
 from bibaddiff.defenses.train_on_generated import train_and_evaluate_by_epoch
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.judges import JudgeSettings, save_judge
 from bibaddiff.triggers import build_trigger
 from bibaddiff.utils import run_logged, set_threads
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     params = snakemake.params
     train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)

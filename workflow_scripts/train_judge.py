@@ -5,6 +5,7 @@ import numpy as np
 
 from bibaddiff.calibration import calibration_part, dequantization_amplitude
 from bibaddiff.data import read_dataset
+from bibaddiff.gpu_slots import hold_job_gpus
 from bibaddiff.images import load_generated
 from bibaddiff.judges import JudgeSettings, save_judge, train_content_judge, train_trigger_judge
 from bibaddiff.triggers import build_trigger
@@ -12,6 +13,7 @@ from bibaddiff.utils import run_logged, set_threads, write_json
 
 
 def main(snakemake):
+    hold_job_gpus(snakemake.params.device)  # a card of its own, before anything starts CUDA
     set_threads(snakemake.threads)
     train, heldout = read_dataset(snakemake.input.train), read_dataset(snakemake.input.heldout)
     params = snakemake.params

@@ -13,8 +13,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from bibaddiff.calibration import check_calibration_settings
-from bibaddiff.data import (check_cifar10_root, digits_arrays, digits_split, display_class_names, imagefolder_classes,
-                            imagefolder_files, scaled_class_counts)
+from bibaddiff.data import (GREYSCALE_SOURCES, IDX_SOURCES, check_cifar10_root, digits_arrays, digits_split,
+                            display_class_names, idx_class_folders, idx_labels, imagefolder_classes, imagefolder_files,
+                            scaled_class_counts)
 from bibaddiff.diffusion.imported import check_imported_models
 from bibaddiff.diffusion.timesteps import quadratic_timesteps, sampler_options
 from bibaddiff.errors import BibaddiffError
@@ -137,6 +138,25 @@ def placeholder_keys(value: Any, where: str = "") -> list[str]:
     return [where] if isinstance(value, str) and PLACEHOLDER in value else []
 
 
+def check_default_resources(assignments: list[str] | tuple[str, ...]) -> None:
+    """Stop when a default resource still holds the shipped SLURM profile's placeholder (``slurm_partition:
+    "'CHANGE_ME_partition'"``), before anything is submitted: otherwise SLURM refuses each job only once the run is
+    under way. ``assignments`` are Snakemake's ``name=expression`` texts of the run's default resources (a profile's
+    ``default-resources`` or ``--default-resources``)."""
+    if not isinstance(assignments, (list, tuple)):
+        raise BibaddiffError(f"default resources must be a list of name=value texts; got {type(assignments).__name__}")
+    expressions = {}
+    for assignment in assignments:
+        if not isinstance(assignment, str) or "=" not in assignment:
+            raise BibaddiffError(f"default resource {assignment!r} is not a name=value text")
+        name, expression = assignment.split("=", 1)
+        expressions[name] = expression
+    unfilled = placeholder_keys(expressions, "default-resources")
+    if unfilled:
+        raise BibaddiffError(f"unfilled placeholders ({PLACEHOLDER}) at {', '.join(unfilled)}; set them "
+                             "to your cluster's values in the profile's config.yaml (profiles/slurm/config.yaml)")
+
+
 def sort_keys(value: Any) -> Any:
     """The same config with every mapping's keys sorted.
 
@@ -192,6 +212,9 @@ def describe_source(dataset: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     elif source == "cifar10":
         check_cifar10_root(dataset)
         folders = CIFAR10_CLASSES
+    elif source in IDX_SOURCES:
+        folders = idx_class_folders(dataset)
+        idx_labels(dataset, "heldout")  # the held-out files are there and agree, as the training ones are checked below
     else:
         if not dataset.get("root"):
             raise BibaddiffError(f"dataset.root must name a local folder for source {source}")
@@ -216,6 +239,8 @@ def class_counts(dataset: dict[str, Any], split: str, folders: list[str]) -> np.
         counts = np.bincount(labels[train_idx if split == "train" else heldout_idx], minlength=10)
     elif source == "cifar10":
         counts = np.full(10, 5000 if split == "train" else 1000)
+    elif source in IDX_SOURCES:
+        counts = np.bincount(idx_labels(dataset, "train" if split == "train" else "heldout"), minlength=len(folders))
     else:
         folder = "train" if split == "train" else dataset.get("heldout_split", "val")
         labels = [label for _, label in imagefolder_files(dataset["root"], folder, folders)]
@@ -284,9 +309,10 @@ def check_experiment(config: dict[str, Any]) -> None:
     """Cross-key checks that a schema cannot express; each failure names the key and the allowed values."""
     dataset = config["dataset"]
     folders, counts = describe_source(dataset)
-    class_names = display_class_names(folders, dataset.get("class_names")) if dataset["source"] == "imagefolder" else folders
-    if dataset.get("class_names") and dataset["source"] != "imagefolder":
-        raise BibaddiffError(f"config key dataset.class_names: only for source imagefolder; got {dataset['source']}")
+    named = dataset["source"] in ("imagefolder", "idx")  # sources whose classes have no names of their own
+    if dataset.get("class_names") and not named:
+        raise BibaddiffError(f"config key dataset.class_names: only for sources imagefolder and idx; got {dataset['source']}")
+    class_names = display_class_names(folders, dataset.get("class_names")) if named else folders
     num_classes = len(class_names)
     config["target"] = target = resolve_class(config["target"], folders, class_names)
     if not 0 <= target < num_classes:
@@ -305,10 +331,11 @@ def check_experiment(config: dict[str, Any]) -> None:
             raise BibaddiffError(
                 f"config key poisoning.ratios: {ratio} asks for {wanted} poisoned images but only {outside} training "
                 f"images lie outside target class {target}; allowed up to {outside / total:.3f}")
-    if dataset.get("rgb") and dataset["source"] != "digits":
-        raise BibaddiffError(f"config key dataset.rgb: only for source digits; got {dataset['source']}")
-    digits_gray = dataset["source"] == "digits" and not dataset.get("rgb")
-    channels = 1 if digits_gray or dataset.get("grayscale") else 3
+    if dataset.get("rgb") and dataset["source"] not in GREYSCALE_SOURCES:
+        raise BibaddiffError(f"config key dataset.rgb: only for the grey sources {', '.join(GREYSCALE_SOURCES)}; "
+                             f"got {dataset['source']}")
+    stays_grey = dataset["source"] in GREYSCALE_SOURCES and not dataset.get("rgb")
+    channels = 1 if stays_grey or dataset.get("grayscale") else 3
     for name, spec in config["triggers"].items():
         build_trigger(name, spec, dataset["image_size"], channels)
     if config.get("defenses", {}).get("enabled") and all(s["type"] == "relabel" for s in config["triggers"].values()):

@@ -1,5 +1,8 @@
 """Dataset sources and the one on-disk dataset format.
 
+Sources: scikit-learn's bundled digits, Fashion-MNIST (Debian's ``dataset-fashion-mnist``) and any folder of
+MNIST-style IDX files, CIFAR-10 (a local torchvision root), class-per-folder image trees.
+
 Format: a folder of PNG files with ``metadata.jsonl`` (one JSON object per image: ``file_name``,
 ``label``, ``text``, ``poisoned``, ``source_index``), which diffusers' imagefolder loaders read as is, and
 ``manifest.json`` with the config, counts and a content hash. Images live in memory as uint8 arrays of shape
@@ -9,6 +12,7 @@ Format: a folder of PNG files with ``metadata.jsonl`` (one JSON object per image
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -23,7 +27,15 @@ from tqdm.auto import tqdm
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import read_json, write_json
 
-SOURCES = ("digits", "cifar10", "imagefolder")
+SOURCES = ("digits", "fashion_mnist", "idx", "cifar10", "imagefolder")
+# Sources of one-channel images: ``dataset.rgb`` repeats their channel three times (Stable Diffusion takes RGB).
+GREYSCALE_SOURCES = ("digits", "fashion_mnist", "idx")
+IDX_SOURCES = ("fashion_mnist", "idx")
+# Where Debian's dataset-fashion-mnist package puts the four IDX files (the default dataset.root of fashion_mnist).
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+# Label 0 to 9, named as Fashion-MNIST's README names them.
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DEFAULT_CAPTION = "A photo of a {class_name}"
 
@@ -282,7 +294,8 @@ def load_source(config: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     image_size = int(config.get("image_size", 0))
     if image_size < 4:
         raise BibaddiffError(f"dataset.image_size must be at least 4; got {config.get('image_size')!r}")
-    loader = {"digits": _load_digits, "cifar10": _load_cifar10, "imagefolder": _load_imagefolder}[source]
+    loader = {"digits": _load_digits, "fashion_mnist": _load_idx, "idx": _load_idx, "cifar10": _load_cifar10,
+              "imagefolder": _load_imagefolder}[source]
     train, heldout = loader(config, image_size)
     cap = config.get("max_images_per_class")
     seed = int(config.get("split_seed", 0))
@@ -348,10 +361,7 @@ def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset,
     pixels, labels = digits_arrays()
     # Pixel values are 0..16; the nearest-neighbour upsampling keeps the strokes sharp.
     images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    images = resize_images(images, image_size, Image.NEAREST)
-    if config.get("rgb", False):
-        # Stable Diffusion's VAE takes three channels; the digits stay gray.
-        images = np.repeat(images, 3, axis=-1)
+    images = grey_to_channels(resize_images(images, image_size, Image.NEAREST), config)
     train_idx, heldout_idx = digits_split(config, len(images))
     class_names = [str(i) for i in range(10)]
     manifest = {"source": "digits"}
@@ -359,6 +369,230 @@ def _load_digits(config: dict[str, Any], image_size: int) -> tuple[ImageDataset,
         ImageDataset(images[train_idx], labels[train_idx], class_names, source_index=train_idx, manifest=manifest),
         ImageDataset(images[heldout_idx], labels[heldout_idx], class_names, source_index=heldout_idx, manifest=manifest),
     )
+
+
+def grey_to_channels(images: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """One-channel uint8 images (N, H, W, 1) as the config asks: three identical channels with ``dataset.rgb``
+    (Stable Diffusion's VAE takes RGB; the images stay grey), else unchanged."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 1:
+        raise BibaddiffError(f"grey images must be uint8 of shape (N, H, W, 1); got {images.dtype} {images.shape}")
+    return np.repeat(images, 3, axis=-1) if config.get("rgb", False) else images
+
+
+# --------------------------------------------------------------------------------------------- IDX files
+# The format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/): a 4-byte magic number, 0x00 0x00, a type
+# code (0x08: unsigned bytes) and the number of dimensions, then each dimension's size as a big-endian uint32, then
+# the values in C order. Images are 0x00000803 (N x rows x columns), labels 0x00000801 (N).
+
+IDX_UNSIGNED_BYTES = 0x08
+IDX_DIMENSIONS = {"images": 3, "labels": 1}
+# File name prefixes of the MNIST layout: the training split, and the test split that is held out.
+IDX_SPLIT_PREFIXES = {"train": "train", "heldout": "t10k"}
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def idx_file_names(split: str, kind: str) -> list[str]:
+    """The names an IDX file of ``split`` (train, heldout) and ``kind`` (images, labels) may have, in the order they
+    are looked for: MNIST's own ``train-images-idx3-ubyte`` (Debian's Fashion-MNIST gzips it: ``...-ubyte.gz``) and
+    the ``train-images.idx3-ubyte`` of some unpacked copies, each plain before gzipped (plain reads faster)."""
+    if split not in IDX_SPLIT_PREFIXES or kind not in IDX_DIMENSIONS:
+        raise BibaddiffError(f"IDX files are of split {' or '.join(IDX_SPLIT_PREFIXES)} and kind "
+                             f"{' or '.join(IDX_DIMENSIONS)}; got {split!r}, {kind!r}")
+    prefix, dimensions = IDX_SPLIT_PREFIXES[split], IDX_DIMENSIONS[kind]
+    stems = [f"{prefix}-{kind}-idx{dimensions}-ubyte", f"{prefix}-{kind}.idx{dimensions}-ubyte"]
+    return [name for stem in stems for name in (stem, stem + ".gz")]
+
+
+def idx_root(config: dict[str, Any]) -> Path:
+    """The folder of an IDX source's four files: ``dataset.root``, for fashion_mnist by default where Debian's
+    dataset-fashion-mnist package puts them; one line says how to get them when it is not a folder."""
+    source = config.get("source")
+    if source not in IDX_SOURCES:
+        raise BibaddiffError(f"dataset.source must be one of {', '.join(IDX_SOURCES)} to read IDX files; got {source!r}")
+    root = config.get("root") or (FASHION_MNIST_ROOT if source == "fashion_mnist" else None)
+    if not root:
+        raise BibaddiffError("dataset.root must name a local folder of IDX files for source idx "
+                             "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                             "t10k-labels-idx1-ubyte, each plain or .gz)")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        how = ("install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set "
+               "dataset.root to a folder with Fashion-MNIST's four IDX files" if source == "fashion_mnist" else
+               "set dataset.root to a folder with the four IDX files")
+        raise BibaddiffError(f"dataset.root: {root} is not a folder; {how}")
+    return path
+
+
+def idx_file(root: str | Path, split: str, kind: str) -> Path:
+    """The IDX file of ``split`` and ``kind`` in ``root`` (see :func:`idx_file_names`); one line names what is
+    missing, or says that ``root`` holds no IDX file at all."""
+    root = Path(root)
+    names = idx_file_names(split, kind)
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    if not any("idx" in path.name and "-ubyte" in path.name for path in root.iterdir()):
+        expected = ", ".join(idx_file_names(s, k)[0] for s in IDX_SPLIT_PREFIXES for k in IDX_DIMENSIONS)
+        raise BibaddiffError(f"dataset.root: {root} holds no IDX files; expected {expected} (each plain or .gz)")
+    raise BibaddiffError(f"dataset.root: {root} has no {names[0]} (nor {names[0]}.gz); expected the "
+                         f"{'held-out (test)' if split == 'heldout' else 'training'} {kind} there")
+
+
+def _open_idx(path: Path) -> Any:
+    """A binary reader of ``path``, decompressing when the file starts with gzip's magic bytes (whatever its name)."""
+    try:
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == GZIP_MAGIC
+        return gzip.open(path, "rb") if compressed else open(path, "rb")
+    except OSError as error:
+        raise BibaddiffError(f"{path}: cannot open ({error.strerror or error})") from None
+
+
+def _read_exactly(handle: Any, path: Path, size: int, what: str) -> bytes:
+    try:
+        data = handle.read(size)
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a cut gzip stream ends in EOFError
+        raise BibaddiffError(f"{path}: not a readable gzip file ({error})") from None
+    if len(data) != size:
+        raise BibaddiffError(f"{path}: ends after {len(data)} bytes of {what}; expected {size}")
+    return data
+
+
+def _idx_shape(handle: Any, path: Path, kind: str) -> tuple[int, ...]:
+    """The sizes in the header of an IDX file of ``kind``, after its magic number is checked."""
+    dimensions = IDX_DIMENSIONS[kind]
+    expected_magic = (IDX_UNSIGNED_BYTES << 8) | dimensions
+    magic = int.from_bytes(_read_exactly(handle, path, 4, "the magic number"), "big")
+    if magic != expected_magic:
+        raise BibaddiffError(f"{path}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x} (IDX {kind}: "
+                             f"unsigned bytes in {dimensions} dimension{'s' if dimensions > 1 else ''})")
+    sizes = _read_exactly(handle, path, 4 * dimensions, "the header's sizes")
+    return tuple(int.from_bytes(sizes[4 * i:4 * i + 4], "big") for i in range(dimensions))
+
+
+def idx_header(path: str | Path, kind: str) -> tuple[int, ...]:
+    """The shape an IDX file of ``kind`` (images, labels) declares, read from its header alone (a few bytes, also
+    of a gzipped file); one line names the file when its magic number is not that of ``kind``."""
+    if kind not in IDX_DIMENSIONS:
+        raise BibaddiffError(f"IDX kind must be one of {', '.join(IDX_DIMENSIONS)}; got {kind!r}")
+    path = Path(path)
+    with _open_idx(path) as handle:
+        return _idx_shape(handle, path, kind)
+
+
+def read_idx(path: str | Path, kind: str) -> np.ndarray:
+    """An IDX file of ``kind`` (images, labels), plain or gzipped, as a writeable uint8 array of the shape its header
+    declares; one line names the file when its magic number or its length disagrees with the header."""
+    if kind not in IDX_DIMENSIONS:
+        raise BibaddiffError(f"IDX kind must be one of {', '.join(IDX_DIMENSIONS)}; got {kind!r}")
+    path = Path(path)
+    with _open_idx(path) as handle:
+        shape = _idx_shape(handle, path, kind)
+        # Read straight into the array: the values are held once, as the uint8 they are on disk.
+        values = np.empty(shape, np.uint8)
+        buffer = memoryview(values.reshape(-1))
+        filled = 0
+        try:
+            while filled < values.size:
+                count = handle.readinto(buffer[filled:])
+                if not count:
+                    break
+                filled += count
+            trailing = len(handle.read(1))
+        except (OSError, EOFError) as error:
+            raise BibaddiffError(f"{path}: not a readable gzip file ({error})") from None
+    if filled != values.size or trailing:
+        declared = " x ".join(map(str, shape))
+        holds = f"{filled} bytes" if filled != values.size else "more bytes than that"
+        raise BibaddiffError(f"{path}: the header declares {declared} = {values.size} values, but the file holds {holds}")
+    return values
+
+
+def idx_labels(config: dict[str, Any], split: str) -> np.ndarray:
+    """The labels of an IDX source's ``split`` (train, heldout), checked against its images file's header (one label
+    per image) and, for Fashion-MNIST, against its 10 classes; no image is read."""
+    root = idx_root(config)
+    labels_path, images_path = idx_file(root, split, "labels"), idx_file(root, split, "images")
+    labels = read_idx(labels_path, "labels")
+    num_images = idx_header(images_path, "images")[0]
+    if num_images != len(labels):
+        raise BibaddiffError(f"{images_path}: {num_images} images, but {labels_path.name} holds {len(labels)} labels; "
+                             "expected one label per image")
+    if config["source"] == "fashion_mnist" and len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise BibaddiffError(f"{labels_path}: label {labels.max()}; Fashion-MNIST's labels are 0..9")
+    return labels
+
+
+def idx_class_folders(config: dict[str, Any]) -> list[str]:
+    """The classes of an IDX source: Fashion-MNIST's names, or for ``idx`` the label numbers "0" .. "K-1", K one more
+    than the largest training label (``dataset.class_names`` may name them, as it names an image folder's classes)."""
+    if config.get("source") == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    labels = idx_labels(config, "train")
+    if not len(labels):
+        raise BibaddiffError(f"{idx_file(idx_root(config), 'train', 'labels')}: holds no labels")
+    return [str(label) for label in range(int(labels.max()) + 1)]
+
+
+def fit_into_square(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, C) images fitted into (N, size, size, C) without interpolation where they fit: enlarged by the
+    largest whole factor that fits (nearest neighbour: each pixel a k x k block), then centred on black, the
+    background of MNIST-style images (28 px into 32: 2 black pixels on every side). Images larger than ``size`` are
+    first shrunk by area averaging to fit."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise BibaddiffError(f"images must be uint8 of shape (N, H, W, 1 or 3); got {images.dtype} {images.shape}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise BibaddiffError(f"size must be a positive integer; got {size!r}")
+    height, width = images.shape[1:3]
+    if height == 0 or width == 0:
+        raise BibaddiffError(f"images must have at least one pixel; got shape {images.shape}")
+    factor = size // max(height, width)
+    if factor >= 1:
+        fitted = images if factor == 1 else images.repeat(factor, axis=1).repeat(factor, axis=2)
+    else:
+        scale = size / max(height, width)
+        fitted = _shrink(images, max(1, round(height * scale)), max(1, round(width * scale)))
+    out = np.zeros((len(images), size, size, images.shape[-1]), np.uint8)
+    top, left = (size - fitted.shape[1]) // 2, (size - fitted.shape[2]) // 2
+    out[:, top:top + fitted.shape[1], left:left + fitted.shape[2]] = fitted
+    return out
+
+
+def _shrink(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-averaged (Pillow's box filter) uint8 images of ``height`` x ``width``, one image at a time."""
+    channels = images.shape[-1]
+    out = np.empty((len(images), height, width, channels), np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode="L" if channels == 1 else "RGB")
+        shrunk = np.asarray(pil.resize((width, height), Image.BOX))
+        out[i] = shrunk[..., None] if channels == 1 else shrunk
+    return out
+
+
+def _load_idx(config: dict[str, Any], image_size: int) -> tuple[ImageDataset, ImageDataset]:
+    """Fashion-MNIST or any IDX folder: the training files, and the test (t10k) files as the held-out split."""
+    root = idx_root(config)
+    class_names = display_class_names(idx_class_folders(config), config.get("class_names"))
+    parts = []
+    for split in IDX_SPLIT_PREFIXES:
+        labels = idx_labels(config, split)
+        if len(labels) and labels.max() >= len(class_names):
+            raise BibaddiffError(f"{idx_file(root, split, 'labels')}: label {labels.max()}, but the training labels "
+                                 f"name classes 0..{len(class_names) - 1}")
+        images_path = idx_file(root, split, "images")
+        pixels = read_idx(images_path, "images")
+        if len(pixels) != len(labels):  # the file changed since its header was read with the labels
+            raise BibaddiffError(f"{images_path}: {len(pixels)} images, but {len(labels)} labels; expected one label "
+                                 "per image")
+        fitted = fit_into_square(pixels[..., None], image_size)
+        del pixels  # the file's pixels go before the fitted ones are repeated into three channels (rgb)
+        images = grey_to_channels(fitted, config)
+        del fitted
+        manifest = {"source": config["source"], "idx_files": [images_path.name, idx_file(root, split, "labels").name]}
+        parts.append(ImageDataset(images, labels, class_names, manifest=manifest))
+    return parts[0], parts[1]
 
 
 def check_cifar10_root(config: dict[str, Any]) -> str:

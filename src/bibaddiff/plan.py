@@ -253,13 +253,16 @@ def rule_of_job_file(path: str | Path) -> str:
                          ".../benchmarks/<rule>/...)")
 
 
-def training_launcher(python: str, processes: int) -> str:
-    """The interpreter, or ``accelerate launch`` with N processes and a free port of its own per job."""
+def training_launcher(python: str, processes: int, gpu_device: str | None = None) -> str:
+    """The interpreter, or ``accelerate launch`` with N processes and a free port of its own per job; for a job that
+    may use a GPU (``gpu_device``: the config's device), behind :mod:`bibaddiff.gpu_slots`, which holds a card per
+    process and hands the command the locks."""
     python = shlex.quote(python)
+    slots = f"{python} -m bibaddiff.gpu_slots --device {shlex.quote(gpu_device)} --cards {processes} -- " if gpu_device else ""
     if processes == 1:
-        return python
+        return slots + python
     free_port = f"$({python} -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])')"
-    return (f"{python} -m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes {processes}"
+    return (f"{slots}{python} -m accelerate.commands.launch --multi_gpu --num_machines 1 --num_processes {processes}"
             " --mixed_precision no --dynamo_backend no"
             f" --main_process_port {free_port}")
 

@@ -33,6 +33,9 @@ CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 BUILTIN_PREFIX = "builtin:"
 DETECTOR_ALPHA_RANGE = (0.05, 0.25)  # upstream classifier/train_*_clf_trigger.py: blend strength ~ U(0.05, 0.25)
 WANET_DEFAULTS = {"k": 4, "s": 0.5, "grid_rescale": 1.0, "seed": 0}
+# Triggers compute in float64; a batch is stamped in chunks of at most this many pixel values (128 MiB of float64),
+# so that stamping a whole held-out set (the judges and the calibration do) makes no float copy of the whole set.
+CHUNK_VALUES = 2 ** 24
 
 
 class Trigger:
@@ -46,7 +49,8 @@ class Trigger:
         raise NotImplementedError
 
     def apply(self, images: np.ndarray) -> np.ndarray:
-        return self._apply(self._checked(images))
+        images = self._checked(images)
+        return in_chunks(images, lambda rows: self._apply(images[rows]))
 
     def apply_for_detector(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The trigger as the trigger detector is trained on it; the same as ``apply`` unless a kind varies it."""
@@ -101,8 +105,12 @@ class BlendTrigger(WeightedTrigger):
         alphas = np.asarray(alphas, dtype=np.float64).reshape(-1, 1, 1, 1)
         if len(alphas) != len(images):
             raise BibaddiffError(f"trigger {self.name!r}: {len(alphas)} blend strengths for {len(images)} images")
-        blended = (1.0 - alphas) * images + alphas * self.pattern
-        return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+        def blend(rows: slice) -> np.ndarray:
+            blended = (1.0 - alphas[rows]) * images[rows] + alphas[rows] * self.pattern
+            return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+        return in_chunks(images, blend)
 
     def apply_for_detector(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         low, high = self.detector_alpha_range
@@ -137,14 +145,11 @@ class WarpTrigger(Trigger):
         import torch
         import torch.nn.functional as F
 
-        out = np.empty_like(images)
-        batch_size = max(1, 2 ** 24 // int(np.prod(self.image_shape)))  # about 128 MiB of float64 per chunk
-        grid = torch.from_numpy(self.grid)[None]
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(images[start:start + batch_size].astype(np.float64)).permute(0, 3, 1, 2)
-            warped = F.grid_sample(chunk, grid.expand(len(chunk), -1, -1, -1), mode="bilinear", align_corners=True)
-            out[start:start + batch_size] = warped.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
-        return out
+        # ``apply`` hands over one chunk at a time (CHUNK_VALUES).
+        chunk = torch.from_numpy(images.astype(np.float64)).permute(0, 3, 1, 2)
+        grid = torch.from_numpy(self.grid)[None].expand(len(chunk), -1, -1, -1)
+        warped = F.grid_sample(chunk, grid, mode="bilinear", align_corners=True)
+        return warped.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,19 @@ class RelabelTrigger(Trigger):
 
     def _apply(self, images: np.ndarray) -> np.ndarray:
         return images.copy()
+
+
+def in_chunks(images: np.ndarray, stamp: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """``stamp(rows)`` (the stamped uint8 images of ``images[rows]``) over slices of at most CHUNK_VALUES pixel
+    values, gathered into one uint8 batch of the shape of ``images``."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise BibaddiffError(f"images must be a uint8 batch (N, H, W, C); got {images.dtype} {images.shape}")
+    out = np.empty_like(images)
+    step = max(1, CHUNK_VALUES // max(1, int(np.prod(images.shape[1:]))))
+    for start in range(0, len(images), step):
+        out[start:start + step] = stamp(slice(start, start + step))
+    return out
 
 
 def build_trigger(name: str, spec: dict[str, Any], image_size: int, channels: int) -> Trigger:

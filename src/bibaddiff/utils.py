@@ -149,6 +149,53 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+class RunningMoments:
+    """The mean and standard deviation of every value passed to :meth:`update`, batch by batch, in constant memory.
+
+    Each batch's count, mean and sum of squared deviations are merged into the running ones (Chan, Golub and
+    LeVeque's pairwise update, Welford's for batches), in float64: unlike sums of x and x^2, the merge does not lose the
+    spread to cancellation when the mean is large beside it, so the result equals the all-at-once statistics to float
+    precision. ``name`` says what the values are, in errors.
+    """
+
+    def __init__(self, name: str = "values") -> None:
+        self.name = name
+        self.count = 0
+        self.mean = 0.0
+        self.squared_deviations = 0.0
+
+    def update(self, values: Any) -> None:
+        """Add an array of values (any shape; a CPU tensor converts as an array does)."""
+        import numpy as np
+
+        from bibaddiff.errors import BibaddiffError
+
+        batch = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not batch.size:
+            return
+        if not np.all(np.isfinite(batch)):
+            raise BibaddiffError(f"{self.name} hold NaN or infinite values")
+        batch_mean = float(batch.mean())
+        batch_squared_deviations = float(np.square(batch - batch_mean).sum())
+        total = self.count + batch.size
+        delta = batch_mean - self.mean
+        self.mean += delta * batch.size / total
+        self.squared_deviations += batch_squared_deviations + delta * delta * self.count * batch.size / total
+        self.count = total
+
+    def std(self, ddof: int = 1) -> float:
+        """The standard deviation with ``ddof`` delta degrees of freedom: 1 (the default) as torch's ``std``, 0 as
+        numpy's."""
+        from bibaddiff.errors import BibaddiffError
+
+        if isinstance(ddof, bool) or not isinstance(ddof, int) or ddof < 0:
+            raise BibaddiffError(f"ddof must be a non-negative integer; got {ddof!r}")
+        if self.count <= ddof:
+            raise BibaddiffError(f"a standard deviation of {self.name} with ddof {ddof} needs more than {ddof} "
+                                 f"value(s); got {self.count}")
+        return (self.squared_deviations / (self.count - ddof)) ** 0.5
+
+
 # For the cluster fault tests: "<rule>:<marker file>" makes the first job of <rule> fail, as a node that dies would.
 FAIL_ONCE_VARIABLE = "BIBADDIFF_FAIL_ONCE"
 
