@@ -517,11 +517,14 @@ def rules_that_need_no_gpu(config: dict[str, Any]) -> dict[str, str]:
 def job_seconds(run_dir: Path) -> dict[str, float]:
     """Seconds per rule, summed over its jobs, from Snakemake's benchmark files."""
     seconds: dict[str, float] = {}
-    for path in run_dir.glob("results/**/benchmarks/*/*.tsv"):
+    from bibaddiff.plan import rule_of_job_file
+
+    for path in run_dir.glob("results/**/benchmarks/**/*.tsv"):
         with open(path) as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if rows and rows[0].get("s"):
-            seconds[path.parent.name] = seconds.get(path.parent.name, 0.0) + float(rows[0]["s"])
+            rule = rule_of_job_file(path)
+            seconds[rule] = seconds.get(rule, 0.0) + float(rows[0]["s"])
     return seconds
 
 
@@ -548,8 +551,10 @@ def part_tiny_dag(options: argparse.Namespace, sizes: Sizes, device, work: Path,
 
     records = [json.loads(path.read_text()) for path in records_dir.glob("*.json")]
     logs: dict[str, list[Path]] = {}
-    for path in run_dir.glob("results/**/logs/*/*.log"):
-        logs.setdefault(path.parent.name, []).append(path)
+    from bibaddiff.plan import rule_of_job_file
+
+    for path in run_dir.glob("results/**/logs/**/*.log"):
+        logs.setdefault(rule_of_job_file(path), []).append(path)
     asking = set(gpu_rules())
     by_design = rules_that_need_no_gpu(config)
     spent = job_seconds(run_dir)

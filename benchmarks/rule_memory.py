@@ -141,17 +141,19 @@ def peak_from_log(path: Path) -> float | None:
 def collect(results: Path) -> dict[str, dict]:
     """Rule -> jobs, the largest logged peak and the largest sampled max_rss (MB), from logs/ and benchmarks/."""
     rules: dict[str, dict] = {}
-    for log in sorted(results.rglob("logs/*/*.log")):
+    from bibaddiff.plan import rule_of_job_file
+
+    for log in sorted(results.rglob("logs/**/*.log")):
         peak = peak_from_log(log)
-        entry = rules.setdefault(log.parent.name, {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
+        entry = rules.setdefault(rule_of_job_file(log), {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
         entry["jobs"] += 1
         if peak is not None:
             entry["peak_mb"] = max(peak, entry["peak_mb"] or 0.0)
-    for table in sorted(results.rglob("benchmarks/*/*.tsv")):
+    for table in sorted(results.rglob("benchmarks/**/*.tsv")):
         with open(table) as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         rss = [float(row["max_rss"]) for row in rows if row.get("max_rss") not in (None, "", "-", "NA")]
-        entry = rules.setdefault(table.parent.name, {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
+        entry = rules.setdefault(rule_of_job_file(table), {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
         if rss:
             entry["sampled_max_rss_mb"] = max(max(rss), entry["sampled_max_rss_mb"] or 0.0)
     return rules

@@ -9,7 +9,8 @@ try:
     from bibaddiff.config import validate_config
     from bibaddiff.errors import BibaddiffError
     from bibaddiff.gpu_slots import check_workstation_gpus
-    from bibaddiff.plan import DUPLICATE_STAGE, POISONED_STAGE, WILDCARD_CONSTRAINTS, Plan, parse_number, training_launcher
+    from bibaddiff.plan import (DUPLICATE_STAGE, NAME, POISONED_STAGE, WILDCARD_CONSTRAINTS, Plan, parse_number,
+                                training_launcher)
 except ImportError as error:
     raise WorkflowError(f"the bibaddiff package is not importable ({error}); run 'bash setup.sh' first")
 
@@ -63,7 +64,14 @@ def judge_trigger(wildcards):
 
 
 def training_data(wildcards):
-    return PLAN.training_data_of(wildcards.attack, getattr(wildcards, "seed", None))
+    """The model's training set; nothing for an import that states only its training share."""
+    return PLAN.training_data_of(wildcards.attack, getattr(wildcards, "seed", None)) or []
+
+
+def import_description_of_model(wildcards):
+    """What the experiment says about an imported model (its training data or stated share); nothing for a model
+    trained here."""
+    return PLAN.import_descriptions_of(wildcards.attack, wildcards.seed)
 
 
 def model_of(wildcards):

@@ -130,6 +130,7 @@ rule summarize_defenses:
         attacks=PLAN.defense_attacks(),
         # What each detection result and classifier is (attack, set, seed, guidance), in the order of the inputs.
         sets=PLAN.defense_descriptions(),
+        origins=PLAN.origins(),
         target=TARGET,
         seed=JUDGES["seed"],
     threads: 1

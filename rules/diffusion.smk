@@ -70,18 +70,55 @@ rule train_diffusion:
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
+# An imported model's folder: bibaddiff_model.json with its classes and where its files are, checked against the
+# digests the plan placed the folder by (rule generate and every other reader of the model check them again).
+localrules:
+    import_model,
+    describe_import,
+
+
+rule import_model:
+    input:
+        unpack(lambda wc: PLAN.import_inputs(wc.imported)),
+    output:
+        model=directory(PLAN.import_folder()),
+    params:
+        record=lambda wc: PLAN.import_at(wc.imported).record,
+    threads: 1
+    log:
+        log_file("import_model", "{imported}"),
+    script:
+        "../workflow_scripts/import_model.py"
+
+
+rule describe_import:
+    # What the experiment imported, with the digests of its files and of its own training set (a folder): a change of
+    # either reruns the measurements that read this file.
+    output:
+        description=PLAN.import_description_file(),
+    wildcard_constraints:
+        name=NAME,
+    params:
+        description=lambda wc: PLAN.import_description(wc.name),
+    threads: 1
+    log:
+        experiment_log("describe_import", "{name}"),
+    script:
+        "../workflow_scripts/describe_import.py"
+
+
 rule generate:
     # One job per model (or per condition, or per cell: generation.cells_per_job) loads the model once. Its cells are
     # update() outputs, which Snakemake does not delete before the job: the job keeps the cells that are complete and
-    # newer than the model, so deleting one cell regenerates only that cell.
+    # newer than the model, so deleting one cell regenerates only that cell. The model is trained here or imported.
     input:
-        model=PLAN.model_dir(),
+        model=PLAN.model_path(),
     output:
         images=update(PLAN.generation_job_files("npy")),
         grids=update(PLAN.generation_job_files("png")),
     params:
         sampling=PLAN.sampling_settings,
-        record=lambda wc: PLAN.generation_record(wc.stage, wc.seed),
+        record=lambda wc: PLAN.generation_record(wc.model),
         device=config["device"],
         # The job's cells, in the order of its files. Derived from its files (the function takes output), so
         # Snakemake does not track it as a param of its own: fewer guidance scales rerun no generation.
@@ -91,9 +128,9 @@ rule generate:
         gpu=GPUS_PER_JOB,
         images_per_batch=PLAN.generation_batch,
     log:
-        log_file("generate", "{stage}", PLAN.training_id, "seed{seed}", PLAN.sampling_id, *PLAN.generation_job_id),
+        log_file("generate", "{model}", PLAN.sampling_id, *PLAN.generation_job_id),
     benchmark:
-        benchmark_file("generate", "{stage}", PLAN.training_id, "seed{seed}", PLAN.sampling_id, *PLAN.generation_job_id)
+        benchmark_file("generate", "{model}", PLAN.sampling_id, *PLAN.generation_job_id)
     script:
         "../workflow_scripts/generate.py"
 
@@ -101,13 +138,13 @@ rule generate:
 rule generate_calibration:
     # The clean model's calibration draw: the measured cells with a seed of their own, for the trigger detectors.
     input:
-        model=PLAN.model_dir(),
+        model=PLAN.model_path(),
     output:
         images=PLAN.calibration_job_files("npy"),
         grids=PLAN.calibration_job_files("png"),
     params:
         sampling=PLAN.calibration_sampling,
-        record=lambda wc: PLAN.generation_record(wc.stage, wc.seed, PLAN.calibration_sampling),
+        record=lambda wc: PLAN.generation_record(wc.model, PLAN.calibration_sampling),
         device=config["device"],
         cells=lambda wildcards, output: PLAN.model_cells(),
     threads: config["generation"]["threads"]
@@ -115,9 +152,9 @@ rule generate_calibration:
         gpu=GPUS_PER_JOB,
         images_per_batch=PLAN.generation_batch,
     log:
-        log_file("generate_calibration", "{stage}", PLAN.training_id, "seed{seed}", PLAN.calibration_id),
+        log_file("generate_calibration", "{model}", PLAN.calibration_id),
     benchmark:
-        benchmark_file("generate_calibration", "{stage}", PLAN.training_id, "seed{seed}", PLAN.calibration_id)
+        benchmark_file("generate_calibration", "{model}", PLAN.calibration_id)
     script:
         "../workflow_scripts/generate.py"
 
@@ -126,6 +163,8 @@ rule measure:
     input:
         cells=cells_of_model,
         train=training_data,
+        # An imported model's description: its stated training share when its training set is not known.
+        imported=import_description_of_model,
         content_judge=PLAN.content_judge,
         trigger_judges=trigger_judges_of_model,
         calibrations=calibrations_of_model,

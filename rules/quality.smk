@@ -5,7 +5,7 @@
 
 rule generate_quality_set:
     input:
-        model=PLAN.model_dir(),
+        model=PLAN.model_path(),
         balance=PLAN.clean_split("train"),
     output:
         dataset=directory(PLAN.quality_set()),
@@ -17,9 +17,9 @@ rule generate_quality_set:
         gpu=GPUS_PER_JOB,
         images_per_batch=PLAN.generation_batch,
     log:
-        log_file("generate_quality_set", "{stage}", PLAN.training_id, "seed{seed}", PLAN.quality_set_id),
+        log_file("generate_quality_set", "{model}", PLAN.quality_set_id),
     benchmark:
-        benchmark_file("generate_quality_set", "{stage}", PLAN.training_id, "seed{seed}", PLAN.quality_set_id)
+        benchmark_file("generate_quality_set", "{model}", PLAN.quality_set_id)
     script:
         "../workflow_scripts/generate_quality_set.py"
 
@@ -87,6 +87,7 @@ rule summarize_quality:
     params:
         # Each attack's series across ratios (its name without the ratio), for the figure's lines.
         series=PLAN.series(),
+        origins=PLAN.origins(),
     threads: 1
     log:
         experiment_log("summarize_quality"),

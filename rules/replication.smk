@@ -43,6 +43,7 @@ rule summarize_replication:
         target=TARGET,
         attacks=PLAN.attacks,
         cells_per_model=len(PLAN.cells),
+        origins=PLAN.origins(),
     threads: 1
     log:
         experiment_log("summarize_replication"),

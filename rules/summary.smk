@@ -65,6 +65,8 @@ rule summarize:
         grids=PLAN.target_grids()[1],
         # The duplicate-poisoning attacks have a table of their own, not rows against the ratio.
         duplicate_attacks=list(PLAN.duplicate_attacks()),
+        # Each model's origin (trained here, or imported from a path), for every table's origin column.
+        origins=PLAN.origins(),
         accuracy_floor=JUDGES["accuracy_floor"],
         bootstrap_samples=JUDGES["bootstrap_samples"],
         seed=JUDGES["seed"],
@@ -102,6 +104,8 @@ rule provenance:
     # Rewritten whenever a table of the experiment is, so that it describes the code and settings that made them.
     input:
         summary_outputs(),
+        # What each imported model is, with the digest of each of its files.
+        imported=PLAN.import_descriptions(),
     output:
         **PLAN.provenance_outputs(),
     params:

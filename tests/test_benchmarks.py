@@ -100,8 +100,13 @@ def test_rule_memory_reads_the_peak_each_job_logged(tmp_path):
     bench = tmp_path / "results" / "benchmarks" / "poison"
     bench.mkdir(parents=True)
     (bench / "a.tsv").write_text("s\th:m:s\tmax_rss\n3.1\t0:00:03\t640.5\n")
+    # A generate job's log lies below its model's folders (logs/generate/<stage>/train-<d>/seed<k>_...).
+    nested = tmp_path / "results" / "logs" / "generate" / "clean-0123456789ab" / "train-0123456789ab"
+    nested.mkdir(parents=True)
+    (nested / "seed0_gen-0123456789ab.log").write_text(f"{PEAK_MEMORY_PREFIX} 300 MB\n")
     assert rule_memory.collect(tmp_path / "results") == {
-        "poison": {"jobs": 3, "peak_mb": 1200.0, "sampled_max_rss_mb": 640.5}}
+        "poison": {"jobs": 3, "peak_mb": 1200.0, "sampled_max_rss_mb": 640.5},
+        "generate": {"jobs": 1, "peak_mb": 300.0, "sampled_max_rss_mb": None}}
 
 
 def test_script_startup_times_the_imports_of_adapters_that_need_no_torch(tmp_path):

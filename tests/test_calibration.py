@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -239,3 +240,25 @@ def test_calibration_table_and_figure(tmp_path):
     plot_calibration(table, tmp_path / "calibration.png")
     assert (tmp_path / "calibration.png").stat().st_size > 0
     assert calibration_table([]).empty
+
+
+def test_a_stated_training_share_stands_in_for_the_counts_of_a_training_set_not_at_hand():
+    from bibaddiff.metrics import StatedShare
+    from bibaddiff.report.origin import with_origin
+
+    share = StatedShare(0.5, target=6, poison_ratio=0.1)
+    assert (share.at(6, 2.0), share.at(1, 2.0), share.at(1, 0.0)) == (0.5, 0.0, 0.1)
+    with pytest.raises(BibaddiffError, match="stated share must lie in"):
+        StatedShare(1.5, 6, 0.1)
+    stated = _metrics("patch-p0.1", 1, 280)
+    stated["records"][0].update(training_triggered=None, training_total=None, training_share_stated=0.5)
+    table = amplification_table([stated], bootstrap_samples=500)
+    row = table[table.seed == "1"].iloc[0]
+    assert row.training_share == 0.5 and row.amplification == pytest.approx(0.56 / 0.5)
+    assert pd.isna(row.training_triggered) and pd.isna(row.training_total)
+    # Beside a counted share of another value, the seeds of one attack disagree on their training data.
+    with pytest.raises(BibaddiffError, match="different training shares"):
+        amplification_table([stated, _metrics("patch-p0.1", 0, 280)], bootstrap_samples=500)
+    origins = {"patch-p0.1": {"1": "imported from /models/a"}}
+    assert with_origin(table, origins).set_index("seed").origin.to_dict() == {"1": "imported from /models/a",
+                                                                              "pooled": "imported from /models/a"}

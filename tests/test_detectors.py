@@ -787,14 +787,19 @@ def test_a_training_auroc_of_one_is_flagged_at_ceiling_and_a_set_without_flags_i
     assert rows.screening_asr_training.isna().all() and not rows.no_backdoor_to_detect.any()  # ASR unknown
 
 
-def test_detection_table_needs_per_image_scores_and_a_training_set():
+def test_detection_table_needs_per_image_scores_and_leaves_a_missing_training_set_empty():
     from bibaddiff.report.defenses import _detection_table
 
     result = _detection_result("generated_seed0_s6", _scored_set(50, 1.0, 0))
     with pytest.raises(BibaddiffError, match="no per-image scores"):
         _detection_table([{k: v for k, v in result.items() if k != "items"}], _attack_columns, {})
-    with pytest.raises(BibaddiffError, match="none for its training set"):
-        _detection_table([result], _attack_columns, {})
+    # A model whose training set is not at hand (imported with a stated training share): its generated sets keep
+    # their AUROCs, and every training column and difference is empty.
+    table = _detection_table([result], _attack_columns, {}, resamples=50)
+    rows = table[table.scope == "all"].set_index("seed")
+    assert rows.auroc_generated.notna().all() and rows.auroc_training.isna().all()
+    assert rows.auroc_difference.isna().all() and not rows.auroc_generated_higher.any()
+    assert (rows.n_training == 0).all()
     with pytest.raises(BibaddiffError, match="neither 'training' nor a generated set"):
         _detection_table([{**result, "set": "poisoned", "seed": "", "guidance": None}], _attack_columns, {})
 

@@ -12,6 +12,7 @@ import yaml
 from bibaddiff import plan as P
 from bibaddiff.config import load_schema, validate_config
 from bibaddiff.errors import BibaddiffError
+from import_helpers import importing, patch_model, write_ddpm
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
@@ -108,6 +109,17 @@ def test_seed_and_judge_names_round_trip():
     assert re.fullmatch(P.WILDCARD_CONSTRAINTS["judge"], name)
 
 
+def test_a_jobs_log_names_its_rule_even_below_a_models_folders():
+    plan = tiny_plan()
+    nested = plan.log_file("generate", plan.model_name("clean", 0), plan.sampling_id)
+    assert nested.startswith(f"results/tiny/logs/generate/{plan.clean_stage}/{plan.training_id}/seed0_gen-")
+    for path, rule in ((nested, "generate"), (plan.experiment_benchmark("measure", "clean", "seed0"), "measure"),
+                       ("/home/me/logs/work/" + plan.log_file("prepare_data", plan.clean_stage), "prepare_data")):
+        assert P.rule_of_job_file(path) == rule
+    with pytest.raises(BibaddiffError, match="not a job's log"):
+        P.rule_of_job_file("results/tiny/models/x.log")
+
+
 def test_training_launcher():
     assert P.training_launcher("/usr/bin/python3", 1) == "/usr/bin/python3"
     launcher = P.training_launcher("/my env/python", 2)
@@ -158,12 +170,12 @@ def test_each_generate_job_gets_the_cells_of_its_files_as_params(cells_per_job, 
     made = []
     for values in job_values:
         wildcards = {name: str(value) for name, value in values}
-        files = [pattern.format(stage="S", seed=0, **wildcards) for pattern in patterns]
+        files = [pattern.format(model="S", **wildcards) for pattern in patterns]
         cells = plan.generation_job_cells(wildcards)
         assert [P.parse_cell_file(path).as_params() for path in files] == cells
         made += files
     # The jobs make every cell of the model once.
-    assert sorted(made) == sorted(plan.generated("S", 0, *cell) for cell in plan.cells)
+    assert sorted(made) == sorted(plan.generated("S", *cell) for cell in plan.cells)
 
 
 def test_defence_sets_are_described_by_the_plan_not_by_their_names():
@@ -187,7 +199,8 @@ def test_defence_sets_are_described_by_the_plan_not_by_their_names():
 def test_the_quality_stage_reuses_a_defences_generated_set_when_it_is_the_same_set():
     plan = tiny_plan()
     assert plan.quality_generations_of("patch-p0.1", 0).endswith("defenses/generated_sets/patch-p0.1/seed0_s1")
-    assert plan.quality_generations_of("clean", 0) == plan.quality_set(plan.clean_stage, 0)
+    assert plan.quality_generations_of("clean", 0) == plan.quality_set(plan.model_name("clean", 0)) == \
+        f"results/tiny/generated/{plan.clean_stage}/{plan.training_id}/seed0/{plan.quality_set_id}"
     assert tiny_plan(quality__guidance=2).quality_generations_of("patch-p0.1", 0).startswith("results/tiny/generated/")
     assert plan.model_name("clean", 0) == f"{plan.clean_stage}/{plan.training_id}/seed0"
 
@@ -209,6 +222,96 @@ def test_target_grids_say_what_they_show():
     files, shown = tiny_plan().target_grids()
     assert len(files) == len(shown) == 4
     assert shown[0] == {"attack": "patch-p0.1", "guidance": 1.0} and files[0].endswith("x0-none/c6_s1.png")
+
+
+def test_model_places_round_trip():
+    trained = P.trained_model_name("patch-p0.1-67252a5c66f5", "train-9fbbc1246d7e", 3)
+    assert P.parse_model_name(trained) == P.ModelName("patch-p0.1-67252a5c66f5", "train-9fbbc1246d7e", 3)
+    imported = P.imported_model_name("paper_badnet", {"files": {"model.ckpt": "0" * 64}})
+    assert P.parse_model_name(imported) == P.ModelName(imported=imported.removeprefix("imported/"))
+    for name in (trained, imported):
+        assert re.fullmatch(P.WILDCARD_CONSTRAINTS["model"], name)
+    assert re.fullmatch(P.WILDCARD_CONSTRAINTS["imported"], imported.removeprefix("imported/"))
+    for name in ("imported/a-b", "patch-p0.1-67252a5c66f5/seed0", "imported/pa-per-0123456789ab"):
+        with pytest.raises(BibaddiffError):
+            P.parse_model_name(name)
+
+
+@pytest.fixture(scope="module")
+def imported_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plan_imports")
+    return {"poisoned": write_ddpm(folder / "poisoned"), "clean": write_ddpm(folder / "clean", seed=1)}
+
+
+def import_plan(models: dict, **changes) -> P.Plan:
+    return P.Plan(validate_config(importing(models, **changes), load_schema()))
+
+
+def test_imported_models_are_models_of_the_plan_without_training(imported_models):
+    plan = import_plan({"mine": patch_model(imported_models["poisoned"]),
+                        "control": {"path": str(imported_models["clean"]), "kind": "ddpm", "clean": True,
+                                    "training_data": "rebuild"}})
+    assert plan.models() == [("patch-p0.1", 0), ("clean", 0)] and list(plan.attacks) == ["patch-p0.1", "clean"]
+    mine = plan.imported_model("patch-p0.1", 0)
+    assert mine.name == "mine" and plan.imported_model("clean", 0).name == "control"
+    # Its folder is placed by its record, which holds the digest of each file; it is no train_diffusion output.
+    assert re.fullmatch(rf"results/tiny/models/imported/mine-{P.DIGEST}", plan.model_of("patch-p0.1", 0))
+    assert plan.model_of("patch-p0.1", 0) == plan.import_folder(mine.model.removeprefix("imported/"))
+    assert mine.record["files"]["unet/diffusion_pytorch_model.safetensors"]
+    assert plan.cells_of("patch-p0.1", 0)[0] == f"results/tiny/generated/{mine.model}/{plan.sampling_id}/x0-none/c6_s1.npy"
+    # The rebuilt training set is the poisoned stage a model trained here with the same settings learns from.
+    assert plan.training_data_of("patch-p0.1", 0) == tiny_plan().training_data_of("patch-p0.1", 0)
+    assert plan.stage_attack(plan.stage_of("patch-p0.1", 0)) == "patch-p0.1"
+    # The clean import draws the detectors' calibration generations.
+    assert plan.calibration_cells[0].startswith(f"results/tiny/generated/{plan.imported_model('clean', 0).model}/cal-")
+    assert plan.origin("patch-p0.1", 0) == f"imported from {Path(imported_models['poisoned']).resolve()}"
+    assert plan.origins()["clean"] == {"0": f"imported from {Path(imported_models['clean']).resolve()}"}
+    assert tiny_plan().origins() == {"patch-p0.1": {"0": "trained here"}, "clean": {"0": "trained here"}}
+    assert plan.import_descriptions_of("patch-p0.1", 0) == [f"{plan.experiment_dir}/imported/mine.json"]
+    assert plan.import_description("mine")["training_data"] == {"kind": "rebuilt",
+                                                                "folder": plan.training_data_of("patch-p0.1", 0)}
+    assert plan.model_of("patch-p0.1", 0) in plan.experiment_stages()
+
+
+def test_a_changed_file_moves_the_import_and_everything_made_from_it(imported_models, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(imported_models["poisoned"], model)
+    before = import_plan({"mine": patch_model(model)})
+    (model / "training.json").write_text("{}")
+    after = import_plan({"mine": patch_model(model)})
+    assert before.model_of("patch-p0.1", 0) != after.model_of("patch-p0.1", 0)
+    assert not set(before.cells_of("patch-p0.1", 0)) & set(after.cells_of("patch-p0.1", 0))
+
+
+def test_an_import_beside_trained_models_and_with_stated_or_own_training_data(imported_models, tmp_path):
+    import json
+
+
+    plan = import_plan({"mine": patch_model(imported_models["poisoned"], seed=1, training_data=None,
+                                            training_share=0.5)},
+                       diffusion__training__seeds=[0], diffusion__training__clean_seeds=[0])
+    assert plan.training_seeds("patch-p0.1") == [0, 1] and plan.origin("patch-p0.1", 0) == "trained here"
+    assert plan.model_of("patch-p0.1", 0) == tiny_plan().model_of("patch-p0.1", 0)
+    assert plan.training_data_of("patch-p0.1", 1) is None and plan.training_data_of("patch-p0.1") is not None
+    assert plan.replication_models() == [("patch-p0.1", 0), ("clean", 0)]
+    assert plan.import_description("mine")["training_data"] == {"kind": "stated", "training_share": 0.5}
+    alone = import_plan({"mine": patch_model(imported_models["poisoned"], training_data=None, training_share=0.5)})
+    # Without its training set: no poisoned-set classifier, no screening of it, no replication.
+    assert alone.defense_trainsets("patch-p0.1") == ["generated_seed0_s1"]
+    assert [s for a, s in alone.defense_sets()["detection"]] == ["generated_seed0_s1"]
+    assert alone.replication_models() == [] and alone.calibration_cells == [] and alone.detector_negatives == "real"
+    # A training set of its own: its files are digested with the import.
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/manifest.json").write_text(json.dumps({"class_names": [str(i) for i in range(10)],
+                                                              "image_size": 8, "channels": 1}))
+    (tmp_path / "train/metadata.jsonl").write_text("")
+    own = import_plan({"mine": patch_model(imported_models["poisoned"], training_data=str(tmp_path / "train"))})
+    assert own.training_data_of("patch-p0.1", 0) == str(tmp_path / "train") and own.replication_models()
+    described = own.import_description("mine")["training_data"]
+    assert described["kind"] == "folder" and described["num_files"] == 2 and len(described["digest"]) == 64
+    assert own.detection_sets("patch-p0.1")[0] == "training" and "patch-p0.1" not in own.attack_of_stage.values()
 
 
 def test_notes_name_an_older_layout(tmp_path):

@@ -66,8 +66,9 @@ def test_outputs_of_every_stage(tiny_run):
 def test_generation_quality_in_judge_features(tiny_run):
     summary = tiny_run / "results/experiments/tiny/summary"
     table = pd.read_csv(summary / "generation_quality.csv")
-    assert list(table.columns) == ["model", "attack", "trigger", "poison_ratio", "seed", "guidance", "n", "metric", "value",
-                                   "low", "high", "kid_sd_over_subsets", "interval"]
+    assert list(table.columns) == ["model", "attack", "trigger", "poison_ratio", "seed", "origin", "guidance", "n",
+                                   "metric", "value", "low", "high", "kid_sd_over_subsets", "interval"]
+    assert set(table.origin) == {"trained here"}
     # No Inception weights in the tiny config: judge-feature rows only, one FID and one KID per model.
     assert sorted(table.metric.unique()) == ["fid_judge", "kid_judge"]
     assert sorted(table.attack.unique()) == ["clean", "patch-p0.1"] and (table.guidance == 1).all()
@@ -413,7 +414,8 @@ def test_removing_one_generated_file_regenerates_only_that_cell(tiny_run):
     assert jobs == {"generate": 1, "measure": 1, "replication": 1, "summarize": 1, "summarize_replication": 1, "all": 1, "provenance": 1}
     # The model's job runs (asked for the cell alone, to spare the measurement) and makes only the missing cell.
     snakemake(tiny_run, str(cell.relative_to(tiny_run)))
-    [log] = (tiny_run / "results/tiny/logs/generate").glob(f"{folder.parents[2].name}_*_seed0_*.log")
+    # A job's log is placed as its model is: logs/generate/<stage>/train-<d>/seed<k>_gen-<d>.log.
+    [log] = (tiny_run / "results/tiny/logs/generate" / folder.parents[2].name).glob("train-*/seed0_*.log")
     others = [path for path in files if path.suffix == ".npy" and path != cell]
     assert f"{len(others)} of {len(others) + 1} cells are current and kept; generating 1" in log.read_text()
     # Kept cells are the same files (a rewrite replaces the file, with a new inode); Snakemake only touches them.

@@ -8,7 +8,8 @@ def main(snakemake):
     write_amplification_summary(snakemake.input.metrics, snakemake.input.calibrations,
                                 list(zip(params.grids, snakemake.input.grids, strict=True)), dict(snakemake.output.items()),
                                 accuracy_floor=params.accuracy_floor, bootstrap_samples=params.bootstrap_samples,
-                                seed=params.seed, target=params.target, duplicate_attacks=params.duplicate_attacks)
+                                seed=params.seed, target=params.target, duplicate_attacks=params.duplicate_attacks,
+                                origins=params.origins)
 
 
 run_logged(snakemake.log[0], main, snakemake)

@@ -4,7 +4,8 @@ from bibaddiff.utils import run_logged
 
 
 def main(snakemake):
-    write_quality_summary(snakemake.input.results, dict(snakemake.output.items()), snakemake.params.series)
+    write_quality_summary(snakemake.input.results, dict(snakemake.output.items()), snakemake.params.series,
+                          snakemake.params.origins)
 
 
 run_logged(snakemake.log[0], main, snakemake)

@@ -16,6 +16,7 @@ from bibaddiff.calibration import check_calibration_settings
 from bibaddiff.data import (GREYSCALE_SOURCES, IDX_SOURCES, check_cifar10_root, digits_arrays, digits_split,
                             display_class_names, idx_class_folders, idx_labels, imagefolder_classes, imagefolder_files,
                             scaled_class_counts)
+from bibaddiff.diffusion.imported import check_imported_models
 from bibaddiff.diffusion.timesteps import quadratic_timesteps, sampler_options
 from bibaddiff.errors import BibaddiffError
 # The schema and its defaults live on the bottom floor (bibaddiff.schema); they are re-exported here for callers.
@@ -57,8 +58,19 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
     filled["defenses"]["generated_set_guidance"] = as_list(filled["defenses"]["generated_set_guidance"])
     check_x0_clipping(filled)
     check_experiment(filled)
-    check_calibration_settings(filled["judges"], bool(filled["diffusion"]["training"]["clean_seeds"]))
+    check_calibration_settings(filled["judges"], has_clean_model(filled))
     return sort_keys(filled)
+
+
+def has_clean_model(config: dict[str, Any]) -> bool:
+    """A clean model trained here or imported: it draws the trigger detectors' calibration generations."""
+    return bool(config["diffusion"]["training"]["clean_seeds"]) or any(
+        entry.get("clean") for entry in config.get("imported_models", {}).values())
+
+
+def trains_models(config: dict[str, Any]) -> bool:
+    training = config["diffusion"]["training"]
+    return bool(training["seeds"] or training["clean_seeds"])
 
 
 def check_training_length(training: dict[str, Any]) -> None:
@@ -83,6 +95,29 @@ def fill_steps_from_epochs(training: dict[str, Any], num_images: int) -> None:
 def as_list(value: Any) -> list[Any]:
     """A config value that may be one item or a list of them, as a list."""
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_model_slots(config: dict[str, Any]) -> None:
+    """Every model is one (attack, seed) of the tables: an import may not take the place of a model trained here or
+    of another import."""
+    from bibaddiff.plan import attack_name
+
+    training = config["diffusion"]["training"]
+    taken = {(attack_name(trigger, ratio), seed): "diffusion.training.seeds" for trigger in config["triggers"]
+             for ratio in config["poisoning"]["ratios"] for seed in training["seeds"]}
+    duplicates = config["replication"]["duplicate_poisoning"]
+    if duplicates["enabled"]:
+        trigger = duplicates["trigger"] or next(iter(config["triggers"]))
+        taken.update({(attack_name(trigger, duplicates["ratio"], mode), seed): "diffusion.training.seeds"
+                      for mode in ("random", "duplicates") for seed in training["seeds"]})
+    taken.update({("clean", seed): "diffusion.training.clean_seeds" for seed in training["clean_seeds"]})
+    for name, entry in config.get("imported_models", {}).items():
+        slot = (attack_name(entry.get("trigger") if not entry.get("clean") else None, entry.get("poison_ratio", 0.0)),
+                entry["seed"])
+        if slot in taken:
+            raise BibaddiffError(f"config key imported_models.{name}.seed: {slot[0]} seed {slot[1]} is already a model "
+                                 f"of this experiment ({taken[slot]}); give this import another seed")
+        taken[slot] = f"imported_models.{name}"
 
 
 def check_x0_clipping(config: dict[str, Any]) -> None:
@@ -317,6 +352,11 @@ def check_experiment(config: dict[str, Any]) -> None:
         raise BibaddiffError(f"config key judges.pretrained_weights: {weights} not found; name a local torchvision "
                              "weights file or set null")
     check_quality(config, counts, class_names)
+    if not config["diffusion"]["training"]["seeds"] and not config.get("imported_models"):
+        raise BibaddiffError("config key diffusion.training.seeds: empty; give at least one training seed, or import "
+                             "the poisoned models (imported_models)")
+    check_imported_models(config, class_names, channels, total, outside)
+    check_model_slots(config)
     if config["diffusion"]["kind"] == "stable_diffusion":
         check_stable_diffusion(config, channels)
         return
@@ -395,6 +435,10 @@ def check_stable_diffusion(config: dict[str, Any], channels: int) -> None:
     if channels != 3:
         raise BibaddiffError("config key diffusion.kind: stable_diffusion needs RGB images; "
                              f"dataset source {config['dataset']['source']} is grayscale")
+    if not trains_models(config) and not (diffusion["pretrained"].get("path") or diffusion["pretrained"].get("build")):
+        # Every model is imported, and none needs a base (checked with the imports): nothing to fine-tune from.
+        check_sampler(config, 1000)
+        return
     if diffusion["pretrained"].get("build"):
         # Built by the DAG (rule build_tiny_base), so there is nothing on disk to check yet; its schedule has the
         # 1,000 timesteps of Stable Diffusion's (diffusion/tiny.py).

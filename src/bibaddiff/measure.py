@@ -12,10 +12,11 @@ from bibaddiff.data import DatasetRecords, ImageDataset
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
 from bibaddiff.judges import load_judge, predict, trigger_scores
-from bibaddiff.metrics import generation_groups, training_share
+from bibaddiff.metrics import StatedShare, generation_groups, training_share
 
 
-def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | DatasetRecords, content_judge_dir: str | Path,
+def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | DatasetRecords | StatedShare,
+                  content_judge_dir: str | Path,
                   trigger_judge_dirs: dict[str, str | Path | None], device: str = "auto",
                   calibrations: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One record per (cell, trigger) with G1-G4 counts, the training share and the judges' held-out scores.
@@ -23,7 +24,9 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
     ``cells`` holds dicts with ``x0_clipping`` (the sampler), ``condition``, ``guidance`` and ``path`` (a uint8
     ``.npy`` of generations).
     The training share counts images flagged ``poisoned`` in ``training_set``: a clean set has none. Only its labels
-    and flags are read, so its records (no pixels) are enough.
+    and flags are read, so its records (no pixels) are enough. For a model whose training set is not at hand (an
+    import that states its share), ``training_set`` is a :class:`~bibaddiff.metrics.StatedShare`; each record then
+    has ``training_share_stated`` and no counts.
 
     A trigger whose judge is None (the relabel-only control, which changes no pixel) is judged for content only:
     its record has ``trigger_judged`` False, G1 counts the generations with wrong content, G4 those with the
@@ -44,7 +47,11 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
         images = load_generated(cell["path"])
         condition, guidance = int(cell["condition"]), float(cell["guidance"])
         content = predict(content_model, images)
-        triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
+        if isinstance(training_set, StatedShare):
+            triggered, total, stated = None, None, {"training_share_stated": training_set.at(condition, guidance)}
+        else:
+            triggered, total = training_share(training_set.labels, training_set.poisoned, condition, guidance)
+            stated = {}
         for name, judge in detectors.items():
             if judge is None:
                 calibration_detail = calibration_columns(None, None)
@@ -67,6 +74,7 @@ def measure_cells(cells: list[dict[str, Any]], training_set: ImageDataset | Data
                 **groups,
                 "training_triggered": triggered,
                 "training_total": total,
+                **stated,
                 "content_judge_accuracy": content_info["metrics"]["heldout_accuracy"],
                 "detector_accuracy": detector_accuracy,
                 **calibration_detail,

@@ -13,6 +13,7 @@ the share is a known property of the training set, so its interval is the trigge
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Iterable
 
@@ -66,9 +67,32 @@ def training_share(labels: np.ndarray, triggered: np.ndarray, condition: int, gu
     return int(np.sum(triggered & members)), int(np.sum(members))
 
 
-def summarize_counts(groups: dict[str, int], share_triggered: int, share_total: int,
-                     confidence: float = 0.95) -> dict[str, Any]:
-    """Ratios with Wilson intervals from G1-G4 counts and the training share."""
+@dataclass(frozen=True)
+class StatedShare:
+    """The training share stated for a model whose training set is not at hand (an import's ``training_share``):
+    ``share`` of its target-class training images carry the trigger; BadNets-like poisoning relabels what it poisons
+    to the target, so no other class carries it, and ``poison_ratio`` of all images do (what an unconditional
+    sample, guidance 0, imitates)."""
+
+    share: float
+    target: int
+    poison_ratio: float
+
+    def __post_init__(self):
+        for name in ("share", "poison_ratio"):
+            if not 0 <= float(getattr(self, name)) <= 1:
+                raise BibaddiffError(f"a stated {name} must lie in [0, 1]; got {getattr(self, name)}")
+
+    def at(self, condition: int, guidance: float) -> float:
+        if guidance == 0:
+            return float(self.poison_ratio)
+        return float(self.share) if int(condition) == int(self.target) else 0.0
+
+
+def summarize_counts(groups: dict[str, int], share_triggered: int | None, share_total: int | None,
+                     confidence: float = 0.95, *, stated_share: float | None = None) -> dict[str, Any]:
+    """Ratios with Wilson intervals from G1-G4 counts and the training share: counted (``share_triggered`` of
+    ``share_total`` training images) or, for a model whose training set is not at hand, ``stated_share``."""
     missing = [g for g in GROUPS if g not in groups]
     if missing:
         raise BibaddiffError(f"missing group counts: {', '.join(missing)}")
@@ -84,9 +108,13 @@ def summarize_counts(groups: dict[str, int], share_triggered: int, share_total: 
         add(f"{g}_ratio", int(groups[g]))
     add("trigger_ratio", int(groups["G1"]) + int(groups["G2"]))
     add("mismatch_ratio", int(groups["G1"]) + int(groups["G3"]))
-    share = share_triggered / share_total if share_total else math.nan
+    if stated_share is not None:
+        share = float(stated_share)
+        row["training_triggered"] = row["training_total"] = None
+    else:
+        share = share_triggered / share_total if share_total else math.nan
+        row["training_triggered"], row["training_total"] = int(share_triggered), int(share_total)
     row["training_share"] = share
-    row["training_triggered"], row["training_total"] = int(share_triggered), int(share_total)
     if share and not math.isnan(share):
         row["amplification"] = row["trigger_ratio"] / share
         row["amplification_low"] = row["trigger_ratio_low"] / share

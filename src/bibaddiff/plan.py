@@ -28,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bibaddiff.diffusion.imported import content_digests, folder_digest, import_record
 from bibaddiff.diffusion.timesteps import SAMPLER_KEYS, non_default_sampler_options
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.triggers import DETECTOR_ALPHA_RANGE
@@ -44,12 +45,19 @@ ATTACK = rf"clean|{POISONED_ATTACK}(?:-dup_(?:random|duplicates))?"
 STAGE = rf"(?:{ATTACK})-{DIGEST}"
 SAMPLER = r"none|clip|clip_recompute"
 GENERATED_SET = rf"generated_seed\d+_s{NUMBER}"
+# Where a model lies below R/models (and its generations below R/generated): trained here, <stage>/train-<d>/seed<k>;
+# imported, imported/<name>-<d>, the digest of its import record (its files' contents included).
+TRAINED_MODEL = rf"{STAGE}/train-{DIGEST}/seed\d+"
+IMPORT = rf"{NAME}-{DIGEST}"
+IMPORTED_MODEL = rf"imported/{IMPORT}"
 TRAINSET = rf"clean|poisoned|{GENERATED_SET}"
 DETSET = rf"training|{GENERATED_SET}"
 WILDCARD_CONSTRAINTS = {
     "attack": ATTACK,
     # A shared stage's folder: the attack's name and a digest of everything that determines its data.
     "stage": STAGE,
+    "model": rf"{TRAINED_MODEL}|{IMPORTED_MODEL}",
+    "imported": IMPORT,
     "judge": rf"{NAME}-{DIGEST}",
     "seed": r"\d+",
     "condition": r"\d+",
@@ -130,6 +138,33 @@ def parse_stage(name: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+@dataclass(frozen=True)
+class ModelName:
+    """What a model's place says: a stage, training settings and seed (trained here), or an import's name and
+    digest."""
+
+    stage: str | None = None
+    training_id: str | None = None
+    seed: int | None = None
+    imported: str | None = None
+
+
+def trained_model_name(stage: str, training_id: str, seed: int | str) -> str:
+    return f"{stage}/{training_id}/seed{seed}"
+
+
+def imported_model_name(name: str, record: Any) -> str:
+    return f"imported/{name}-{settings_digest(record)}"
+
+
+def parse_model_name(text: str) -> ModelName:
+    match = _parse(rf"({STAGE})/(train-{DIGEST})/seed(\d+)|imported/({IMPORT})", text,
+                   "a model's place (<stage>/train-<digest>/seed<k> or imported/<name>-<digest>)")
+    if match.group(4):
+        return ModelName(imported=match.group(4))
+    return ModelName(match.group(1), match.group(2), int(match.group(3)))
+
+
 def seed_name(seed: int | str) -> str:
     return f"seed{int(seed)}"
 
@@ -202,8 +237,20 @@ def parse_judge_name(name: str) -> tuple[str, str]:
 
 
 def job_name(*parts: str) -> str:
-    """How logs and benchmarks name a job: its wildcards joined by underscores."""
+    """How logs and benchmarks name a job: its wildcards joined by underscores (a model's place keeps its slashes, so
+    a generate job's log lies in folders: logs/generate/<stage>/train-<d>/seed<k>_gen-<d>.log)."""
     return "_".join(parts)
+
+
+def rule_of_job_file(path: str | Path) -> str:
+    """The rule whose log or benchmark file this is: the folder right below the nearest ``logs`` or ``benchmarks``
+    (:meth:`Plan.log_file` and friends; the job's name below it may hold folders)."""
+    parts = Path(path).parts
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] in ("logs", "benchmarks") and index + 2 < len(parts):
+            return parts[index + 1]
+    raise BibaddiffError(f"{path}: not a job's log or benchmark file (expected .../logs/<rule>/... or "
+                         ".../benchmarks/<rule>/...)")
 
 
 def training_launcher(python: str, processes: int, gpu_device: str | None = None) -> str:
@@ -231,6 +278,34 @@ CALIBRATION_KEYS = ("target_fpr", "calibration_images", "detector_negatives", "d
 PER_GENERATION_JOB = {"model": (), "condition": ("sampler", "condition"), "cell": ("sampler", "condition", "guidance")}
 
 
+ORIGIN_TRAINED = "trained here"
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """A model of the plan that another run trained (an entry of ``imported_models``): its attack and seed in the
+    tables, its config entry, and its import record (:func:`bibaddiff.diffusion.imported.import_record`), whose digest
+    places its folder."""
+
+    name: str
+    attack: str
+    seed: int
+    entry: dict[str, Any]
+    record: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        return imported_model_name(self.name, self.record)
+
+    @property
+    def origin(self) -> str:
+        return f"imported from {self.record['path']}"
+
+    @property
+    def rebuilds_data(self) -> bool:
+        return self.entry.get("training_data") == "rebuild"
+
+
 # ------------------------------------------------------------------------------------------------------ the plan
 class Plan:
     """Everything the rules need from a validated config (:func:`bibaddiff.config.validate_config`): which attacks,
@@ -255,9 +330,10 @@ class Plan:
         generation = config["generation"]
         training = config["diffusion"]["training"]
 
+        # Every model is an (attack, seed): the models trained here, then the imported ones (imported_models).
         self.attacks: dict[str, dict[str, Any]] = {
             attack_name(trigger, ratio): {"trigger": trigger, "ratio": float(ratio)}
-            for trigger in config["triggers"] for ratio in config["poisoning"]["ratios"]
+            for trigger in config["triggers"] for ratio in config["poisoning"]["ratios"] if training["seeds"]
         }
         self.duplicates = config["replication"]["duplicate_poisoning"]
         if self.duplicates["enabled"]:
@@ -267,7 +343,17 @@ class Plan:
                 self.attacks[attack_name(trigger, self.duplicates["ratio"], mode)] = {
                     "trigger": trigger, "ratio": float(self.duplicates["ratio"]), "duplicates": mode}
         self.clean_seeds = list(training["clean_seeds"])
-        if self.clean_seeds:
+        self.trained_attacks = set(self.attacks) | ({"clean"} if self.clean_seeds else set())
+        self.import_entries = config.get("imported_models", {})
+        self.import_slots = {}
+        for name, entry in self.import_entries.items():
+            trigger = None if entry.get("clean") else entry["trigger"]
+            attack = attack_name(trigger, entry.get("poison_ratio", 0.0))
+            self.attacks.setdefault(attack, {"trigger": trigger, "ratio": float(entry.get("poison_ratio", 0.0))})
+            self.import_slots[(attack, int(entry["seed"]))] = name
+        # The clean control comes last, whether trained here or imported.
+        if self.clean_seeds or "clean" in self.attacks:
+            self.attacks.pop("clean", None)
             self.attacks["clean"] = {"trigger": None, "ratio": 0.0}
         self.conditions = [self.target] + list(generation["other_conditions"])
         self.guidance = [number(s) for s in generation["guidance_scales"]]
@@ -288,13 +374,16 @@ class Plan:
         # poisoning.seed + the training seed); otherwise every seed shares one draw. The duplicate-poisoning pair
         # always shares its draw (its design fixes which images are poisoned).
         self.draw_per_seed = config["poisoning"]["draw_per_seed"]
+        # The poisoned sets the DAG makes: those of the models trained here and of the imports that rebuild theirs.
         self.poisoned_records = {(attack, seed): self.poisoned_record(attack, seed)
-                                 for attack in self.attacks if attack != "clean" for seed in self.training_seeds(attack)}
+                                 for attack, seed in self.models() if attack != "clean"
+                                 and (self.import_slots.get((attack, seed)) is None
+                                      or self.import_entries[self.import_slots[(attack, seed)]].get("training_data") == "rebuild")}
         self.stage_records = {self.clean_stage: self.clean_record,
                               **{self.stage_of(attack, seed): record
                                  for (attack, seed), record in self.poisoned_records.items()}}
-        self.attack_of_stage = {self.stage_of(attack, seed): attack
-                                for attack in self.attacks for seed in self.training_seeds(attack)}
+        self.attack_of_stage = {self.stage_of(attack, seed): attack for attack, seed in self.models()
+                                if attack == "clean" or (attack, seed) in self.poisoned_records}
 
         # diffusion.pretrained as the jobs see it. A base model that the DAG builds is named by its folder, which its
         # settings and the images its VAE learns from place.
@@ -304,6 +393,12 @@ class Plan:
             self.tiny_base = (f"{self.results}/base/tiny-"
                               f"{settings_digest({'build': self.pretrained, 'data': self.clean_stage})}")
             self.pretrained = {"path": self.tiny_base, "config": None}
+        # Each import, placed by its record: its files' digests, how it loads, where its classes come from.
+        self.imported = {(self.import_attack(name), int(entry["seed"])): ImportedModel(
+            name, self.import_attack(name), int(entry["seed"]), entry,
+            import_record(name, entry, config, self.pretrained, self.clean_stage))
+            for name, entry in self.import_entries.items()}
+        self.import_of_folder = {imported.model.removeprefix("imported/"): imported for imported in self.imported.values()}
         self.training_settings = {
             k: v for k, v in training.items()
             if k not in ("seeds", "clean_seeds", "threads", "processes", "encode_batch_size")
@@ -341,12 +436,14 @@ class Plan:
         self.calibration_sampling = {**self.sampling_settings, "num_images": self.judges["calibration_images"],
                                      "seed": generation["seed"] + 2, "purpose": "trigger detector calibration"}
         self.calibration_id = f"cal-{settings_digest(self.calibration_sampling)}"
-        self.calibration_cells = [self.generated(self.clean_stage, self.clean_seeds[0], sampler, condition, s,
+        # The first clean model draws it, trained here or imported.
+        self.calibration_model = self.model_name("clean", self.training_seeds("clean")[0]) if "clean" in self.attacks else None
+        self.calibration_cells = [self.generated(self.calibration_model, sampler, condition, s,
                                                  sampling_id=self.calibration_id)
-                                  for sampler, condition, s in self.cells] if self.clean_seeds else []
+                                  for sampler, condition, s in self.cells] if self.calibration_model else []
         # Without a clean model there are no clean generations: detectors train on real images and are checked on
         # held-out real images, and every calibration row says so.
-        self.detector_negatives = self.judges["detector_negatives"] if self.clean_seeds else "real"
+        self.detector_negatives = self.judges["detector_negatives"] if self.calibration_model else "real"
         # The content judge learns to ignore the triggers by seeing them stamped; a relabel-only control stamps nothing.
         self.content_judge_triggers = {name: config["triggers"][name] for name in self.pixel_triggers}
         self.content_judge_record = {"kind": "content judge", "data": self.clean_stage, "settings": self.judge_settings,
@@ -382,8 +479,31 @@ class Plan:
 
     # ---------------------------------------------------------------------------------------------- attacks, seeds
     def training_seeds(self, attack: str) -> list[int]:
+        """The seeds of an attack's models: those trained here (an attack of triggers x ratios, or the clean control),
+        then the imported ones."""
         training = self.config["diffusion"]["training"]
-        return training["clean_seeds"] if attack == "clean" else training["seeds"]
+        trained = []
+        if attack in self.trained_attacks:
+            trained = list(training["clean_seeds"] if attack == "clean" else training["seeds"])
+        return trained + [seed for (imported, seed) in self.import_slots if imported == attack]
+
+    def import_attack(self, name: str) -> str:
+        entry = self.import_entries[name]
+        return attack_name(None if entry.get("clean") else entry["trigger"], entry.get("poison_ratio", 0.0))
+
+    def imported_model(self, attack: str, seed: int | str) -> ImportedModel | None:
+        """The import that is this (attack, seed), or None for a model trained here."""
+        return self.imported.get((attack, int(seed)))
+
+    def origin(self, attack: str, seed: int | str) -> str:
+        """Where a model comes from, as every table says it: trained here, or imported from its path."""
+        imported = self.imported_model(attack, seed)
+        return ORIGIN_TRAINED if imported is None else imported.origin
+
+    def origins(self) -> dict[str, dict[str, str]]:
+        """Each attack's models' origins by seed (as the tables write seeds), for the summaries' origin column."""
+        return {attack: {str(seed): self.origin(attack, seed) for seed in self.training_seeds(attack)}
+                for attack in self.attacks}
 
     def models(self) -> list[tuple[str, int]]:
         """Every (attack, training seed) of the experiment."""
@@ -411,6 +531,9 @@ class Plan:
 
     # ---------------------------------------------------------------------------------------------- data stages
     def poisoning_seed(self, attack: str, seed: int) -> int:
+        name = self.import_slots.get((attack, int(seed)))
+        if name is not None:
+            return self.import_entries[name].get("poisoning_seed", self.config["poisoning"]["seed"])
         if self.draw_per_seed and not self.attacks[attack].get("duplicates"):
             return self.config["poisoning"]["seed"] + int(seed)
         return self.config["poisoning"]["seed"]
@@ -427,12 +550,17 @@ class Plan:
         return record
 
     def stage_of(self, attack: str, seed: int | str | None = None) -> str:
-        """The data stage a model of this attack and training seed learns from (seed None: the attack's first seed,
-        for the stages that use one poisoned set per attack, such as the defences' poisoned-set classifier)."""
+        """The data stage a model of this attack and training seed learns from (seed None: the attack's first seed
+        whose poisoned set the DAG makes, for the stages that use one poisoned set per attack, such as the defences'
+        poisoned-set classifier)."""
         if attack == "clean":
             return self.clean_stage
-        seed = self.training_seeds(attack)[0] if seed is None else int(seed)
-        return stage_name(attack, self.poisoned_records[(attack, seed)])
+        if seed is None:
+            seed = next((s for s in self.training_seeds(attack) if (attack, s) in self.poisoned_records), None)
+        if (attack, int(-1 if seed is None else seed)) not in self.poisoned_records:
+            raise BibaddiffError(f"{attack} seed {seed}: no poisoned set of this config (an imported model whose "
+                                 "training data is a folder of its own or a stated training share)")
+        return stage_name(attack, self.poisoned_records[(attack, int(seed))])
 
     def stage_attack(self, stage: str) -> str:
         """The attack of this config whose stage folder a job makes."""
@@ -450,8 +578,19 @@ class Plan:
     def stage_data(self, stage: str = "{stage}") -> str:
         return f"{self.results}/data/{stage}/train"
 
-    def training_data_of(self, attack: str, seed: int | str | None = None) -> str:
-        return self.clean_split("train") if attack == "clean" else self.stage_data(self.stage_of(attack, seed))
+    def training_data_of(self, attack: str, seed: int | str | None = None) -> str | None:
+        """A model's training set folder (seed None: the attack's first model whose training set is known): the clean
+        set, a poisoned set the DAG makes, or an imported model's own folder; None for an import that states only its
+        training share."""
+        seeds = self.training_seeds(attack) if seed is None else [int(seed)]
+        for candidate in seeds:
+            imported = self.imported_model(attack, candidate)
+            if imported is not None and not imported.rebuilds_data:
+                if imported.entry.get("training_data") is not None:
+                    return str(Path(imported.entry["training_data"]).expanduser().resolve())
+                continue
+            return self.clean_split("train") if attack == "clean" else self.stage_data(self.stage_of(attack, candidate))
+        return None
 
     # ------------------------------------------------------------------------------------------- models, cells
     def base_model(self) -> list[str]:
@@ -465,17 +604,81 @@ class Plan:
         """A DDPM trains on the dataset folder; Stable Diffusion on the VAE latents cached from it."""
         return self.latents_file(stage) if self.diffusion_kind == "stable_diffusion" else self.stage_data(stage)
 
+    def model_path(self, model: str = "{model}") -> str:
+        """A model's folder below R/models: ``<stage>/train-<d>/seed<k>`` (trained here) or ``imported/<name>-<d>``,
+        whose bibaddiff_model.json says where the imported files are."""
+        return f"{self.results}/models/{model}"
+
     def model_dir(self, stage: str = "{stage}", seed: int | str = "{seed}") -> str:
-        return f"{self.results}/models/{stage}/{self.training_id}/seed{seed}"
+        """The folder of a model trained here (train_diffusion's output)."""
+        return self.model_path(trained_model_name(stage, self.training_id, seed))
 
     def model_of(self, attack: str, seed: int | str) -> str:
-        """The model an experiment-level job (measurement, defences) reads: its attack's stage, this config's
-        training."""
-        return self.model_dir(self.stage_of(attack, seed), seed)
+        """The model an experiment-level job (measurement, defences) reads: trained here (its attack's stage, this
+        config's training) or imported."""
+        return self.model_path(self.model_name(attack, seed))
 
     def model_name(self, attack: str, seed: int | str) -> str:
-        """A model's folder below R/models: what quality results name it by."""
-        return f"{self.stage_of(attack, seed)}/{self.training_id}/seed{seed}"
+        """A model's place below R/models and R/generated: what quality results name it by."""
+        imported = self.imported_model(attack, seed)
+        if imported is not None:
+            return imported.model
+        return trained_model_name(self.stage_of(attack, seed), self.training_id, seed)
+
+    # ---- imports
+    def import_folder(self, imported: str = "{imported}") -> str:
+        """An import's folder (rule import_model's output): ``R/models/imported/<name>-<d>``."""
+        return self.model_path(f"imported/{imported}")
+
+    def import_at(self, imported: str) -> ImportedModel:
+        """The import whose folder is ``imported/<imported>``."""
+        if imported not in self.import_of_folder:
+            raise BibaddiffError(f"models/imported/{imported} is not an import of this config (experiment "
+                                 f"{self.experiment}); its imports are {', '.join(sorted(self.import_of_folder)) or 'none'}")
+        return self.import_of_folder[imported]
+
+    def import_inputs(self, imported: str) -> dict[str, Any]:
+        """What writing an import's folder reads: the clean training set when the model's files do not name its
+        classes, and the base model when the DAG builds it."""
+        record = self.import_at(imported).record
+        inputs: dict[str, Any] = {"classes": self.clean_split("train")} if "classes" in record else {}
+        if record.get("base") and self.tiny_base:
+            inputs["base"] = self.base_model()
+        return inputs
+
+    def import_description_file(self, name: str = "{name}") -> str:
+        """What an experiment imported and why it measures it so: ``E/imported/<name>.json``."""
+        return f"{self.experiment_dir}/imported/{name}.json"
+
+    def import_description(self, name: str) -> dict[str, Any]:
+        """An import as the experiment uses it: its attack and seed, where it comes from, the digest of each of its
+        files, and its training data (a folder with one digest of all its files, the rebuilt stage, or the stated
+        share).
+        Written by rule describe_import; a change of any of it reruns what reads it."""
+        matches = [imported for imported in self.imported.values() if imported.name == name]
+        if not matches:
+            raise BibaddiffError(f"{name} is not an import of this config (experiment {self.experiment})")
+        imported = matches[0]
+        entry = imported.entry
+        if imported.rebuilds_data:
+            training = {"kind": "rebuilt", "folder": self.training_data_of(imported.attack, imported.seed)}
+        elif entry.get("training_data") is not None:
+            folder = self.training_data_of(imported.attack, imported.seed)
+            digests = content_digests(folder)
+            training = {"kind": "folder", "folder": folder, "num_files": len(digests), "digest": folder_digest(digests)}
+        else:
+            training = {"kind": "stated", "training_share": float(entry["training_share"])}
+        return {"name": name, "attack": imported.attack, "seed": imported.seed, "origin": imported.origin,
+                "model": self.model_of(imported.attack, imported.seed), "path": imported.record["path"],
+                "files": imported.record["files"], "training_data": training}
+
+    def import_descriptions_of(self, attack: str, seed: int | str) -> list[str]:
+        """The description file of the model when it is imported (nothing for a model trained here)."""
+        imported = self.imported_model(attack, seed)
+        return [] if imported is None else [self.import_description_file(imported.name)]
+
+    def import_descriptions(self) -> list[str]:
+        return [self.import_description_file(imported.name) for imported in self.imported.values()]
 
     def training_state_dir(self, stage: str, seed: int | str) -> str:
         # Not a declared output: Snakemake deletes those before a job starts, and this must survive to resume.
@@ -485,16 +688,15 @@ class Plan:
     def model_record(self, stage: str, seed: int | str) -> dict[str, Any]:
         return {"kind": "diffusion model", "data": stage, "training": self.trainer_settings, "seed": int(seed)}
 
-    def generation_record(self, stage: str, seed: int | str, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"kind": "generated cells", "model": self.model_dir(stage, seed),
+    def generation_record(self, model: str, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"kind": "generated cells", "model": self.model_path(model),
                 "sampling": self.sampling_settings if sampling is None else sampling}
 
-    def generated(self, stage: str = "{stage}", seed: int | str = "{seed}", sampler: str = "{sampler}",
-                  condition: int | str = "{condition}", guidance: str = "{guidance}", ext: str = "npy",
-                  sampling_id: str | None = None) -> str:
+    def generated(self, model: str = "{model}", sampler: str = "{sampler}", condition: int | str = "{condition}",
+                  guidance: str = "{guidance}", ext: str = "npy", sampling_id: str | None = None) -> str:
+        """A generated cell of a model (its place below R/models: :meth:`model_name`)."""
         sampling_id = self.sampling_id if sampling_id is None else sampling_id
-        return (f"{self.results}/generated/{stage}/{self.training_id}/seed{seed}/{sampling_id}/"
-                f"{cell_file(sampler, condition, guidance, ext)}")
+        return f"{self.results}/generated/{model}/{sampling_id}/{cell_file(sampler, condition, guidance, ext)}"
 
     def _job_cells(self) -> list[dict[str, Any]]:
         """One generate job's cells as (wildcard or value) per name, each once, in the order of its output files."""
@@ -508,8 +710,8 @@ class Plan:
         return cells
 
     def generation_job_files(self, ext: str, sampling_id: str | None = None) -> list[str]:
-        """The cell files one generate job writes: every cell of its model whose per-job wildcards match (stage and
-        seed left as wildcards)."""
+        """The cell files one generate job writes: every cell of its model whose per-job wildcards match (the model
+        left as a wildcard)."""
         return [self.generated(**cell, ext=ext, sampling_id=sampling_id) for cell in self._job_cells()]
 
     def generation_job_cells(self, wildcards: dict[str, str]) -> list[dict[str, Any]]:
@@ -522,7 +724,7 @@ class Plan:
         return cells
 
     def calibration_job_files(self, ext: str) -> list[str]:
-        """The calibration cells of the clean model, with the stage and seed left as wildcards of the job."""
+        """The calibration cells of the clean model, with the model left as a wildcard of the job."""
         return [self.generated(sampler=sampler, condition=condition, guidance=s, ext=ext,
                                sampling_id=self.calibration_id) for sampler, condition, s in self.cells]
 
@@ -531,8 +733,8 @@ class Plan:
         return [Cell(sampler, int(c), float(s)).as_params() for sampler, c, s in self.cells]
 
     def cells_of(self, attack: str, seed: int | str) -> list[str]:
-        return [self.generated(self.stage_of(attack, seed), seed, sampler, condition, s)
-                for sampler, condition, s in self.cells]
+        model = self.model_name(attack, seed)
+        return [self.generated(model, sampler, condition, s) for sampler, condition, s in self.cells]
 
     def all_cells(self) -> list[str]:
         """Every generated cell (targets of rule all: Snakemake does not regenerate a deleted intermediate file while
@@ -544,7 +746,7 @@ class Plan:
         """The target-class sample grid of each attack's first seed, per guidance scale, under the first sampler:
         the files, and what each shows."""
         shown = [(attack, s) for attack in self.attacks for s in self.guidance]
-        files = [self.generated(self.stage_of(attack), self.training_seeds(attack)[0], self.samplers[0], self.target,
+        files = [self.generated(self.model_name(attack, self.training_seeds(attack)[0]), self.samplers[0], self.target,
                                 s, "png") for attack, s in shown]
         return files, [{"attack": attack, "guidance": float(s)} for attack, s in shown]
 
@@ -618,9 +820,8 @@ class Plan:
         """Every shared stage folder this experiment uses, for its provenance record."""
         stages = [str(Path(self.clean_split("train")).parent), self.content_judge,
                   *map(self.trigger_judge, self.pixel_triggers)]
-        stages += [str(Path(self.training_data_of(attack, seed)).parent) for attack, seed in self.models()
-                   if attack != "clean"]
-        stages += [self.model_dir(self.stage_of(attack, seed), seed) for attack, seed in self.models()]
+        stages += [str(Path(self.stage_data(self.stage_of(attack, seed))).parent) for attack, seed in self.poisoned_records]
+        stages += [self.model_of(attack, seed) for attack, seed in self.models()]
         return sorted(set(stages + self.base_model()))
 
     # ------------------------------------------------------------------------------------------------ defences
@@ -642,8 +843,13 @@ class Plan:
         return f"{self.experiment_dir}/defenses/classifiers/{attack}/{trainset}"
 
     def defense_trainsets(self, attack: str) -> list[str]:
-        """Training sets whose classifiers are compared: the poisoned set and each generated set (seed, guidance)."""
-        return ["poisoned"] + self.generated_set_names(attack)
+        """Training sets whose classifiers are compared: the poisoned set (when known: an import may state only its
+        training share) and each generated set (seed, guidance)."""
+        return (["poisoned"] if self.training_data_of(attack) else []) + self.generated_set_names(attack)
+
+    def detection_sets(self, attack: str) -> list[str]:
+        """Sets screened for poison: the poisoned training set (when known) and each generated set."""
+        return (["training"] if self.training_data_of(attack) else []) + self.generated_set_names(attack)
 
     def trainset_data(self, attack: str, trainset: str) -> str:
         name = parse_trainset(trainset)
@@ -677,8 +883,7 @@ class Plan:
 
     def defense_sets(self) -> dict[str, list[tuple[str, str]]]:
         """(attack, set) of every detection result and every classifier the defence summary reads."""
-        detection = [(attack, detset) for attack in self.poisoned_attacks
-                     for detset in ["training"] + self.generated_set_names(attack)]
+        detection = [(attack, detset) for attack in self.poisoned_attacks for detset in self.detection_sets(attack)]
         classifiers = [(attack, trainset) for attack in self.poisoned_attacks
                        for trainset in self.defense_trainsets(attack)]
         return {"detection": detection, "classifiers": classifiers + [("clean", "clean")]}
@@ -707,8 +912,12 @@ class Plan:
         """The content classifier, only when it is the embedder."""
         return [self.content_judge] if self.replication["embedder"]["type"] == "classifier" else []
 
+    def replication_models(self) -> list[tuple[str, int]]:
+        """The models whose training images are known: replication compares generations with them."""
+        return [(attack, seed) for attack, seed in self.models() if self.training_data_of(attack, seed)]
+
     def replication_summary_inputs(self) -> dict[str, list[str]]:
-        models = self.models()
+        models = self.replication_models()
         return {
             "summaries": [self.replication_file(a, s) for a, s in models],
             "neighbours": [self.replication_file(a, s, "npz") for a, s in models],
@@ -717,8 +926,8 @@ class Plan:
         }
 
     # -------------------------------------------------------------------------------------------------- quality
-    def quality_set(self, stage: str = "{stage}", seed: int | str = "{seed}") -> str:
-        return f"{self.results}/generated/{stage}/{self.training_id}/seed{seed}/{self.quality_set_id}"
+    def quality_set(self, model: str = "{model}") -> str:
+        return f"{self.results}/generated/{model}/{self.quality_set_id}"
 
     def quality_generations_of(self, attack: str, seed: int | str) -> str:
         """A defence's generated training set where it is the same set (clean balance, as many images as the clean
@@ -728,7 +937,7 @@ class Plan:
                     and self.quality_guidance in self.generated_set_guidance)
         if same_set:
             return self.generated_set(attack, seed, self.quality_guidance)
-        return self.quality_set(self.stage_of(attack, seed), seed)
+        return self.quality_set(self.model_name(attack, seed))
 
     def quality_model_inputs(self, attack: str, seed: int | str) -> dict[str, str]:
         """The Inception weights file when configured; the model when its prompts are needed (the CLIP score)."""
@@ -764,7 +973,7 @@ class Plan:
                          "models/<attack>/seed<k>/); this workflow neither reads nor overwrites them, and retrains what "
                          f"it needs under names with a settings digest (e.g. data/{self.clean_stage}/). Delete the old "
                          "folders when you no longer need them.")
-        if self.judges["detector_negatives"] == "generated" and not self.clean_seeds:
+        if self.judges["detector_negatives"] == "generated" and not self.calibration_model:
             notes.append("note: judges.detector_negatives is 'generated' but diffusion.training.clean_seeds is empty: "
                          "the trigger detectors train on real images only and are checked on held-out real images")
         return notes

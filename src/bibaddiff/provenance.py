@@ -60,10 +60,11 @@ def git_state(source_dir: str | Path) -> dict[str, Any]:
 
 def write_provenance(config: dict[str, Any], source_dir: str | Path, config_path: str | Path,
                      environment_path: str | Path, experiment_outputs: list[str] | None = None,
-                     stages: list[str] | None = None) -> dict[str, Any]:
+                     stages: list[str] | None = None, imported: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the resolved config (YAML, after defaults) and the environment record (JSON-compatible YAML: time, host,
-    Python, package versions, git state, the outputs it describes and the shared stage folders (data, judges,
-    models) it used). Returns the environment record."""
+    Python, package versions, git state, the outputs it describes, the shared stage folders (data, judges, models) it
+    used and, for each imported model, what it is, the SHA-256 of each of its files and one of its own training set's
+    files: :meth:`bibaddiff.plan.Plan.import_description`). Returns the environment record."""
     if not isinstance(config, dict) or "experiment" not in config:
         raise BibaddiffError("provenance: the config must be the resolved experiment config (a mapping with 'experiment')")
     environment = {
@@ -76,6 +77,7 @@ def write_provenance(config: dict[str, Any], source_dir: str | Path, config_path
         "git": git_state(source_dir),
         "outputs": sorted(experiment_outputs or []),
         "stages": sorted(stages or []),
+        "imported_models": {description["name"]: description for description in imported or []},
     }
     for path in (config_path, environment_path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

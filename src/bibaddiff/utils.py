@@ -67,11 +67,17 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_atomically(path, dump)
 
 
+def cache_dir() -> Path:
+    """Where checks and digests of the user's files are remembered: ``$BIBADDIFF_CACHE_DIR``, default
+    ``~/.cache/bibaddiff``."""
+    return Path(os.environ.get("BIBADDIFF_CACHE_DIR") or Path.home() / ".cache" / "bibaddiff")
+
+
 def check_file_once(path: str | os.PathLike, check, kind: str) -> None:
     """``check(path)``, which raises for a bad file, unless it already passed for this very file: the same resolved path,
-    size and modification time. Passes are remembered in ``$BIBADDIFF_CACHE_DIR`` (default ``~/.cache/bibaddiff``),
-    so that a check which loads a network runs once per file, not in every ``snakemake`` invocation and cluster job
-    that validates the config; a failure is never remembered, and a cache that cannot be written only costs time."""
+    size and modification time. Passes are remembered in :func:`cache_dir`, so that a check which loads a network
+    runs once per file, not in every ``snakemake`` invocation and cluster job that validates the config; a failure is
+    never remembered, and a cache that cannot be written only costs time."""
     resolved = Path(path).expanduser().resolve()
     try:
         stat = resolved.stat()
@@ -79,7 +85,7 @@ def check_file_once(path: str | os.PathLike, check, kind: str) -> None:
         check(path)  # names the missing file in its own words
         return
     key = f"{kind} {resolved} {stat.st_size} {stat.st_mtime_ns}"
-    cache = Path(os.environ.get("BIBADDIFF_CACHE_DIR") or Path.home() / ".cache" / "bibaddiff") / "checked-files.json"
+    cache = cache_dir() / "checked-files.json"
     try:
         passed = set(json.loads(cache.read_text()))
     except (OSError, ValueError, TypeError):
@@ -91,6 +97,38 @@ def check_file_once(path: str | os.PathLike, check, kind: str) -> None:
         write_json(cache, sorted(passed | {key}))
     except OSError:
         pass
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes. Remembered in :func:`cache_dir` with the file's resolved path, size and
+    modification time, so that a multi-gigabyte checkpoint is read once, not on every ``snakemake`` call that plans
+    with it; a file rewritten in place gets a new modification time and is read again."""
+    import hashlib
+
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    key = f"{resolved} {stat.st_size} {stat.st_mtime_ns}"
+    cache = cache_dir() / "file-digests.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError, TypeError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    # Entries of the same path with another size or time describe older contents: drop them.
+    known = {name: value for name, value in known.items() if name.rsplit(" ", 2)[0] != str(resolved)}
+    known[key] = digest.hexdigest()
+    try:
+        write_json(cache, known)
+    except OSError:
+        pass
+    return known[key]
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -766,7 +766,7 @@ def _stratified_bootstrap_aurocs(scores: np.ndarray, flags: np.ndarray, resample
     return values
 
 
-def compare_aurocs(training: tuple[np.ndarray, np.ndarray], generated_sets: list[tuple[np.ndarray, np.ndarray]], *,
+def compare_aurocs(training: tuple[np.ndarray, np.ndarray] | None, generated_sets: list[tuple[np.ndarray, np.ndarray]], *,
                    resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """AUROC on generated sets minus AUROC on the training set, each difference with its own bootstrap interval.
 
@@ -780,13 +780,14 @@ def compare_aurocs(training: tuple[np.ndarray, np.ndarray], generated_sets: list
     with an interval from a two-stage bootstrap that resamples the sets (the seeds), then the images within each
     drawn set, so that it widens when seeds disagree; ``between_seed_sd`` is the standard deviation of the sets'
     AUROCs (ddof 1). A generated set with no poisoned or no clean image has no AUROC: it is nan and left out of
-    the pooled estimate (``sets_scored`` counts the others)."""
+    the pooled estimate (``sets_scored`` counts the others). Without a training set (``training`` None: a model
+    whose training set is not at hand) the generated sets keep their AUROCs and every difference is nan."""
     resamples = check_int(resamples, "resamples", 1)
     if not _is_finite_number(level) or not 0 < level < 1:
         raise BibaddiffError(f"level must lie in (0, 1); got {level!r}")
     if not isinstance(generated_sets, (list, tuple)):
         raise BibaddiffError(f"generated_sets must be a list of (scores, is_poisoned) pairs; got {type(generated_sets).__name__}")
-    training = _check_scored_set(training, "training")
+    training = None if training is None else _check_scored_set(training, "training")
     generated_sets = [_check_scored_set(s, f"generated_sets[{k}]") for k, s in enumerate(generated_sets)]
     rng = np.random.default_rng(check_int(seed, "seed", 0))
     quantiles = [(1 - level) / 2, (1 + level) / 2]
@@ -797,8 +798,9 @@ def compare_aurocs(training: tuple[np.ndarray, np.ndarray], generated_sets: list
         low, high = np.quantile(values, quantiles)
         return float(low), float(high)
 
-    training_auroc = auroc(*training)
-    training_draws = _stratified_bootstrap_aurocs(*training, resamples, rng)
+    training_auroc = math.nan if training is None else auroc(*training)
+    training_draws = (np.full(resamples, math.nan) if training is None
+                      else _stratified_bootstrap_aurocs(*training, resamples, rng))
     result: dict[str, Any] = {"training": {"auroc": training_auroc, **dict(zip(("auroc_low", "auroc_high"),
                                                                               interval(training_draws)))}}
     per_set, scored_draws, scored_aurocs = [], [], []

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bibaddiff.diffusion.imported import verify_import
 from bibaddiff.diffusion.timesteps import DEFAULT_PRECISION, DEFAULT_TIMESTEPS
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import write_atomically
@@ -92,4 +93,13 @@ def generate_cells(model_dir: str | os.PathLike, cells: Sequence[Cell], settings
             write_atomically(cell.grid, lambda tmp: grid.save(tmp, format="PNG"))
             log(f"[{number}/{len(missing)}] wrote {len(images)} images to {cell.images} "
                 f"({time.perf_counter() - started:.1f} s)")
+        try:
+            # An imported model's files may have changed while it generated: then these cells are not of the files
+            # the run placed them by, and go.
+            verify_import(model_dir)
+        except BibaddiffError:
+            for cell in missing:
+                cell.images.unlink(missing_ok=True)
+                cell.grid.unlink(missing_ok=True)
+            raise
     return {"generated": missing, "kept": kept}

@@ -10,6 +10,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo, check_safetensors_weights
+from bibaddiff.diffusion.imported import IMPORTED_KEY, unet_folder, verify_import
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.utils import read_json, write_json
 
@@ -79,17 +80,42 @@ def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tup
 
 
 def load_diffusion_model(directory: str | Path, device: torch.device | str = "cpu") -> DiffusionModel:
-    """Load a model folder written by either training path (``kind`` in its model file says which)."""
+    """Load a model folder written by either training path, or an import's folder (``kind`` in its model file says
+    which kind; ``imported``, that the weights are the imported files, checked against their digests first)."""
     directory = Path(directory)
     info_path = directory / MODEL_INFO_FILE
     if not info_path.is_file():
         raise BibaddiffError(f"{directory}: not a bibaddiff model folder ({MODEL_INFO_FILE} missing)")
-    kind = read_json(info_path).get("kind", "ddpm")
+    raw = read_json(info_path)
+    kind = raw.get("kind", "ddpm")
+    if IMPORTED_KEY in raw:
+        verify_import(directory)
     if kind == "stable_diffusion":
-        from bibaddiff.diffusion.stable import load_text_to_image_model
+        from bibaddiff.diffusion.stable import load_imported_text_to_image_model, load_text_to_image_model
 
+        if IMPORTED_KEY in raw:
+            return load_imported_text_to_image_model(raw, device)
         return load_text_to_image_model(directory, device)
     if kind != "ddpm":
         raise BibaddiffError(f"{info_path}: unknown model kind {kind!r}")
+    if IMPORTED_KEY in raw:
+        return _load_imported_ddpm(raw, device)
     unet, scheduler, info = load_model(directory, device)
+    return DiffusionModel(unet, scheduler, info, (info.channels, info.image_size, info.image_size))
+
+
+def _load_imported_ddpm(raw: dict[str, Any], device: torch.device | str) -> DiffusionModel:
+    """A DDPM from another run: a bibaddiff folder as it is; a diffusers pipeline or UNet folder with the classes of
+    its import folder and, for a bare UNet, the noise schedule recorded at import."""
+    record = raw[IMPORTED_KEY]
+    path, layout = Path(record["path"]), record["layout"]
+    if layout == "bibaddiff":
+        unet, scheduler, info = load_model(path, device)
+    else:
+        folder = unet_folder(path, layout)
+        check_safetensors_weights(folder)
+        unet = UNet2DModel.from_pretrained(folder).to(device).eval()
+        scheduler = (DDPMScheduler.from_pretrained(path / "scheduler") if layout == "pipeline"
+                     else build_scheduler(**record["scheduler"]))
+        info = ModelInfo(int(raw["num_classes"]), list(raw["class_names"]), int(raw["image_size"]), int(raw["channels"]))
     return DiffusionModel(unet, scheduler, info, (info.channels, info.image_size, info.image_size))

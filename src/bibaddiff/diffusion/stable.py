@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from bibaddiff.data import ImageDataset, content_hash
 from bibaddiff.diffusion.base import MODEL_INFO_FILE, DiffusionModel, ModelInfo, check_safetensors_weights
+from bibaddiff.diffusion.imported import IMPORTED_KEY
 from bibaddiff.diffusion.pretrained import check_pretrained
 from bibaddiff.images import to_model_space, to_uint8
 from bibaddiff.errors import BibaddiffError
@@ -236,22 +237,56 @@ class PromptConditionedUNet(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=hidden)
 
 
-def load_text_to_image_model(directory: str | Path, device: torch.device | str = "cpu") -> DiffusionModel:
-    """A fine-tuned model folder (full UNet or LoRA weights over the base model named in it) as a DiffusionModel."""
+def load_text_to_image_model(directory: str | Path, device: torch.device | str = "cpu",
+                             pretrained: dict[str, Any] | None = None) -> DiffusionModel:
+    """A fine-tuned model folder (full UNet or LoRA weights over the base model named in it, or over ``pretrained``
+    when given) as a DiffusionModel."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     directory = Path(directory)
     info_json = read_json(directory / MODEL_INFO_FILE)
+    base = pretrained or info_json["pretrained"]
     if (directory / "unet").is_dir():
         check_safetensors_weights(directory / "unet")
-        components = load_components(info_json["pretrained"], unet=UNet2DConditionModel.from_pretrained(directory / "unet"))
+        components = load_components(base, unet=UNet2DConditionModel.from_pretrained(directory / "unet"))
     elif (directory / LORA_WEIGHTS_FILE).is_file():
         check_safetensors_weights(directory)
-        components = load_components(info_json["pretrained"])
-        components.unet = _unet_with_lora(components, directory)
+        components = load_components(base)
+        components.unet = _unet_with_lora(components, directory / LORA_WEIGHTS_FILE)
     else:
         raise BibaddiffError(f"{directory}: neither a unet/ folder nor {LORA_WEIGHTS_FILE}")
-    scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+    return text_to_image_model(components, DDPMScheduler.from_pretrained(directory / "scheduler"), info_json, device)
+
+
+def load_imported_text_to_image_model(info_json: dict[str, Any], device: torch.device | str = "cpu") -> DiffusionModel:
+    """An imported Stable Diffusion (an import folder's ``bibaddiff_model.json``: its classes and prompts, and under
+    ``imported`` the layout, path and base; :mod:`bibaddiff.diffusion.imported`) as a DiffusionModel. A single-file
+    checkpoint is read the way a single-file base model is, with the configs of a diffusers folder."""
+    from diffusers import UNet2DConditionModel
+
+    record = info_json[IMPORTED_KEY]
+    path, layout = Path(record["path"]), record["layout"]
+    if layout == "bibaddiff":
+        return load_text_to_image_model(path, device, pretrained=record.get("base"))
+    if layout == "pipeline":
+        components = load_components({"path": str(path), "config": None})
+    elif layout == "checkpoint":
+        components = load_components({"path": str(path), "config": record["config"]})
+    elif layout == "unet":
+        check_safetensors_weights(path)
+        components = load_components(record["base"], unet=UNet2DConditionModel.from_pretrained(path))
+    elif layout == "lora":
+        components = load_components(record["base"])
+        components.unet = _unet_with_lora(components, path)
+    else:
+        raise BibaddiffError(f"{path}: unknown import layout {layout!r}")
+    return text_to_image_model(components, components.scheduler, info_json, device)
+
+
+def text_to_image_model(components: StableDiffusionComponents, scheduler: Any, info_json: dict[str, Any],
+                        device: torch.device | str = "cpu") -> DiffusionModel:
+    """Stable Diffusion components behind the class-label interface: ``info_json`` gives the class names, the
+    prompt of each class and the image size (and, for a model trained on per-image captions, each class's captions)."""
     info = ModelInfo(len(info_json["class_names"]), list(info_json["class_names"]), int(info_json["image_size"]), 3)
     device = torch.device(device)
     components.text_encoder.to(device).eval()
@@ -280,15 +315,15 @@ def load_text_to_image_model(directory: str | Path, device: torch.device | str =
                           encode, decode, kind="stable_diffusion", prompt_rows=prompt_rows)
 
 
-def _unet_with_lora(components: StableDiffusionComponents, directory: Path) -> Any:
-    """The base UNet with the LoRA weights of ``directory`` fused in, through diffusers' own LoRA loader."""
+def _unet_with_lora(components: StableDiffusionComponents, weights: Path) -> Any:
+    """The base UNet with the LoRA weights of the file ``weights`` fused in, through diffusers' own LoRA loader."""
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
                                        tokenizer=components.tokenizer, unet=components.unet,
                                        scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-    pipeline.load_lora_weights(str(directory), weight_name=LORA_WEIGHTS_FILE)
+    pipeline.load_lora_weights(str(weights.parent), weight_name=weights.name)
     pipeline.fuse_lora()
     pipeline.unload_lora_weights()
     return pipeline.unet

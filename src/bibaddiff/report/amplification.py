@@ -19,6 +19,7 @@ from bibaddiff.errors import BibaddiffError
 from bibaddiff.metrics import (GROUPS, corrected_bootstrap, corrected_ratio, heterogeneity_p_value, percentile_interval,
                                pool_counts, seed_bootstrap, share_bootstrap, summarize_counts, wilson_interval)
 from bibaddiff.report.figures import saved_figure
+from bibaddiff.report.origin import Origins, origin_of, with_origin
 from bibaddiff.utils import read_json
 
 KEYS = ["attack", "trigger", "poison_ratio", "x0_clipping", "condition", "is_target", "guidance"]
@@ -63,23 +64,26 @@ def amplification_table(model_metrics: list[dict[str, Any]], accuracy_floor: flo
             raw[column] = None  # metrics written before detectors were calibrated
     raw["detector_accuracy"] = pd.to_numeric(raw["detector_accuracy"])
     table = []
+    if "training_share_stated" not in raw:
+        raw["training_share_stated"] = None  # every model's training set was at hand
     for key, group in raw.groupby(KEYS, sort=True):
-        shares = group[["training_triggered", "training_total"]].drop_duplicates()
+        shares = group[["training_triggered", "training_total", "training_share_stated"]].drop_duplicates()
         if len(shares) != 1:
-            raise BibaddiffError(f"seeds of {dict(zip(KEYS, key))} were trained on different datasets")
-        triggered, total = (int(v) for v in shares.iloc[0])
+            raise BibaddiffError(f"seeds of {dict(zip(KEYS, key))} were trained on different datasets (or state "
+                                 "different training shares)")
+        triggered, total, stated = _share_of(shares.iloc[0])
         judges = {"content_judge_accuracy": group["content_judge_accuracy"].min(),
                   "detector_accuracy": group["detector_accuracy"].min(),
                   "trigger_judged": bool(group["trigger_judged"].all())}
         calibration = _group_calibration(group, dict(zip(KEYS, key)))
         rng = np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
         for _, record in group.iterrows():
-            counts = summarize_counts(record[list(GROUPS)].to_dict(), triggered, total)
+            counts = summarize_counts(record[list(GROUPS)].to_dict(), triggered, total, stated_share=stated)
             table.append({**dict(zip(KEYS, key)), "seed": record["seed"], **judges, **counts, "interval": "wilson",
                           **_corrected_columns([counts["G1"] + counts["G2"]], [counts["n"]], calibration,
                                                counts["training_share"], bootstrap_samples, rng)})
         table.append({**dict(zip(KEYS, key)), "seed": "pooled", "num_seeds": len(group), **judges,
-                      **_pooled_counts(group, triggered, total, calibration, bootstrap_samples, rng)})
+                      **_pooled_counts(group, triggered, total, calibration, bootstrap_samples, rng, stated)})
     frame = pd.DataFrame(table)
     frame = frame.rename(columns={"amplified": "amplified_raw"}).rename(columns={"amplified_corrected": "amplified"})
     content_only = ~frame.trigger_judged.astype(bool)
@@ -160,11 +164,19 @@ def _corrected_columns(triggered: list[int], n: list[int], calibration: dict[str
     return columns
 
 
-def _pooled_counts(group: pd.DataFrame, triggered: int, total: int, calibration: dict[str, Any] | None,
-                   samples: int, rng: np.random.Generator) -> dict[str, Any]:
+def _share_of(shares: pd.Series) -> tuple[int | None, int | None, float | None]:
+    """(triggered, total, None) of a counted training share; (None, None, share) of a stated one."""
+    stated = shares["training_share_stated"]
+    if stated is not None and not pd.isna(stated):
+        return None, None, float(stated)
+    return int(shares["training_triggered"]), int(shares["training_total"]), None
+
+
+def _pooled_counts(group: pd.DataFrame, triggered: int | None, total: int | None, calibration: dict[str, Any] | None,
+                   samples: int, rng: np.random.Generator, stated: float | None = None) -> dict[str, Any]:
     """The pooled row of a cell's seeds: the mean over seeds of every share (seeds have equal sizes), and, with
     several seeds, intervals from a bootstrap over seeds, then images, so that they carry the spread between seeds."""
-    row = summarize_counts(pool_counts(group.to_dict("records")), triggered, total)
+    row = summarize_counts(pool_counts(group.to_dict("records")), triggered, total, stated_share=stated)
     sizes = group[list(GROUPS)].sum(axis=1).to_numpy(np.int64)
     trigger_counts = (group["G1"] + group["G2"]).to_numpy(np.int64)
     per_seed = trigger_counts / sizes
@@ -282,7 +294,7 @@ def amplification_vs_ratio(table: pd.DataFrame, duplicate_attacks: list[str] | t
         per_seed = group[group.seed.astype(str) != "pooled"].trigger_ratio.to_numpy(float)
         out.append({
             **dict(zip(keys, key)), "attack": pooled.attack, "num_seeds": len(per_seed), "n": int(pooled.n),
-            "training_share": pooled.training_share,
+            "training_share": pooled.training_share, **({"origin": pooled.origin} if "origin" in group else {}),
             **{name: pooled[name] for name in ("trigger_ratio", "trigger_ratio_low", "trigger_ratio_high")},
             "trigger_ratio_seed_mean": per_seed.mean(), "trigger_ratio_seed_min": per_seed.min(),
             "trigger_ratio_seed_max": per_seed.max(),
@@ -433,13 +445,18 @@ def plot_calibration(table: pd.DataFrame, path: str | Path) -> None:
 def write_amplification_summary(metric_files: list[str], calibration_files: list[str],
                                 grids: list[tuple[dict[str, Any], str]], outputs: Mapping[str, str], *,
                                 accuracy_floor: float, bootstrap_samples: int, seed: int, target: int,
-                                duplicate_attacks: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+                                duplicate_attacks: list[str] | tuple[str, ...] = (), origins: Origins | None = None
+                                ) -> pd.DataFrame:
     """The stage's tables and figures from every model's metrics file and every detector's calibration file.
+    ``origins`` (:meth:`bibaddiff.plan.Plan.origins`) gives each row's ``origin``; a calibration row on clean
+    generations has the origin of the clean model that drew them.
 
     ``grids``: each target-class sample grid with what it shows (``attack``, ``guidance``); ``outputs`` names the
     files: ``table``, ``ratio_figure``, ``groups_figure``, ``guidance_figure``, ``ratio_table``, ``by_ratio_figure``,
     ``samples``, ``calibration_table``, ``calibration_figure``. Returns the amplification table."""
     calibration = calibration_table([read_json(path) for path in calibration_files])
+    drawn_by = origin_of(origins, "clean", next(iter(origins["clean"]))) if origins and "clean" in origins else ""
+    calibration["origin"] = [drawn_by if source == "clean_generations" else "" for source in calibration.source]
     calibration.to_csv(outputs["calibration_table"], index=False)
     plot_calibration(calibration, outputs["calibration_figure"])
     print(calibration[["detector", "source", "x0_clipping", "condition", "guidance", "n", "fpr", "fpr_high", "tpr",
@@ -447,7 +464,8 @@ def write_amplification_summary(metric_files: list[str], calibration_files: list
     for detector in sorted(set(calibration.loc[~calibration.correction_usable.astype(bool), "detector"])):
         print(f"WARNING: trigger detector {detector!r} has a TPR below 0.5 on generations in some cells: their "
               "trigger ratios are not corrected (flagged in correction_warning)")
-    table = amplification_table([read_json(path) for path in metric_files], accuracy_floor, bootstrap_samples, seed)
+    table = with_origin(amplification_table([read_json(path) for path in metric_files], accuracy_floor,
+                                            bootstrap_samples, seed), origins)
     table.to_csv(outputs["table"], index=False)
     plot_trigger_ratio(table, outputs["ratio_figure"])
     plot_generation_groups(table, outputs["groups_figure"])

@@ -14,6 +14,7 @@ from bibaddiff.checks import check_int
 from bibaddiff.defenses.detectors import compare_aurocs, load_detection_items
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.report.figures import saved_figure
+from bibaddiff.report.origin import Origins, with_origin
 from bibaddiff.utils import read_json
 
 def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict[str, Any]],
@@ -81,13 +82,15 @@ def _detection_table(detections: list[dict[str, Any]], attack_columns: Any, scre
             entry["generated"].append(result)
     rows = []
     for attack in sorted(sets, key=lambda a: (attack_columns(a)["poison_ratio"], a)):
+        # An attack whose models' training set is not at hand (imported with a stated training share) has no
+        # training-set result: its generated sets keep their AUROCs, and every training column is empty.
         training, generated = sets[attack]["training"], sets[attack]["generated"]
-        if training is None:
-            raise BibaddiffError(f"attack {attack!r} has generated-set detection results but none for its training set")
+        if training is None and not generated:
+            raise BibaddiffError(f"attack {attack!r} has no detection result")
         generated = sorted(generated, key=lambda r: (float(r["guidance"]), int(r["seed"])))
         guidances = sorted({float(r["guidance"]) for r in generated}) or [math.nan]
         asr_training = screening_asr.get((attack, "poisoned"), math.nan)
-        for detector in training["detectors"]:
+        for detector in (training or generated[0])["detectors"]:
             for scope in ("all", "target_class"):
                 for guidance in guidances:
                     members = [r for r in generated if float(r["guidance"]) == guidance]
@@ -106,16 +109,16 @@ def _scope_items(result: dict[str, Any], detector: str, scope: str) -> tuple[np.
     return np.asarray(items["scores"][detector])[keep], np.asarray(items["carries_trigger"])[keep]
 
 
-def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance: float, training: dict[str, Any],
+def _detection_rows(columns: dict[str, Any], detector: str, scope: str, guidance: float, training: dict[str, Any] | None,
                     members: list[dict[str, Any]], asr_training: float, asr_generated: list[float], seed: int,
                     resamples: int) -> list[dict[str, Any]]:
     """The per-seed rows and the pooled row of one (attack, detector, scope, guidance) cell."""
-    comparison = compare_aurocs(_scope_items(training, detector, scope),
+    comparison = compare_aurocs(None if training is None else _scope_items(training, detector, scope),
                                 [_scope_items(r, detector, scope) for r in members], resamples=resamples, seed=seed)
-    trained = training["detectors"][detector][scope]
+    trained = {"n": 0, "n_poisoned": 0} if training is None else training["detectors"][detector][scope]
     # The definition the scores come from (e.g. published or probabilities for cognitive distillation); results
     # written before variants were recorded, and detectors with one definition, have none.
-    variant = training["detectors"][detector].get("variant")
+    variant = (training or members[0])["detectors"][detector].get("variant")
     base = {**columns, "detector": detector, "variant": variant, "scope": scope, "generated_guidance": guidance}
     training_columns = {
         "auroc_training": comparison["training"]["auroc"], "auroc_training_low": comparison["training"]["auroc_low"],
@@ -184,7 +187,8 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
         attack, trainset = described["attack"], described["set"]
         guidance = math.nan if described.get("guidance") is None else float(described["guidance"])
         for trigger, scores in info["evaluation"].items():
-            row = {"trigger": trigger, "trainset": trainset, "generated_guidance": guidance,
+            row = {"trigger": trigger, "trainset": trainset, "seed": described.get("seed", ""),
+                   "generated_guidance": guidance,
                    "acc": scores["acc"], "asr": scores["asr"],
                    "acc_best_epoch": scores.get("acc_best_epoch", math.nan),
                    "asr_best_epoch": scores.get("asr_best_epoch", math.nan),
@@ -303,14 +307,15 @@ def plot_diffusion_classifier(table: pd.DataFrame, path: str | Path) -> None:
 
 def write_defense_summary(detection_files: list[str], detection_item_files: list[str], classifier_dirs: list[str],
                           diffusion_classifier_files: list[str], sets: Mapping[str, list[dict[str, Any]]],
-                          attacks: dict[str, dict[str, Any]], outputs: Mapping[str, str], *, seed: int = 0
-                          ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                          attacks: dict[str, dict[str, Any]], outputs: Mapping[str, str], *, seed: int = 0,
+                          origins: Origins | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The three castle-wall tables and their figures from the defence rules' outputs.
 
     ``sets`` says what each detection result and each classifier is (``detection``, ``classifiers``: lists of
     ``attack``, ``set``, ``seed``, ``guidance`` in the order of the files; :meth:`bibaddiff.plan.Plan.defense_descriptions`).
     ``outputs`` names the files: ``detection``, ``train_on_generated``, ``diffusion_classifier`` and their
-    ``*_figure``."""
+    ``*_figure``; ``origins`` gives each row's ``origin`` (:meth:`bibaddiff.plan.Plan.origins`: a row of a real
+    set, or a pooled one, has its attack's models' origins)."""
     # Each result with what its set is and its per-image scores, which the AUROC differences are bootstrapped from.
     detections = [{**read_json(path), **described, "items": load_detection_items(items)}
                   for path, items, described in zip(detection_files, detection_item_files, sets["detection"],
@@ -318,6 +323,7 @@ def write_defense_summary(detection_files: list[str], detection_item_files: list
     detection, training, dm_classifier = defense_tables(
         detections, [read_json(f"{path}/judge.json") for path in classifier_dirs], sets["classifiers"],
         [read_json(path) for path in diffusion_classifier_files], attacks, seed=seed)
+    detection, training, dm_classifier = (with_origin(table, origins) for table in (detection, training, dm_classifier))
     detection.to_csv(outputs["detection"], index=False)
     training.to_csv(outputs["train_on_generated"], index=False)
     dm_classifier.to_csv(outputs["diffusion_classifier"], index=False)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.report.figures import saved_figure
+from bibaddiff.report.origin import Origins, with_origin
 from bibaddiff.utils import read_json
 
 QUALITY_COLUMNS = ["model", "attack", "trigger", "poison_ratio", "seed", "guidance", "n", "metric", "value", "low", "high",
@@ -74,10 +75,11 @@ def plot_quality_vs_ratio(table: pd.DataFrame, path: str | Path, series: dict[st
 
 
 def write_quality_summary(result_files: list[str], outputs: Mapping[str, str],
-                          series: dict[str, str] | None = None) -> pd.DataFrame:
+                          series: dict[str, str] | None = None, origins: Origins | None = None) -> pd.DataFrame:
     """The generation-quality table of every model and the figure of FID against the poisoning ratio (``outputs``:
-    ``table``, ``figure``; ``series``: each attack's line, see :func:`plot_quality_vs_ratio`)."""
-    table = quality_table([read_json(path) for path in result_files])
+    ``table``, ``figure``; ``series``: each attack's line, see :func:`plot_quality_vs_ratio`; ``origins``: each
+    model's origin, :meth:`bibaddiff.plan.Plan.origins`)."""
+    table = with_origin(quality_table([read_json(path) for path in result_files]), origins)
     table.to_csv(outputs["table"], index=False)
     plot_quality_vs_ratio(table, outputs["figure"], series)
     print(table.to_string(index=False))

@@ -13,6 +13,7 @@ from bibaddiff.data import read_records
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
 from bibaddiff.report.figures import saved_figure
+from bibaddiff.report.origin import Origins, with_origin
 from bibaddiff.utils import read_json
 
 def replication_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
@@ -95,18 +96,20 @@ def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: dict[str, st
     columns = ["mode", "attack", "trigger", "poison_ratio", "x0_clipping", "guidance", "num_seeds", "n", "trigger_ratio",
                "trigger_ratio_low", "trigger_ratio_high", "G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
                "G2_ratio_low", "G2_ratio_high", "training_share", "amplification", "judge_warning"]
+    columns += ["origin"] if "origin" in rows else []
     return rows[columns].sort_values(["x0_clipping", "guidance", "mode"]).reset_index(drop=True)
 
 
 def write_replication_summary(summary_files: list[str], neighbour_files: list[str], train_dirs: list[str],
                               cell_files: list[str], cells_per_model: int, target: int,
-                              outputs: Mapping[str, str]) -> pd.DataFrame:
+                              outputs: Mapping[str, str], origins: Origins | None = None) -> pd.DataFrame:
     """The replication table, the similarity distributions and the most similar (generated, training) pairs, from
     every model's replication result (``summary_files``, ``neighbour_files``), its training set and its cells (in
-    model order, ``cells_per_model`` each). ``outputs`` names the files: ``table``, ``similarity``, ``pairs``."""
+    model order, ``cells_per_model`` each). ``outputs`` names the files: ``table``, ``similarity``, ``pairs``;
+    ``origins`` gives each model's origin (:meth:`bibaddiff.plan.Plan.origins`)."""
     summaries = [read_json(path) for path in summary_files]
     neighbours = [dict(np.load(path)) for path in neighbour_files]
-    table = replication_table(summaries)
+    table = with_origin(replication_table(summaries), origins)
     table.to_csv(outputs["table"], index=False)
     plot_replication_similarity(summaries, neighbours, target, outputs["similarity"])
     cells = [list(cell_files[k * cells_per_model:(k + 1) * cells_per_model]) for k in range(len(summaries))]
