@@ -12,6 +12,7 @@ import yaml
 
 from bibaddiff.config import check_default_resources, load_schema, validate_config
 from bibaddiff.errors import BibaddiffError
+from config_helpers import config_error
 from idx_helpers import FASHION_MNIST_FILES, write_idx_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,14 +29,6 @@ def load(name: str) -> dict:
 
 def tiny():
     return load("tests/configs/tiny.yaml")
-
-
-def error_of(config: dict) -> str:
-    with pytest.raises(BibaddiffError) as info:
-        validate_config(config, schema())
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------------ accepted configs
@@ -116,7 +109,7 @@ def test_imagefolder_config(tmp_path):
     filled = validate_config(config, schema())
     assert filled["dataset"]["root"] == str(tmp_path)
     config["target"] = 2
-    message = error_of(config)
+    message = config_error(config)
     assert "target" in message and "0..1" in message and "a, b" in message
 
 
@@ -135,9 +128,9 @@ def test_fashion_mnist_config_counts_classes_from_the_label_files(tmp_path):
     filled = validate_config(config, schema())
     assert filled["target"] == 9
     config["poisoning"]["ratios"] = [0.95]
-    assert "190 poisoned images but only 180 training images lie outside target class 9" in error_of(config)
+    assert "190 poisoned images but only 180 training images lie outside target class 9" in config_error(config)
     config["dataset"]["class_names"] = {"Bag": "handbag"}
-    assert "dataset.class_names: only for sources imagefolder and idx; got fashion_mnist" in error_of(config)
+    assert "dataset.class_names: only for sources imagefolder and idx; got fashion_mnist" in config_error(config)
 
 
 def test_idx_config_takes_class_names_for_its_label_numbers(tmp_path):
@@ -146,7 +139,7 @@ def test_idx_config_takes_class_names_for_its_label_numbers(tmp_path):
     config["target"] = "boot"
     assert validate_config(config, schema())["target"] == 3
     config["target"] = 4
-    assert "target: 4 is not a class of fashion; allowed 0..3 (0, 1, 2, boot)" in error_of(config)
+    assert "target: 4 is not a class of fashion; allowed 0..3 (0, 1, 2, boot)" in config_error(config)
 
 
 def test_idx_rgb_gives_three_channels_and_grayscale_sources_only(tmp_path):
@@ -158,20 +151,20 @@ def test_idx_rgb_gives_three_channels_and_grayscale_sources_only(tmp_path):
     validate_config(config, schema())  # a (H, W, 1) pattern is repeated over the channels
     config["dataset"] = {"name": "folder", "source": "cifar10", "root": str(tmp_path), "image_size": 32, "rgb": True}
     (tmp_path / "cifar-10-batches-py").mkdir()
-    assert "dataset.rgb: only for the grey sources digits, fashion_mnist, idx; got cifar10" in error_of(config)
+    assert "dataset.rgb: only for the grey sources digits, fashion_mnist, idx; got cifar10" in config_error(config)
 
 
 @pytest.mark.parametrize("source, hint", [("fashion_mnist", "install Debian's package dataset-fashion-mnist"),
                                           ("idx", "set dataset.root to a folder with the four IDX files")])
 def test_idx_root_that_does_not_exist_stops_with_one_line(tmp_path, source, hint):
-    message = error_of(idx_tiny(tmp_path / "nowhere", source=source))
+    message = config_error(idx_tiny(tmp_path / "nowhere", source=source))
     assert message.startswith(f"dataset.root: {tmp_path / 'nowhere'} is not a folder; ") and hint in message
 
 
 def test_idx_config_stops_when_the_heldout_files_are_missing(tmp_path):
     write_idx_set(tmp_path / "idx", num_train=200, num_heldout=40)
     (tmp_path / "idx" / "t10k-images-idx3-ubyte.gz").unlink()
-    assert "has no t10k-images-idx3-ubyte (nor t10k-images-idx3-ubyte.gz)" in error_of(idx_tiny(tmp_path / "idx"))
+    assert "has no t10k-images-idx3-ubyte (nor t10k-images-idx3-ubyte.gz)" in config_error(idx_tiny(tmp_path / "idx"))
 
 
 @pytest.mark.skipif(not (FASHION_MNIST_FILES / "train-labels-idx1-ubyte.gz").is_file(),
@@ -190,7 +183,7 @@ def test_fashion_mnist_config_on_the_real_files_validates():
 def test_unknown_trigger_type():
     config = tiny()
     config["triggers"]["patch"]["type"] = "sticker"
-    message = error_of(config)
+    message = config_error(config)
     assert "triggers.patch.type" in message
     assert "'sticker'" in message
     for allowed in ("patch", "blend", "stamp"):
@@ -201,7 +194,7 @@ def test_unknown_trigger_type():
 def test_ratio_outside_open_unit_interval(ratio, words):
     config = tiny()
     config["poisoning"]["ratios"] = [0.1, ratio]
-    message = error_of(config)
+    message = config_error(config)
     assert "poisoning.ratios" in message
     assert str(ratio) in message and words in message
 
@@ -210,7 +203,7 @@ def test_ratio_outside_open_unit_interval(ratio, words):
 def test_target_not_a_class(target):
     config = tiny()
     config["target"] = target
-    message = error_of(config)
+    message = config_error(config)
     assert message.startswith("config key target:")
     assert str(target) in message
     assert "0..9" in message
@@ -219,13 +212,13 @@ def test_target_not_a_class(target):
 def test_negative_target():
     config = tiny()
     config["target"] = -1
-    assert "target" in error_of(config)
+    assert "target" in config_error(config)
 
 
 def test_more_poison_than_non_target_images():
     config = load("config.yaml")
     config["poisoning"]["ratios"] = [0.95]
-    message = error_of(config)
+    message = config_error(config)
     assert "poisoning.ratios" in message
     assert "0.95" in message
     assert "1425" in message  # round(0.95 * 1500)
@@ -235,7 +228,7 @@ def test_more_poison_than_non_target_images():
 def test_more_poison_with_capped_dataset():
     config = tiny()  # 20 images per class: 200, of which 180 lie outside the target
     config["poisoning"]["ratios"] = [0.91]
-    message = error_of(config)
+    message = config_error(config)
     assert "182" in message and "180" in message and "0.900" in message
     config["poisoning"]["ratios"] = [0.9]
     validate_config(config, schema())
@@ -246,7 +239,7 @@ def test_missing_dataset_root(source):
     config = tiny()
     config["dataset"]["source"] = source
     config["dataset"]["image_size"] = 8
-    message = error_of(config)
+    message = config_error(config)
     assert "dataset.root" in message
     assert source in message
 
@@ -254,33 +247,33 @@ def test_missing_dataset_root(source):
 def test_cifar10_root_without_batches(tmp_path):
     config = tiny()
     config["dataset"].update(source="cifar10", root=str(tmp_path))
-    message = error_of(config)
+    message = config_error(config)
     assert "dataset.root" in message and str(tmp_path) in message
 
 
 def test_imagefolder_root_not_a_folder(tmp_path):
     config = tiny()
     config["dataset"].update(source="imagefolder", root=str(tmp_path / "missing"))
-    assert "dataset.root" in error_of(config)
+    assert "dataset.root" in config_error(config)
 
 
 def test_empty_guidance_list():
     config = tiny()
     config["generation"]["guidance_scales"] = []
-    message = error_of(config)
+    message = config_error(config)
     assert "generation.guidance_scales" in message
 
 
 def test_negative_guidance_scale():
     config = tiny()
     config["generation"]["guidance_scales"] = [1, -2]
-    assert "generation.guidance_scales" in error_of(config)
+    assert "generation.guidance_scales" in config_error(config)
 
 
 def test_unknown_top_level_key():
     config = tiny()
     config["learning_rate"] = 0.1
-    message = error_of(config)
+    message = config_error(config)
     assert "learning_rate" in message
     assert "top level" in message
 
@@ -288,14 +281,14 @@ def test_unknown_top_level_key():
 def test_unknown_nested_key():
     config = tiny()
     config["diffusion"]["training"]["stepz"] = 5
-    message = error_of(config)
+    message = config_error(config)
     assert "diffusion.training" in message and "stepz" in message
 
 
 def test_other_conditions_containing_target():
     config = tiny()
     config["generation"]["other_conditions"] = [1, 6]
-    message = error_of(config)
+    message = config_error(config)
     assert "generation.other_conditions" in message
     assert "6" in message and "target" in message
 
@@ -303,20 +296,20 @@ def test_other_conditions_containing_target():
 def test_other_conditions_not_a_class():
     config = tiny()
     config["generation"]["other_conditions"] = [11]
-    message = error_of(config)
+    message = config_error(config)
     assert "generation.other_conditions" in message and "0..9" in message
 
 
 def test_missing_required_section():
     config = tiny()
     del config["judges"]
-    assert "judges" in error_of(config)
+    assert "judges" in config_error(config)
 
 
 def test_unknown_source():
     config = tiny()
     config["dataset"]["source"] = "mnist"
-    message = error_of(config)
+    message = config_error(config)
     assert "dataset.source" in message
     for allowed in ("digits", "fashion_mnist", "idx", "cifar10", "imagefolder"):
         assert allowed in message
@@ -325,7 +318,7 @@ def test_unknown_source():
 def test_trigger_too_large_for_images():
     config = tiny()
     config["triggers"]["patch"]["size"] = 9  # image_size is 8
-    message = error_of(config)
+    message = config_error(config)
     assert "triggers.patch.size" in message and "[1, 8]" in message
 
 
@@ -333,14 +326,14 @@ def test_image_size_not_divisible_for_model():
     config = tiny()
     config["dataset"]["image_size"] = 9
     config["diffusion"]["model"]["block_out_channels"] = [8, 16, 32]
-    message = error_of(config)
+    message = config_error(config)
     assert "dataset.image_size" in message and "divisible by 4" in message
 
 
 def test_wrong_type():
     config = tiny()
     config["diffusion"]["training"]["steps"] = "many"
-    message = error_of(config)
+    message = config_error(config)
     assert "diffusion.training.steps" in message and "integer" in message
 
 
@@ -384,7 +377,7 @@ def test_every_trigger_type_is_accepted(tmp_path):
 def test_bad_trigger_settings_fail_validation(spec, words):
     config = tiny()
     config["triggers"]["bad"] = spec
-    message = error_of(config)
+    message = config_error(config)
     for word in words:
         assert word in message, (word, message)
 
@@ -395,7 +388,7 @@ def test_additive_pattern_of_the_wrong_shape_fails_validation(tmp_path):
     np.save(tmp_path / "trojan.npy", np.zeros((32, 32, 3)))
     config = tiny()
     config["triggers"]["trojan"] = {"type": "additive", "image": str(tmp_path / "trojan.npy")}
-    message = error_of(config)
+    message = config_error(config)
     assert "triggers.trojan.image" in message and "(32, 32, 3)" in message and "(8, 8) or (8, 8, 1)" in message
 
 
@@ -403,7 +396,7 @@ def test_unreadable_stamp_image_fails_validation(tmp_path):
     (tmp_path / "bomb.png").write_bytes(b"not a png")
     config = tiny()
     config["triggers"]["bomb"] = {"type": "stamp", "image": str(tmp_path / "bomb.png"), "size": 3}
-    message = error_of(config)
+    message = config_error(config)
     assert "triggers.bomb.image" in message and "cannot read" in message
 
 
@@ -517,7 +510,7 @@ def test_stable_diffusion_config_without_learning_rate_fine_tunes_at_1e_4(tiny_s
         assert getattr(settings, key) == training[key], key
     config = tiny_stable_diffusion(tiny_sd_folder)
     config["generation"]["x0_clipping"] = "clip"
-    assert "generation.x0_clipping" in error_of(config) and "only 'none'" in error_of(config)
+    assert "generation.x0_clipping" in config_error(config) and "only 'none'" in config_error(config)
 
 
 # ------------------------------------------------------------------------------------------ epochs instead of steps
@@ -545,14 +538,14 @@ def test_epochs_use_the_batch_size_default_of_the_kind(tiny_sd_folder):
 def test_epochs_and_steps_together_fail_in_one_line():
     config = tiny()
     config["diffusion"]["training"]["epochs"] = 2
-    message = error_of(config)
+    message = config_error(config)
     assert "diffusion.training.steps" in message and "diffusion.training.epochs" in message and "not both" in message
 
 
 def test_neither_epochs_nor_steps_fails_in_one_line():
     config = tiny()
     del config["diffusion"]["training"]["steps"]
-    message = error_of(config)
+    message = config_error(config)
     assert "diffusion.training.steps" in message and "diffusion.training.epochs" in message
 
 
@@ -561,14 +554,14 @@ def test_bad_epochs(epochs):
     config = tiny()
     del config["diffusion"]["training"]["steps"]
     config["diffusion"]["training"]["epochs"] = epochs
-    assert "diffusion.training.epochs" in error_of(config)
+    assert "diffusion.training.epochs" in config_error(config)
 
 
 def test_defenses_need_a_trigger_that_changes_pixels():
     config = tiny()
     config["triggers"] = {"relabel": {"type": "relabel"}}
     config["defenses"] = {"enabled": True}
-    message = error_of(config)
+    message = config_error(config)
     assert "defenses.enabled" in message and "relabel" in message
     config["defenses"] = {"enabled": False}
     validate_config(config, schema())
@@ -580,7 +573,7 @@ def test_defenses_need_a_trigger_that_changes_pixels():
 def test_bad_detector_settings_stop_before_any_job(settings, key):
     config = tiny()
     config["defenses"]["detector_settings"] = settings
-    message = error_of(config)
+    message = config_error(config)
     assert "defenses.detector_settings" in message and key in message
 
 
@@ -588,7 +581,7 @@ def test_bad_detector_settings_stop_before_any_job(settings, key):
 def test_bad_generated_set_guidance(value):
     config = tiny()
     config["defenses"]["generated_set_guidance"] = value
-    assert "defenses.generated_set_guidance" in error_of(config)
+    assert "defenses.generated_set_guidance" in config_error(config)
 
 
 def test_generated_set_guidance_number_is_a_list_of_one():
@@ -604,7 +597,7 @@ def test_generated_set_guidance_number_is_a_list_of_one():
 def test_experiment_name_that_is_not_one_folder_fails_in_one_line(name):
     config = tiny()
     config["experiment"] = name
-    assert error_of(config).startswith("config key experiment:")
+    assert config_error(config).startswith("config key experiment:")
 
 
 def test_experiment_defaults_to_default():
@@ -669,7 +662,7 @@ def test_schema_gives_each_embedder_type_exactly_its_keys():
 def test_detector_typos_stop_before_any_job(section, value, words):
     config = tiny()
     config["defenses"][section] = value
-    message = error_of(config)
+    message = config_error(config)
     assert message.startswith("config key defenses.detector_settings") and words in message
 
 
@@ -683,7 +676,7 @@ def test_detector_typos_stop_before_any_job(section, value, words):
 def test_embedder_typos_stop_before_any_job(embedder, words):
     config = tiny()
     config["replication"]["embedder"] = embedder
-    message = error_of(config)
+    message = config_error(config)
     assert message.startswith("config key replication.embedder") and words in message
 
 
@@ -702,7 +695,7 @@ def test_a_fct_fine_tuning_batch_larger_than_the_screened_sets_stops_before_any_
     config = tiny()  # 20 training images per class: 200 images in each screened set
     config["defenses"]["detectors"] = ["fct_published"]
     config["defenses"]["detector_settings"] = {"fct_published": {"finetune_batch_size": 201}}
-    message = error_of(config)
+    message = config_error(config)
     assert message == ("config key defenses.detector_settings.fct_published.finetune_batch_size: 201 images per "
                        "fine-tuning batch, but the screened sets hold only 200 images; allowed up to 200")
     config["defenses"]["detector_settings"] = {"fct_published": {"finetune_batch_size": 200}}
@@ -712,11 +705,11 @@ def test_a_fct_fine_tuning_batch_larger_than_the_screened_sets_stops_before_any_
     config["defenses"]["detectors"] = ["fct"]
     config["defenses"]["detector_settings"] = {}
     config["poisoning"]["ratios"] = [0.05]
-    assert error_of(config).startswith("config key defenses.detector_settings.fct.finetune_batch_size: 100 images")
+    assert config_error(config).startswith("config key defenses.detector_settings.fct.finetune_batch_size: 100 images")
     config["defenses"]["detector_settings"] = {"fct": {"variant": "frozen"}}
     validate_config(config, schema())  # the frozen variant does not fine-tune
     config["defenses"]["detector_settings"] = {"fct": {"variant": "frozen", "finetune_epochs": 3}}
-    assert error_of(config).startswith("config key defenses.detector_settings.fct.finetune_epochs: the frozen FCT")
+    assert config_error(config).startswith("config key defenses.detector_settings.fct.finetune_epochs: the frozen FCT")
 
 
 def test_two_variants_of_a_detector_run_side_by_side():
@@ -726,7 +719,7 @@ def test_two_variants_of_a_detector_run_side_by_side():
     config["defenses"]["detector_settings"] = {"cognitive_distillation_probabilities": {"steps": 5}}
     validate_config(config, schema())
     config["defenses"]["detector_settings"] = {"cognitive_distillation_probabilities": {"variant": "published"}}
-    message = error_of(config)
+    message = config_error(config)
     assert message.startswith("config key defenses.detector_settings.cognitive_distillation_probabilities") and "variant" in message
 
 
@@ -740,7 +733,7 @@ def test_strip_partner_default_is_the_detectors():
 def test_more_strip_partners_than_heldout_images_stop_before_any_job():
     config = tiny()  # 20 training images per class, so a quarter of that, 5 per class, held out: 50
     config["defenses"]["detector_settings"] = {"strip": {"num_blends": 51}}
-    message = error_of(config)
+    message = config_error(config)
     assert message.startswith("config key defenses.detector_settings.strip.num_blends: 51") and "only 50 images" in message
     config["defenses"]["detector_settings"] = {"strip": {"num_blends": 50}}
     validate_config(config, schema())

@@ -15,20 +15,13 @@ from bibaddiff.config import load_schema, validate_config
 from bibaddiff.diffusion.imported import (check_unchanged, content_digests, import_record, imported_model_info,
                                           model_layout)
 from bibaddiff.errors import BibaddiffError
+from config_helpers import config_error
 from import_helpers import DIGITS, REPO, TINY, importing, patch_model, write_ddpm
 
 
 @pytest.fixture(scope="module")
 def ddpm(tmp_path_factory) -> Path:
     return write_ddpm(tmp_path_factory.mktemp("imported") / "model")
-
-
-def error_of(config: dict) -> str:
-    with pytest.raises(BibaddiffError) as info:
-        validate_config(config, load_schema())
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -68,15 +61,15 @@ def test_an_import_is_accepted_with_its_defaults(ddpm):
 ])
 def test_bad_imports_stop_in_one_line_naming_the_key(ddpm, entry, message):
     model = patch_model(ddpm, **entry)
-    assert __import__("re").search(message, error_of(importing({"mine": model}))), error_of(importing({"mine": model}))
+    assert __import__("re").search(message, config_error(importing({"mine": model}))), config_error(importing({"mine": model}))
 
 
 def test_a_model_whose_conditioning_does_not_fit_the_dataset_stops(tmp_path):
     three_classes = write_ddpm(tmp_path / "three", num_classes=3)
-    assert "imported_models.mine.path" in error_of(importing({"mine": patch_model(three_classes)}))
-    assert "conditioned on 3 classes" in error_of(importing({"mine": patch_model(three_classes)}))
+    assert "imported_models.mine.path" in config_error(importing({"mine": patch_model(three_classes)}))
+    assert "conditioned on 3 classes" in config_error(importing({"mine": patch_model(three_classes)}))
     wrong_size = write_ddpm(tmp_path / "big", image_size=16)
-    assert "makes 16 px images" in error_of(importing({"mine": patch_model(wrong_size)}))
+    assert "makes 16 px images" in config_error(importing({"mine": patch_model(wrong_size)}))
 
 
 def test_an_unconditional_or_pickled_unet_is_not_a_model_to_import(ddpm, tmp_path):
@@ -84,21 +77,21 @@ def test_an_unconditional_or_pickled_unet_is_not_a_model_to_import(ddpm, tmp_pat
     shutil.copytree(ddpm / "unet", unet)
     config = json.loads((unet / "config.json").read_text())
     (unet / "config.json").write_text(json.dumps({**config, "num_class_embeds": None}))
-    assert "is not class-conditional" in error_of(importing({"mine": patch_model(unet)}))
+    assert "is not class-conditional" in config_error(importing({"mine": patch_model(unet)}))
     (unet / "config.json").write_text(json.dumps(config))
     (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model.bin")
-    assert "has no .safetensors weights" in error_of(importing({"mine": patch_model(unet)}))
+    assert "has no .safetensors weights" in config_error(importing({"mine": patch_model(unet)}))
 
 
 def test_an_experiment_needs_a_model(ddpm):
-    assert "diffusion.training.seeds: empty" in error_of(importing({}))
+    assert "diffusion.training.seeds: empty" in config_error(importing({}))
 
 
 def test_two_models_of_one_attack_and_seed_are_refused(ddpm):
-    message = error_of(importing({"a": patch_model(ddpm), "b": patch_model(ddpm)}))
+    message = config_error(importing({"a": patch_model(ddpm), "b": patch_model(ddpm)}))
     assert "imported_models.b.seed" in message and "patch-p0.1 seed 0" in message
     trained = importing({"a": patch_model(ddpm)}, diffusion__training__seeds=[0])
-    assert "imported_models.a.seed" in error_of(trained)
+    assert "imported_models.a.seed" in config_error(trained)
     validate_config(importing({"a": patch_model(ddpm), "b": patch_model(ddpm, seed=1)}), load_schema())
 
 
@@ -295,17 +288,17 @@ def test_stable_diffusion_imports_that_cannot_be_loaded_stop_in_one_line(sd_file
     import torch
 
     save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 2)}, str(lora))
-    message = error_of(sd_config(sd_files, {"mine": sd_import(lora)}, **no_base))
+    message = config_error(sd_config(sd_files, {"mine": sd_import(lora)}, **no_base))
     assert message.startswith("config key imported_models.mine.path") and "needs a base model" in message
-    assert "needs a base model" in error_of(sd_config(sd_files, {"mine": sd_import(sd_files["finetuned"] / "unet")},
+    assert "needs a base model" in config_error(sd_config(sd_files, {"mine": sd_import(sd_files["finetuned"] / "unet")},
                                                       **no_base))
-    message = error_of(sd_config(sd_files, {"mine": sd_import(sd_files["checkpoint"])}, **no_base))
+    message = config_error(sd_config(sd_files, {"mine": sd_import(sd_files["checkpoint"])}, **no_base))
     assert message.startswith("config key imported_models.mine.config") and "single-file checkpoint" in message
     # Without a base, a whole pipeline or checkpoint (with its configs) is all an experiment needs.
     validate_config(sd_config(sd_files, {"mine": sd_import(sd_files["finetuned"]),
                                          "other": sd_import(sd_files["checkpoint"], seed=1,
                                                             config=str(sd_files["base"]))}, **no_base), load_schema())
-    assert "is a diffusers UNet2DConditionModel folder, not the UNet2DModel" in error_of(
+    assert "is a diffusers UNet2DConditionModel folder, not the UNet2DModel" in config_error(
         importing({"mine": patch_model(sd_files["finetuned"] / "unet")}))
 
 
