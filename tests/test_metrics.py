@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bibaddiff.errors import BibaddiffError
-from bibaddiff.metrics import (accuracy, generation_groups, pool_counts, summarize_counts, training_share,
+from bibaddiff.metrics import (accuracy, generation_groups, paired_change_p_value, pool_counts, summarize_counts, training_share,
                                wilson_interval)
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal distribution
@@ -215,3 +215,19 @@ def test_accuracy():
     assert math.isnan(accuracy(np.array([]), np.array([])))
     with pytest.raises(BibaddiffError, match="shape"):
         accuracy(np.array([1, 2]), np.array([1]))
+
+
+def test_paired_change_p_value_by_hand():
+    # Exact two-sided binomial test on the changed verdicts: 0 of 6 one way is 2 * 0.5**6.
+    assert paired_change_p_value(0, 6) == pytest.approx(2 * 0.5 ** 6)
+    assert paired_change_p_value(6, 0) == pytest.approx(2 * 0.5 ** 6)
+    # 1 of 10: 2 * (1 + 10) / 1024.
+    assert paired_change_p_value(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert paired_change_p_value(5, 5) == 1.0
+    assert paired_change_p_value(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("counts", [(-1, 3), (2.5, 1), (True, 1)])
+def test_paired_change_p_value_bad_counts(counts):
+    with pytest.raises(BibaddiffError, match="paired_change_p_value"):
+        paired_change_p_value(*counts)

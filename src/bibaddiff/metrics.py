@@ -263,3 +263,17 @@ def heterogeneity_p_value(successes: Any, n: Any) -> float:
     if len(n) < 2 or np.any(table.sum(axis=0) == 0):
         return math.nan
     return float(chi2_contingency(table, correction=False)[1])
+
+
+def paired_change_p_value(only_first: int, only_second: int) -> float:
+    """Exact McNemar test for paired yes/no verdicts (the same images judged under two conditions):
+    ``only_first`` images are yes under the first condition only, ``only_second`` under the second only. The
+    two-sided p-value that both directions are equally likely; 1.0 when no verdict changed."""
+    from scipy.stats import binomtest
+
+    only_first = check_int(only_first, "paired_change_p_value only_first", minimum=0)
+    only_second = check_int(only_second, "paired_change_p_value only_second", minimum=0)
+    changed = only_first + only_second
+    if changed == 0:
+        return 1.0
+    return float(binomtest(only_first, changed, 0.5).pvalue)
