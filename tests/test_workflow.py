@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -596,3 +597,63 @@ def test_relabel_only_control_is_judged_for_content_only(tmp_path):
     assert patch.trigger_ratio.notna().all()
     assert not list((workdir / "results/tiny/judges").glob("trigger-relabel*"))
     assert stage(workdir / "results/tiny/judges", "trigger-patch").is_dir()
+
+
+# Last in this module: it adds another experiment's cells and judges to tiny_run's results (the tests above expect
+# the tiny config's alone).
+def test_compare_samplers_pairs_each_cell_image_for_image(tiny_run, tmp_path):
+    """benchmarks/compare_samplers.py on the tiny run and a variant of its sampler, image for image."""
+    import csv
+    import subprocess
+    import sys
+
+    workdir = tiny_run
+
+    def variant(name: str, **generation) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"experiment": f"tiny-{name}",
+                                        "generation": {"x0_clipping": ["none"], **generation},
+                                        "defenses": {"enabled": False}, "replication": {"enabled": False},
+                                        "quality": {"enabled": False}}))
+        return path
+
+    def compare(*variants: Path, out: str = "out") -> subprocess.CompletedProcess:
+        arguments = [arg for path in variants for arg in ("--variant", str(path))]
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare_samplers.py"), "--configfile",
+                               str(TINY_CONFIG), *arguments, "--out", str(tmp_path / out), "--directory", str(workdir)],
+                              capture_output=True, text=True, timeout=600)
+
+    # The same sampler under another experiment's name: the same files, so nothing may change.
+    same = compare(variant("same"), out="same")
+    assert same.returncode == 0, same.stderr[-3000:]
+    same_rows = list(csv.DictReader(open(tmp_path / "same" / "samplers.csv")))
+    # Two models (poisoned, clean) x one detector x (2 conditions x 2 scales under x0 none); one seed: no pooled row.
+    assert len(same_rows) == 8 and {row["seed"] for row in same_rows} == {"0"}
+    for row in same_rows:
+        assert row["trigger_only_base"] == row["trigger_only_variant"] == row["content_changed"] == "0"
+        assert float(row["trigger_change_p"]) == 1.0 and row["trigger_ratio_base"] == row["trigger_ratio_variant"]
+
+    # Upstream's timesteps: the variant's DAG makes its own cells from the same models and noise.
+    quadratic = variant("quadratic", timesteps="quadratic")
+    snakemake(workdir, "--configfile", str(TINY_CONFIG), str(quadratic), configfile=None)
+    # The poisoned model's cell under each sampler: same model and noise, other pixels.
+    [leading, upstream] = [np.load(path) for path in sorted(
+        (workdir / "results").glob("tiny/generated/patch-p0.1-*/train-*/seed0/gen-*/x0-none/c1_s2.npy"),
+        key=lambda path: "quadratic" in json.dumps(json.load(open(path.parents[1] / "params.json"))))]
+    assert leading.shape == upstream.shape and not np.array_equal(leading, upstream)
+    compared = compare(quadratic)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "samplers.csv")))
+    assert len(rows) == 8 and all(row["variant"] == "quadratic (tiny-quadratic)" for row in rows)
+    # The experiment's side is judged as before.
+    key = ("attack", "condition", "guidance")
+    assert {tuple(row[k] for k in key): row["trigger_ratio_base"] for row in rows} == \
+        {tuple(row[k] for k in key): row["trigger_ratio_base"] for row in same_rows}
+    assert "| quadratic (tiny-quadratic) |" in (tmp_path / "out" / "samplers.md").read_text()
+
+    # A variant that changes the models is not a sampler variant.
+    retrained = tmp_path / "retrained.yaml"
+    retrained.write_text(yaml.safe_dump({"experiment": "tiny-retrained", "diffusion": {"training": {"steps": 3}}}))
+    refused = compare(retrained, out="refused")
+    assert refused.returncode == 1 and "a variant must keep the models" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
