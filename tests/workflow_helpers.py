@@ -128,6 +128,7 @@ def planned_output(workdir: Path, configfile: Path, pattern: str) -> str:
 def fill_placeholders(config: dict, tmp_path) -> dict:
     """The shipped config with its CHANGE_ME paths pointed at tiny local stand-ins."""
     from bibaddiff.diffusion.tiny import write_tiny_stable_diffusion
+    from idx_helpers import FASHION_MNIST_FILES, write_idx_set
     from sd_helpers import write_resnet_weights
 
     dataset = config["dataset"]
@@ -148,6 +149,10 @@ def fill_placeholders(config: dict, tmp_path) -> dict:
                 for i in range(50 if split == "train" else 60):
                     (folder / f"{i}.png").write_bytes(b"")
         dataset["root"] = str(tmp_path / "folder")
+    elif dataset["source"] in ("fashion_mnist", "idx") and not Path(dataset.get("root", FASHION_MNIST_FILES)).is_dir():
+        # Fashion-MNIST is an optional system package: where it is missing, a small IDX set stands in for it.
+        write_idx_set(tmp_path / "idx")
+        dataset["root"] = str(tmp_path / "idx")
     if config["diffusion"].get("kind") == "stable_diffusion" and not config["diffusion"]["pretrained"].get("build"):
         config["diffusion"]["pretrained"]["path"] = str(write_tiny_stable_diffusion(tmp_path / "tiny-sd"))
     if config["judges"].get("pretrained_weights"):
