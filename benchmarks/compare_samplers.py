@@ -77,7 +77,8 @@ def paired_cells(base: Plan, variant: Plan, guidance: list[float] | None) -> lis
     if base.results != variant.results:
         raise BibaddiffError(f"the variant's results lie in {variant.results}, the experiment's in {base.results}: "
                              "a variant must keep dataset.name")
-    common = [Cell(*cell) for cell in base.cells if cell in set(variant.cells)]
+    variant_cells = set(variant.cells)
+    common = [Cell(*cell) for cell in base.cells if cell in variant_cells]
     if guidance is not None:
         common = [cell for cell in common if float(cell.guidance) in {float(s) for s in guidance}]
     if not common:
@@ -88,29 +89,39 @@ def paired_cells(base: Plan, variant: Plan, guidance: list[float] | None) -> lis
 
 def compare(base: Plan, variant: Plan, name: str, cells: list[Cell], device: str) -> list[dict[str, Any]]:
     content_judge, _ = load_judge(base.content_judge, device)
+    judges: dict[str, tuple[Any, dict[str, Any]]] = {}  # trigger -> (detector, calibration), loaded once
     rows = []
-    models = [model for model in base.models() if model in set(variant.models())]
-    for attack, seed in models:
+    variant_models = set(variant.models())
+    for attack, seed in [model for model in base.models() if model in variant_models]:
         base_model, variant_model = base.model_name(attack, seed), variant.model_name(attack, seed)
         if base_model != variant_model:
             raise BibaddiffError(f"{attack} seed {seed}: the variant's model is {variant_model}, the experiment's "
                                  f"{base_model}; a variant must keep the models (diffusion and poisoning settings)")
+        # Each cell's pair of image sets and their content labels, read once for all of the model's triggers.
+        pairs = {cell: paired_images(base, variant, base_model, cell) for cell in cells}
+        content = {cell: [predict(content_judge, batch) for batch in pair] for cell, pair in pairs.items()}
         for trigger in base.detected_triggers(attack):
-            detector, _ = load_judge(base.trigger_judge(trigger), device)
-            calibration = read_json(base.calibration_file(trigger))
+            if trigger not in judges:
+                judges[trigger] = (load_judge(base.trigger_judge(trigger), device)[0],
+                                   read_json(base.calibration_file(trigger)))
+            detector, calibration = judges[trigger]
             for cell in cells:
-                images = [load_generated(plan.generated(base_model, cell.x0_clipping, cell.condition,
-                                                        number(cell.guidance)))
-                          for plan in (base, variant)]
-                if images[0].shape != images[1].shape:
-                    raise BibaddiffError(f"{base_model} cell {cell}: {images[0].shape[0]} images under the "
-                                         f"experiment's sampler, {images[1].shape[0]} under the variant's; they must "
-                                         "pair image for image (same generation.num_images)")
                 threshold = calibration_of_cell(calibration, cell.as_params())["threshold"]
-                triggered = [trigger_scores(detector, batch) > threshold for batch in images]
-                content = [predict(content_judge, batch) for batch in images]
-                rows.append(comparison_row(name, attack, trigger, str(seed), cell, threshold, triggered, content))
+                triggered = [trigger_scores(detector, batch) > threshold for batch in pairs[cell]]
+                rows.append(comparison_row(name, attack, trigger, str(seed), cell, threshold, triggered,
+                                           content[cell]))
     return rows + pooled_rows(rows)
+
+
+def paired_images(base: Plan, variant: Plan, model: str, cell: Cell) -> list[np.ndarray]:
+    """A model's cell under the experiment's sampler and under the variant's, which must pair image for image."""
+    images = [load_generated(plan.generated(model, cell.x0_clipping, cell.condition, number(cell.guidance)))
+              for plan in (base, variant)]
+    if images[0].shape != images[1].shape:
+        raise BibaddiffError(f"{model} cell {cell}: {images[0].shape[0]} images under the experiment's sampler, "
+                             f"{images[1].shape[0]} under the variant's; they must pair image for image (same "
+                             "generation.num_images)")
+    return images
 
 
 def comparison_row(variant: str, attack: str, trigger: str, seed: str, cell: Cell, threshold: float,
