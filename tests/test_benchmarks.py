@@ -182,3 +182,45 @@ def test_each_shipped_sampler_variant_keeps_the_guidance_studys_models(overlay, 
     assert variant.experiment != base.experiment and variant.sampling_id != base.sampling_id
     assert [variant.model_name(*model) for model in variant.models()] == [base.model_name(*m) for m in base.models()]
     assert {float(cell.guidance) for cell in compare_samplers.paired_cells(base, variant, None)} == {1.0, 11.0}
+
+
+def _class_fidelity_inputs(tmp_path, heldout_names=("a", "b", "c")):
+    """A tiny 3-class DDPM, a content judge that calls every image class "a", and a held-out set of 6 images."""
+    import torch
+
+    from bibaddiff.data import ImageDataset, write_dataset
+    from bibaddiff.diffusion.base import ModelInfo
+    from bibaddiff.diffusion.model import build_scheduler, build_unet, save_model
+    from bibaddiff.judges import SmallCNN, save_judge
+
+    torch.manual_seed(0)
+    unet = build_unet(8, 1, 3, block_out_channels=[8, 16], norm_num_groups=4)
+    save_model(tmp_path / "model", unet, build_scheduler(), ModelInfo(3, ["a", "b", "c"], 8, 1))
+    judge = SmallCNN(1, 3).eval()
+    with torch.no_grad():
+        judge.head.weight.zero_()
+        judge.head.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
+    save_judge(tmp_path / "judge", judge, {"kind": "content", "architecture": "small_cnn", "channels": 1,
+                                           "num_outputs": 3, "image_size": 8, "class_names": ["a", "b", "c"]})
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    write_dataset(tmp_path / "heldout", ImageDataset(images, np.arange(6) % 3, list(heldout_names),
+                                                     manifest={"source": "test"}))
+    return ["--model", str(tmp_path / "model"), "--judge", str(tmp_path / "judge"), "--heldout",
+            str(tmp_path / "heldout"), "--images-per-class", "4", "--ddim-steps", "2", "--batch-size", "4"]
+
+
+def test_class_fidelity_reads_the_judge_on_real_and_generated_images_of_each_class(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "class_fidelity.py"),
+                             *_class_fidelity_inputs(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| class")]
+    # The judge calls everything "a": it recognises every real and generated "a", and no "b" or "c".
+    assert rows == ["| a | 100.0% | 100.0% |  |", "| b | 0.0% | 0.0% | a 100% |", "| c | 0.0% | 0.0% | a 100% |"]
+
+
+def test_class_fidelity_with_a_judge_of_other_classes_fails_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "class_fidelity.py"),
+                             *_class_fidelity_inputs(tmp_path, heldout_names=("x", "y", "z"))],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "are not the judge's" in result.stderr
