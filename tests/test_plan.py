@@ -109,6 +109,14 @@ def test_seed_and_judge_names_round_trip():
     assert re.fullmatch(P.WILDCARD_CONSTRAINTS["judge"], name)
 
 
+def test_detectors_that_learn_from_different_calibration_scales_get_different_folders():
+    # Configs that share a results folder but not their guidance scales must not retrain one detector in turn.
+    base, wider = tiny_plan(), tiny_plan(generation__guidance_scales=[1, 2, 6])
+    assert base.calibration_id == wider.calibration_id and base.detector_negatives == "generated"
+    assert base.trigger_judge("patch") != wider.trigger_judge("patch")
+    assert base.trigger_judge("patch") == tiny_plan().trigger_judge("patch")
+
+
 def test_a_jobs_log_names_its_rule_even_below_a_models_folders():
     plan = tiny_plan()
     nested = plan.log_file("generate", plan.model_name("clean", 0), plan.sampling_id)
@@ -139,7 +147,8 @@ def test_the_tiny_plan_places_its_stages_where_it_always_did():
     assert plan.training_id == "train-9fbbc1246d7e" and plan.sampling_id == "gen-4e8352c77331"
     assert plan.calibration_id == "cal-ddaae2cb14aa"
     assert plan.content_judge == "results/tiny/judges/content-f0ff67c3222b"
-    assert plan.trigger_judge("patch") == "results/tiny/judges/trigger-patch-0fb35db48e84"
+    # Detectors (seconds to retrain, no diffusion model) moved when their key gained the calibration cells.
+    assert plan.trigger_judge("patch") == "results/tiny/judges/trigger-patch-c5da3ef26a27"
     assert plan.model_of("patch-p0.1", 0) == "results/tiny/models/patch-p0.1-67252a5c66f5/train-9fbbc1246d7e/seed0"
     assert plan.cells_of("clean", 0)[0] == \
         "results/tiny/generated/clean-64a5c2111171/train-9fbbc1246d7e/seed0/gen-4e8352c77331/x0-none/c6_s1.npy"

@@ -422,3 +422,34 @@ def test_model_replication_reports_every_cell_with_what_it_is(digits, tmp_path):
     with np.load(tmp_path / "neighbours.npz") as arrays:
         assert np.array_equal(arrays["cell0_index"], np.arange(10))
         assert {"heldout_similarity", "cell1_similarity"} <= set(arrays.files)
+
+
+def _amplification_rows(attack, triggered_per_seed, n=500, fpr=0.1, tpr=0.9, calibration_n=400):
+    """Per-seed target-class rows of a trigger-amplification table: all triggered images in G1, none in G2."""
+    import pandas as pd
+
+    return pd.DataFrame([{"attack": attack, "seed": str(seed), "is_target": True, "trigger": "patch",
+                          "poison_ratio": 0.1, "x0_clipping": "none", "guidance": 1.0, "G1": k, "G2": 0,
+                          "G3": 0, "G4": n - k, "calibration_n": calibration_n, "detector_fpr": fpr,
+                          "detector_tpr": tpr} for seed, k in enumerate(triggered_per_seed)])
+
+
+def test_duplicate_poisoning_difference_is_tested_on_the_difference():
+    import pandas as pd
+
+    from bibaddiff.report.replication import duplicate_poisoning_differences
+
+    table = pd.concat([_amplification_rows("dup", [300, 310, 290]), _amplification_rows("rnd", [200, 190, 210])])
+    row = duplicate_poisoning_differences(table, {"dup": "duplicates", "rnd": "random"}).iloc[0]
+    assert row["mode"] == "duplicates - random" and row.num_seeds == "3 - 3" and row.n == 3000
+    assert row.trigger_ratio == pytest.approx(0.2) and row.G1_ratio == pytest.approx(0.2) and row.G2_ratio == 0
+    assert 0.12 < row.trigger_ratio_low < 0.2 < row.trigger_ratio_high < 0.28
+    # The FPR cancels in a difference; the TPR - FPR gap of 0.8 scales it.
+    assert row.trigger_ratio_corrected == pytest.approx(0.25)
+    assert row.trigger_ratio_corrected_low < 0.25 < row.trigger_ratio_corrected_high
+    # Seeds that disagree widen the interval: the model is the unit.
+    spread = pd.concat([_amplification_rows("dup", [150, 310, 440]), _amplification_rows("rnd", [200, 190, 210])])
+    wide = duplicate_poisoning_differences(spread, {"dup": "duplicates", "rnd": "random"}).iloc[0]
+    assert wide.trigger_ratio_high - wide.trigger_ratio_low > 2 * (row.trigger_ratio_high - row.trigger_ratio_low)
+    with pytest.raises(BibaddiffError, match="modes random and duplicates"):
+        duplicate_poisoning_differences(table, {"dup": "duplicates", "rnd": "duplicates"})

@@ -253,8 +253,11 @@ def test_duplicate_poisoning_compares_random_and_duplicated(tmp_path):
     counts = np.unique(duplicated.source_index[duplicated.poisoned], return_counts=True)[1]
     assert (counts == 4).sum() == 5
     table = pd.read_csv(results / "experiments/tiny/summary/duplicate_poisoning.csv")
-    assert sorted(table["mode"]) == ["duplicates", "random"]
-    assert table.trigger_ratio.between(0, 1).all() and (table.G1_ratio_low <= table.G1_ratio).all()
+    assert sorted(table["mode"]) == ["duplicates", "duplicates - random", "random"]
+    shares = table[table["mode"] != "duplicates - random"].set_index("mode")
+    assert shares.trigger_ratio.between(0, 1).all() and (shares.G1_ratio_low <= shares.G1_ratio).all()
+    difference = table[table["mode"] == "duplicates - random"].iloc[0]
+    assert difference.G1_ratio == pytest.approx(shares.G1_ratio["duplicates"] - shares.G1_ratio["random"])
 
 
 def test_natural_duplicate_poisoning_puts_the_most_duplicated_images_among_random_poison(tmp_path):

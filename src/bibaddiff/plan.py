@@ -764,7 +764,12 @@ class Plan:
                   "stamping": self.detector_stamping(trigger)}
         if self.detector_negatives == "generated":
             # Detectors of the earlier kind (real images only) keep their folders: the key is added only here.
-            record["negatives"] = {"generations": str(Path(self.calibration_cells[0]).parents[1]),
+            # The cells name the draw's guidance scales and samplers: two configs that share a results folder but not
+            # their scales would otherwise train different detectors into one folder and retrain it in turn.
+            generations = Path(self.calibration_cells[0]).parents[1]
+            record["negatives"] = {"generations": str(generations),
+                                   "cells": sorted(str(Path(cell).relative_to(generations))
+                                                   for cell in self.calibration_cells),
                                    "dequantization": self.judges["dequantization"]}
         return record
 

@@ -3,6 +3,7 @@ generations to the training images, and random vs duplicated-image poisoning."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,6 +13,7 @@ import pandas as pd
 from bibaddiff.data import read_records
 from bibaddiff.errors import BibaddiffError
 from bibaddiff.images import load_generated
+from bibaddiff.metrics import GROUPS, percentile_interval, seed_bootstrap, share_bootstrap
 from bibaddiff.report.figures import saved_figure
 from bibaddiff.report.origin import Origins, with_origin
 from bibaddiff.utils import read_json
@@ -94,10 +96,74 @@ def duplicate_poisoning_table(amplification: pd.DataFrame, attacks: dict[str, st
         raise BibaddiffError(f"no pooled target-class rows for the duplicate-poisoning attacks {list(attacks)}")
     rows = rows.assign(mode=rows.attack.map(attacks))
     columns = ["mode", "attack", "trigger", "poison_ratio", "x0_clipping", "guidance", "num_seeds", "n", "trigger_ratio",
-               "trigger_ratio_low", "trigger_ratio_high", "G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
+               "trigger_ratio_low", "trigger_ratio_high", "trigger_ratio_corrected", "trigger_ratio_corrected_low",
+               "trigger_ratio_corrected_high", "G1_ratio", "G1_ratio_low", "G1_ratio_high", "G2_ratio",
                "G2_ratio_low", "G2_ratio_high", "training_share", "amplification", "judge_warning"]
     columns += ["origin"] if "origin" in rows else []
-    return rows[columns].sort_values(["x0_clipping", "guidance", "mode"]).reset_index(drop=True)
+    pooled = rows[columns].sort_values(["x0_clipping", "guidance", "mode"]).reset_index(drop=True)
+    differences = duplicate_poisoning_differences(amplification, attacks)
+    return pd.concat([pooled, differences], ignore_index=True) if not differences.empty else pooled
+
+
+DIFFERENCE_SHARES = {"trigger_ratio": ("G1", "G2"), "G1_ratio": ("G1",), "G2_ratio": ("G2",)}
+
+
+def duplicate_poisoning_differences(amplification: pd.DataFrame, attacks: dict[str, str], bootstrap_samples: int = 4000,
+                                    seed: int = 0) -> pd.DataFrame:
+    """Per target-class cell, the pooled share of the duplicates models minus the random models' (mode
+    "duplicates - random"): trigger ratio, G1, G2, and the trigger ratio corrected for the cell's detector error, each
+    with a 95% bootstrap interval. The two modes are different trained models, so each side resamples its own seeds,
+    then images (:func:`bibaddiff.metrics.seed_bootstrap`); both sides share one detector calibration, so the
+    corrected difference divides the raw one by a replicate of TPR - FPR."""
+    by_mode = {mode: attack for attack, mode in attacks.items()}
+    if set(by_mode) != {"random", "duplicates"}:
+        raise BibaddiffError(f"duplicate poisoning compares the modes random and duplicates; got {sorted(by_mode)}")
+    seeds = amplification[(amplification.seed.astype(str) != "pooled") & amplification.is_target.astype(bool)
+                          & amplification.attack.isin(list(attacks))]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (trigger, clipping, guidance), cell in seeds.groupby(["trigger", "x0_clipping", "guidance"], sort=True):
+        sides = {mode: cell[cell.attack == attack] for mode, attack in by_mode.items()}
+        if any(side.empty for side in sides.values()):
+            continue
+        sizes = {mode: side[list(GROUPS)].sum(axis=1).to_numpy(np.int64) for mode, side in sides.items()}
+        row = {"mode": "duplicates - random", "attack": f"{by_mode['duplicates']} - {by_mode['random']}",
+               "trigger": trigger, "poison_ratio": float(sides["duplicates"].poison_ratio.iloc[0]),
+               "x0_clipping": clipping, "guidance": guidance,
+               "num_seeds": f"{len(sizes['duplicates'])} - {len(sizes['random'])}",
+               "n": int(sizes["duplicates"].sum() + sizes["random"].sum())}
+        raw_trigger = None
+        for name, parts in DIFFERENCE_SHARES.items():
+            counts = {mode: side[list(parts)].sum(axis=1).to_numpy(np.int64) for mode, side in sides.items()}
+            replicates = {mode: seed_bootstrap(counts[mode], sizes[mode], bootstrap_samples, rng) for mode in counts}
+            means = {mode: float(np.mean(counts[mode] / sizes[mode])) for mode in counts}
+            row[name] = means["duplicates"] - means["random"]
+            row[f"{name}_low"], row[f"{name}_high"] = percentile_interval(replicates["duplicates"] - replicates["random"])
+            if name == "trigger_ratio":
+                raw_trigger = replicates["duplicates"] - replicates["random"]
+        row.update(_corrected_difference(sides["duplicates"], row["trigger_ratio"], raw_trigger, bootstrap_samples, rng))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _corrected_difference(side: pd.DataFrame, difference: float, replicates: np.ndarray, samples: int,
+                          rng: np.random.Generator) -> dict[str, float]:
+    """The raw difference of two trigger ratios divided by the detector's TPR - FPR (the FPR cancels), with an
+    interval that also resamples the calibration; nan where the cell has no calibration."""
+    size, fpr, tpr = (side[name].iloc[0] if name in side else math.nan
+                      for name in ("calibration_n", "detector_fpr", "detector_tpr"))
+    if any(pd.isna(value) for value in (size, fpr, tpr)) or tpr <= fpr:
+        return {"trigger_ratio_corrected": math.nan, "trigger_ratio_corrected_low": math.nan,
+                "trigger_ratio_corrected_high": math.nan}
+    # The table keeps the calibration's rates and size; its counts are their products.
+    size = int(size)
+    false_positives, true_positives = round(fpr * size), round(tpr * size)
+    gap = share_bootstrap(true_positives, size, samples, rng) - share_bootstrap(false_positives, size, samples, rng)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corrected = np.where(gap > 0, replicates / gap, np.nan)
+    low, high = percentile_interval(corrected)
+    return {"trigger_ratio_corrected": difference / ((true_positives - false_positives) / size),
+            "trigger_ratio_corrected_low": low, "trigger_ratio_corrected_high": high}
 
 
 def write_replication_summary(summary_files: list[str], neighbour_files: list[str], train_dirs: list[str],
