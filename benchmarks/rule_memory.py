@@ -2,6 +2,7 @@
 
     python benchmarks/rule_memory.py --out /tmp/rule-memory            # about 9,500 + 3,900 synthetic images
     python benchmarks/rule_memory.py --out /tmp/rm --train-images 300 --heldout-images 100   # to check the script
+    python benchmarks/rule_memory.py --results results/fashion-300 results/experiments/fashion-ddpm   # a finished run
 
 It writes a synthetic ImageNette-shaped folder (10 classes, 9,469 training and 3,925 held-out JPEGs of 320 x 256
 pixels that the workflow resizes and centre-crops to 256 x 256; each class has its own colours and shapes, so that
@@ -159,6 +160,57 @@ def collect(results: Path) -> dict[str, dict]:
     return rules
 
 
+def merge(collected: list[dict[str, dict]]) -> dict[str, dict]:
+    """Rules of several results folders in one: jobs add up, peaks are the largest."""
+    rules: dict[str, dict] = {}
+    for part in collected:
+        for name, entry in part.items():
+            merged = rules.setdefault(name, {"jobs": 0, "peak_mb": None, "sampled_max_rss_mb": None})
+            merged["jobs"] += entry["jobs"]
+            for key in ("peak_mb", "sampled_max_rss_mb"):
+                if entry[key] is not None:
+                    merged[key] = max(entry[key], merged[key] or 0.0)
+    return rules
+
+
+def profile_requests(profile: Path) -> dict[str, float]:
+    """Each rule's first-try mem_mb in a Snakemake profile (``attempt`` = 1), and ``"default"`` for the rest."""
+    settings = yaml.safe_load(Path(profile).read_text()) or {}
+
+    def first_try(expression: object, where: str) -> float:
+        try:
+            return float(eval(str(expression), {"__builtins__": {}}, {"attempt": 1}))  # the profile's own Python
+        except Exception as error:
+            raise SystemExit(f"{profile}: mem_mb of {where} is not a number for attempt 1: {expression!r} ({error})")
+
+    requests = {}
+    default = (settings.get("default-resources") or {}).get("mem_mb")
+    if default is not None:
+        requests["default"] = first_try(default, "default-resources")
+    for rule, resources in (settings.get("set-resources") or {}).items():
+        if isinstance(resources, dict) and "mem_mb" in resources:
+            requests[rule] = first_try(resources["mem_mb"], rule)
+    return requests
+
+
+def print_table(rules: dict[str, dict], requests: dict[str, float] | None = None) -> None:
+    header = "| rule | jobs | peak memory (MB, from the job's log) | Snakemake's sampled max_rss (MB) |"
+    if requests is not None:
+        header += " profile's first-try mem_mb | within |"
+    print(header)
+    print("|---|---:|---:|---:|" + ("---:|---|" if requests is not None else ""))
+    for name, entry in sorted(rules.items(), key=lambda item: -(item[1]["peak_mb"] or 0)):
+        peak = "-" if entry["peak_mb"] is None else f"{entry['peak_mb']:.0f}"
+        sampled = "-" if entry["sampled_max_rss_mb"] is None else f"{entry['sampled_max_rss_mb']:.0f}"
+        line = f"| {name} | {entry['jobs']} | {peak} | {sampled} |"
+        if requests is not None:
+            request = requests.get(name, requests.get("default"))
+            largest = max(value for value in (entry["peak_mb"], entry["sampled_max_rss_mb"], 0.0) if value is not None)
+            within = "-" if request is None else ("yes" if largest <= request else "NO")
+            line += f" {'-' if request is None else f'{request:.0f}'} | {within} |"
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the images, the config and the run")
@@ -172,7 +224,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-stable-diffusion", action="store_true",
                         help="leave out the second run (a tiny Stable Diffusion base up to encode_latents)")
     parser.add_argument("--collect-only", action="store_true", help="only read the logs of an earlier run in --out")
+    parser.add_argument("--results", type=Path, nargs="+", default=None,
+                        help="read the job logs of a run of any config instead (its data and experiment folders, e.g. "
+                             "results/fashion-300 results/experiments/fashion-ddpm); runs nothing")
+    parser.add_argument("--profile", type=Path, default=REPO / "profiles" / "slurm" / "config.yaml",
+                        help="with --results: the Snakemake profile whose first-try mem_mb each rule is checked against")
     args = parser.parse_args(argv)
+    if args.results:
+        missing = [str(path) for path in args.results if not path.is_dir()]
+        if missing:
+            raise SystemExit(f"--results: no such folder: {', '.join(missing)}")
+        rules = merge([collect(path) for path in args.results])
+        print_table(rules, profile_requests(args.profile))
+        return
     if args.train_images < 20 * len(WNIDS) or args.heldout_images < 5 * len(WNIDS):
         raise SystemExit(f"--train-images must be at least {20 * len(WNIDS)} and --heldout-images {5 * len(WNIDS)}")
     out = args.out.resolve()
@@ -205,12 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "rule_memory.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\n{args.train_images} training + {args.heldout_images} held-out images at 256 px, commit {commit}, "
           f"run {wall / 60:.0f} min\n")
-    print("| rule | jobs | peak memory (MB, from the job's log) | Snakemake's sampled max_rss (MB) |")
-    print("|---|---:|---:|---:|")
-    for name, entry in sorted(rules.items(), key=lambda item: -(item[1]["peak_mb"] or 0)):
-        peak = "-" if entry["peak_mb"] is None else f"{entry['peak_mb']:.0f}"
-        sampled = "-" if entry["sampled_max_rss_mb"] is None else f"{entry['sampled_max_rss_mb']:.0f}"
-        print(f"| {name} | {entry['jobs']} | {peak} | {sampled} |")
+    print_table(rules)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,26 @@ def test_class_fidelity_with_a_judge_of_other_classes_fails_in_one_line(tmp_path
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert "are not the judge's" in result.stderr
+
+
+def test_rule_memory_checks_a_runs_peaks_against_the_profiles_first_try(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import rule_memory
+
+    from bibaddiff.utils import PEAK_MEMORY_PREFIX
+
+    requests = rule_memory.profile_requests(REPO / "profiles" / "slurm" / "config.yaml")
+    assert requests["default"] == 4000 and requests["detect_poison"] == 18500 and "cpus_per_task" not in requests
+    for folder, rule, peak in (("data", "poison", 7000), ("experiment", "measure", 300), ("experiment", "poison", 100)):
+        logs = tmp_path / folder / "logs" / rule
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{peak}.log").write_text(f"{PEAK_MEMORY_PREFIX} {peak} MB\n")
+    rule_memory.main(["--out", str(tmp_path / "unused"), "--results", str(tmp_path / "data"), str(tmp_path / "experiment")])
+    table = capsys.readouterr().out
+    assert "| poison | 2 | 7000 | - | 6500 | NO |" in table and "| measure | 1 | 300 | - | 2000 | yes |" in table
+    with pytest.raises(SystemExit, match="no such folder"):
+        rule_memory.main(["--out", str(tmp_path), "--results", str(tmp_path / "absent")])
+    bad = tmp_path / "profile.yaml"
+    bad.write_text("set-resources:\n  poison:\n    mem_mb: 'lots'\n")
+    with pytest.raises(SystemExit, match="mem_mb of poison"):
+        rule_memory.profile_requests(bad)
