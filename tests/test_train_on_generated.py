@@ -102,6 +102,39 @@ def test_the_train_on_generated_table_reports_the_last_and_the_best_epoch():
     assert standard[0]["acc"] == 0.9 and standard[0]["asr"] == 0.2  # the comparison row keeps the last epoch
 
 
+def test_models_of_several_seeds_get_a_pooled_row_whose_interval_carries_their_spread():
+    from bibaddiff.report.defenses import _train_on_generated_table, defense_tables
+
+    attacks = {"patch-p0.1": {"ratio": 0.1, "trigger": "patch"}}
+    columns = lambda attack: {"attack": attack, "poison_ratio": attacks[attack]["ratio"], "trigger": "patch"}
+
+    def classifier(asr):
+        return {"num_train": 50, "evaluation": {"patch": {"acc": 0.9, "asr": asr, "n_test": 300, "n_attacked": 270}}}
+
+    def generated(seed):
+        return {"attack": "patch-p0.1", "set": f"generated_seed{seed}_s6", "seed": str(seed), "guidance": 6.0}
+
+    agreeing, _ = _train_on_generated_table([classifier(0.5)] * 3, [generated(k) for k in range(3)], attacks, columns)
+    spread, _ = _train_on_generated_table([classifier(a) for a in (0.1, 0.5, 0.9)], [generated(k) for k in range(3)],
+                                          attacks, columns)
+    pooled, wide = (t.set_index("trainset").loc["generated_pooled_s6"] for t in (agreeing, spread))
+    assert pooled.seed == "pooled" and pooled.num_seeds == 3 and pooled.n_attacked == 810
+    assert pooled.asr == pytest.approx(0.5) and wide.asr == pytest.approx(0.5)
+    assert pooled.asr_low < 0.5 < pooled.asr_high and wide.asr_high - wide.asr_low > 5 * (pooled.asr_high - pooled.asr_low)
+    # A single seed's row has its own (Wilson) interval.
+    single = agreeing.set_index("trainset").loc["generated_seed0_s6"]
+    assert single.asr_low < 0.5 < single.asr_high and single.asr_high - single.asr_low < 0.13
+    # One seed alone is not pooled.
+    alone, _ = _train_on_generated_table([classifier(0.5)], [generated(0)], attacks, columns)
+    assert "pooled" not in set(alone.seed.astype(str))
+
+    results = [{"attack": "patch-p0.1", "seed": k, "n_clean": 200, "n_triggered": 200,
+                "rows": [{"trigger": "patch", "p_filter": 0.0, "acc": 0.9, "asr": asr}]} for k, asr in enumerate((0.6, 0.8))]
+    _, _, dm = defense_tables([], [], [], results, attacks)
+    [dm_pooled] = dm[dm.seed == "pooled"].itertuples()
+    assert dm_pooled.asr == pytest.approx(0.7) and dm_pooled.asr_low < 0.7 < dm_pooled.asr_high and dm_pooled.n_attacked == 400
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda heldout, trigger: {"triggers": {"badnet": "patch"}}, "Trigger"),
     (lambda heldout, trigger: {"target": 10}, r"target must be a class index in \[0, 10\)"),

@@ -13,6 +13,7 @@ import pandas as pd
 from bibaddiff.checks import check_int
 from bibaddiff.defenses.detectors import compare_aurocs, load_detection_items
 from bibaddiff.errors import BibaddiffError
+from bibaddiff.metrics import percentile_interval, seed_bootstrap, wilson_interval
 from bibaddiff.report.figures import saved_figure
 from bibaddiff.report.origin import Origins, with_origin
 from bibaddiff.utils import read_json
@@ -39,9 +40,14 @@ def defense_tables(detections: list[dict[str, Any]], classifier_infos: list[dict
     screening_asr = {(row.attack, row.trainset): row.asr for row in training_table.itertuples()
                      if row.attack in attacks and row.trigger == attacks[row.attack]["trigger"]}
     dm_rows = [{**attack_columns(result["attack"]), "trigger": row["trigger"], "seed": str(result["seed"]),
-                "method": "diffusion classifier", "p_filter": row["p_filter"], "acc": row["acc"], "asr": row["asr"]}
+                "method": "diffusion classifier", "p_filter": row["p_filter"], "acc": row["acc"], "asr": row["asr"],
+                "n_test": result.get("n_clean", math.nan), "n_attacked": result.get("n_triggered", math.nan)}
                for result in dm_results for row in result["rows"]]
-    dm_table = pd.DataFrame(dm_rows + standard).sort_values(["poison_ratio", "attack", "method", "seed", "p_filter"])
+    dm_pooled = _pooled_over_seeds(pd.DataFrame(dm_rows), ["attack", "poison_ratio", "trigger", "method", "p_filter"],
+                                   {"acc": "n_test", "asr": "n_attacked"}) if dm_rows else pd.DataFrame()
+    dm_table = pd.DataFrame(dm_rows + standard + dm_pooled.to_dict("records"))
+    dm_table = _with_intervals(dm_table, {"acc": "n_test", "asr": "n_attacked"}) if "n_test" in dm_table else dm_table
+    dm_table = dm_table.sort_values(["poison_ratio", "attack", "method", "seed", "p_filter"])
     detection = _detection_table(detections, attack_columns, screening_asr, seed=seed, resamples=resamples)
     return detection, training_table, dm_table.reset_index(drop=True)
 
@@ -192,7 +198,8 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
                    "acc": scores["acc"], "asr": scores["asr"],
                    "acc_best_epoch": scores.get("acc_best_epoch", math.nan),
                    "asr_best_epoch": scores.get("asr_best_epoch", math.nan),
-                   "epochs": len(scores.get("acc_per_epoch", [])) or math.nan, "n_train": info.get("num_train")}
+                   "epochs": len(scores.get("acc_per_epoch", [])) or math.nan, "n_train": info.get("num_train"),
+                   "n_test": scores.get("n_test", math.nan), "n_attacked": scores.get("n_attacked", math.nan)}
             if attack == "clean":
                 # The clean-set classifier is the reference row of every attack that uses this trigger.
                 rows += [{**attack_columns(a), **row} for a, spec in attacks.items() if spec["trigger"] == trigger]
@@ -201,11 +208,65 @@ def _train_on_generated_table(classifier_infos: list[dict[str, Any]], classifier
             if trainset == "poisoned":
                 standard.append({**attack_columns(attack), "trigger": trigger, "seed": "",
                                  "method": "standard classifier (poisoned set)", "p_filter": math.nan,
-                                 "acc": scores["acc"], "asr": scores["asr"]})
+                                 "acc": scores["acc"], "asr": scores["asr"],
+                                 "n_test": scores.get("n_test", math.nan), "n_attacked": scores.get("n_attacked", math.nan)})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table, standard
+    table = pd.concat([table, _pooled_over_seeds(table[table.trainset.str.startswith("generated_")],
+                                                 ["attack", "poison_ratio", "trigger", "generated_guidance"],
+                                                 {"acc": "n_test", "asr": "n_attacked"})], ignore_index=True)
+    table["trainset"] = [f"generated_pooled_s{row.generated_guidance:g}" if str(row.seed) == "pooled" else row.trainset
+                         for row in table.itertuples()]
+    table = _with_intervals(table, {"acc": "n_test", "asr": "n_attacked"})
     order = {"clean": 0, "poisoned": 1}
-    table = pd.DataFrame(rows).sort_values(
+    table = table.sort_values(
         ["poison_ratio", "attack", "trainset"], key=lambda c: c.map(lambda v: order.get(v, 2)) if c.name == "trainset" else c)
     return table.reset_index(drop=True), standard
+
+
+POOLED_RESAMPLES = 4000
+
+
+def _pooled_over_seeds(table: pd.DataFrame, keys: list[str], sizes: dict[str, str], seed: int = 0) -> pd.DataFrame:
+    """A row (seed "pooled") per group of ``keys`` with two or more seeds: each share in ``sizes`` (share -> the
+    column of its per-seed image count) is the mean over seeds, with a 95% interval that resamples seeds, then images
+    (:func:`bibaddiff.metrics.seed_bootstrap`), so that it carries the spread between the trained models. A group
+    whose counts are unknown (results saved before they were kept) gets the mean without an interval."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, group in table.groupby(keys, dropna=False, sort=True):
+        if len(group) < 2:
+            continue
+        row = {**dict(zip(keys, key)), "seed": "pooled", "num_seeds": len(group)}
+        for share, size in sizes.items():
+            values = group[share].to_numpy(np.float64)
+            row[share] = float(values.mean())
+            counts = group[size].to_numpy(np.float64)
+            if np.isnan(counts).any():
+                row[f"{share}_low"], row[f"{share}_high"] = math.nan, math.nan
+                continue
+            n = counts.astype(np.int64)
+            replicates = seed_bootstrap(np.rint(values * n).astype(np.int64), n, POOLED_RESAMPLES, rng)
+            row[f"{share}_low"], row[f"{share}_high"] = percentile_interval(replicates)
+            row[size] = int(n.sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_intervals(table: pd.DataFrame, sizes: dict[str, str]) -> pd.DataFrame:
+    """Wilson intervals for the per-seed rows' shares (a pooled row keeps its bootstrap interval)."""
+    table = table.copy()
+    for share, size in sizes.items():
+        for bound in ("low", "high"):
+            if f"{share}_{bound}" not in table:
+                table[f"{share}_{bound}"] = math.nan
+        single = (table.seed.astype(str) != "pooled") & table[size].notna() & table[share].notna()
+        for index in table.index[single]:
+            n = int(table.at[index, size])
+            table.at[index, f"{share}_low"], table.at[index, f"{share}_high"] = wilson_interval(
+                int(round(table.at[index, share] * n)), n)
+    return table
 
 
 def plot_detection(detection: pd.DataFrame, path: str | Path) -> None:
@@ -288,7 +349,7 @@ def plot_train_on_generated(training: pd.DataFrame, path: str | Path) -> None:
 def plot_diffusion_classifier(table: pd.DataFrame, path: str | Path) -> None:
     """ASR (and ACC) of the diffusion classifier against p_filter, with the standard classifier's ASR as a line."""
     with saved_figure(path, 1, 2, figsize=(10, 3.8)) as (fig, axes):
-        dm = table[table.method == "diffusion classifier"].groupby(["attack", "trigger", "p_filter"], as_index=False)[["acc", "asr"]].mean()
+        dm = table[(table.method == "diffusion classifier") & (table.seed.astype(str) != "pooled")].groupby(["attack", "trigger", "p_filter"], as_index=False)[["acc", "asr"]].mean()
         standard = table[table.method != "diffusion classifier"]
         for index, ((attack, trigger), rows) in enumerate(dm.groupby(["attack", "trigger"])):
             for ax, metric in zip(axes, ("asr", "acc")):
