@@ -52,7 +52,9 @@ def class_fidelity(model: Path, judge: Path, heldout: Path, images_per_class: in
     with tempfile.TemporaryDirectory() as folder:
         cells = [Cell("none", c, guidance, Path(folder) / f"c{c}.npy", Path(folder) / f"c{c}.png")
                  for c in range(len(names))]
-        generate_cells(model, cells, CellSettings(images_per_class, ddim_steps, seed, batch_size), torch.device("cpu"))
+        # progress on stderr, so that stdout is the Markdown table alone
+        generate_cells(model, cells, CellSettings(images_per_class, ddim_steps, seed, batch_size), torch.device("cpu"),
+                       log=lambda line: print(line, file=sys.stderr))
         generated = [predict(judge_model, np.load(cell.images)) for cell in cells]
     rows = []
     for c, name in enumerate(names):

@@ -216,6 +216,8 @@ def test_class_fidelity_reads_the_judge_on_real_and_generated_images_of_each_cla
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| class")]
     # The judge calls everything "a": it recognises every real and generated "a", and no "b" or "c".
     assert rows == ["| a | 100.0% | 100.0% |  |", "| b | 0.0% | 0.0% | a 100% |", "| c | 0.0% | 0.0% | a 100% |"]
+    # stdout is the table alone, so that it can be pasted; the generation's progress goes to stderr
+    assert "wrote" not in result.stdout and "wrote" in result.stderr
 
 
 def test_class_fidelity_with_a_judge_of_other_classes_fails_in_one_line(tmp_path):
